@@ -1,0 +1,1 @@
+//! Shared core of topolvm-rs.
