@@ -6,6 +6,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe_env_set("PROTOC", protoc.as_os_str());
     tonic_prost_build::configure().compile_protos(&["lvmd.proto"], &["."])?;
     println!("cargo:rerun-if-changed=lvmd.proto");
+
+    // CSI v1 imports google/protobuf/{descriptor,timestamp,wrappers}.proto. The vendored
+    // crate ships those well-known files; pass its include directory explicitly rather than
+    // relying on protoc finding them next to its binary. prost's defaults then map the
+    // well-known types onto prost-types and plain Rust: Timestamp -> prost_types::Timestamp,
+    // BoolValue -> Option<bool>, Int64Value -> Option<i64>. The custom option extensions
+    // (csi_secret, alpha_*) only annotate the schema and generate no code.
+    let wkt = protoc_bin_vendored::include_path()?;
+    let protos = [std::path::PathBuf::from("csi.proto")];
+    let includes = [std::path::PathBuf::from("."), wkt];
+    tonic_prost_build::configure().compile_protos(&protos, &includes)?;
+    println!("cargo:rerun-if-changed=csi.proto");
     Ok(())
 }
 

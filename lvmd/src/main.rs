@@ -1,1 +1,61 @@
-fn main() {}
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// lvmd manages LVM logical volumes for topolvm-rs over gRPC on a Unix socket.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Path of the lvmd configuration file.
+    #[arg(long, default_value = topolvm_core::names::DEFAULT_LVMD_CONFIG_PATH)]
+    config: PathBuf,
+    /// Node name used as the `node` label of capacity metrics (default: the host name).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let config = lvmd::config::Config::load(&args.config)
+        .with_context(|| format!("invalid configuration {}", args.config.display()))?;
+    let node_name = match args.node_name {
+        Some(n) => n,
+        None => nix::unistd::gethostname()
+            .context("reading the host name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing running operations, then stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing running operations, then stopping"),
+        }
+        on_signal.cancel();
+    });
+
+    lvmd::run(config, &node_name, shutdown).await?;
+    Ok(())
+}

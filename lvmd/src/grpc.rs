@@ -1,0 +1,307 @@
+//! The gRPC layer: LVService and VGService over [`Lvmd`], and the one mapping from
+//! [`service::Error`] to gRPC status codes.
+//!
+//! Mutations run in their own task: a client that gives up (or a connection that drops) does not
+//! abort an `lvcreate` half-way; the operation finishes, the cache is refreshed, and a retry of the
+//! same request finds the finished volume. Shutdown waits for these tasks.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::Stream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::{Code, Request, Response, Status};
+use topolvm_proto::lvmd as pb;
+use tracing::warn;
+
+use crate::lvm::LvmError;
+use crate::lvm::report::LogicalVolume;
+use crate::metrics::Metrics;
+use crate::service::{self, CapacityReport, CreateLv, CreateSnapshot, Lvmd};
+use crate::state::Snapshot;
+
+/// Maps a service error to the status code a CSI-side caller acts on.
+pub fn status_of(error: service::Error) -> Status {
+    use service::Error as E;
+    let code = match &error {
+        E::InvalidArgument(_) => Code::InvalidArgument,
+        // TopoLVM answers NotFound for an unknown device class; callers rely on it.
+        E::UnknownDeviceClass(_) | E::NotFound(_) => Code::NotFound,
+        E::Unavailable { .. } => Code::Unavailable,
+        E::AlreadyExists(_) => Code::AlreadyExists,
+        E::OutOfRange(_) => Code::OutOfRange,
+        E::NoSpace(_) => Code::ResourceExhausted,
+        E::FailedPrecondition(_) => Code::FailedPrecondition,
+        E::Internal(_) => Code::Internal,
+        E::Lvm(LvmError::TimedOut { .. }) => Code::DeadlineExceeded,
+        E::Lvm(e) if e.is_insufficient_space() => Code::ResourceExhausted,
+        E::Lvm(_) => Code::Internal,
+    };
+    Status::new(code, error.to_string())
+}
+
+fn to_pb_volume(lv: &LogicalVolume) -> pb::LogicalVolume {
+    #[allow(deprecated)]
+    pb::LogicalVolume {
+        name: lv.name.clone(),
+        size_gb: lv.size >> 30,
+        dev_major: lv.kernel_major.unwrap_or(0),
+        dev_minor: lv.kernel_minor.unwrap_or(0),
+        tags: lv.tags.clone(),
+        size_bytes: i64::try_from(lv.size).unwrap_or(i64::MAX),
+        path: lv.path.clone(),
+        attr: lv.attr.clone(),
+    }
+}
+
+/// The Watch message for a capacity report.
+pub fn to_pb_watch(report: &CapacityReport) -> pb::WatchResponse {
+    pb::WatchResponse {
+        free_bytes: report.default_free,
+        items: report
+            .classes
+            .iter()
+            .map(|c| pb::WatchItem {
+                device_class: c.device_class.clone(),
+                free_bytes: c.vg_free,
+                size_bytes: c.vg_size,
+                thin_pool: c.thin.as_ref().map(|t| pb::ThinPoolItem {
+                    data_percent: t.data_percent,
+                    metadata_percent: t.metadata_percent,
+                    overprovision_bytes: t.overprovision_free,
+                    size_bytes: t.pool_size,
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// Implements both lvmd services.
+#[derive(Debug, Clone)]
+pub struct LvmdGrpc {
+    lvmd: Arc<Lvmd>,
+    metrics: Arc<Metrics>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl LvmdGrpc {
+    /// `tasks` tracks running mutations so shutdown can wait for them; `shutdown` ends Watch
+    /// streams so the server can stop.
+    pub fn new(
+        lvmd: Arc<Lvmd>,
+        metrics: Arc<Metrics>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            lvmd,
+            metrics,
+            tasks,
+            shutdown,
+        }
+    }
+
+    async fn observed<T>(
+        &self,
+        method: &'static str,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let result = call.await;
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        if let Err(status) = &result {
+            warn!(method, code = ?status.code(), message = status.message(), "request failed");
+        }
+        self.metrics.observe_rpc(method, code, started.elapsed());
+        result.map(Response::new)
+    }
+
+    /// Runs a mutation to completion even if the caller goes away.
+    async fn detached<T, F>(&self, work: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, service::Error>> + Send + 'static,
+    {
+        self.tasks
+            .spawn(work)
+            .await
+            .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
+            .map_err(status_of)
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lv_service_server::LvService for LvmdGrpc {
+    async fn create_lv(
+        &self,
+        request: Request<pb::CreateLvRequest>,
+    ) -> Result<Response<pb::CreateLvResponse>, Status> {
+        #[allow(deprecated)]
+        let r = request.into_inner();
+        #[allow(deprecated)]
+        let req = CreateLv {
+            name: r.name,
+            device_class: r.device_class,
+            lvcreate_option_class: r.lvcreate_option_class,
+            size_bytes: r.size_bytes,
+            size_gb: r.size_gb,
+            tags: r.tags,
+        };
+        let lvmd = self.lvmd.clone();
+        self.observed("CreateLV", async {
+            let lv = self
+                .detached(async move { lvmd.create_lv(req).await })
+                .await?;
+            Ok(pb::CreateLvResponse {
+                volume: Some(to_pb_volume(&lv)),
+            })
+        })
+        .await
+    }
+
+    async fn remove_lv(
+        &self,
+        request: Request<pb::RemoveLvRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let r = request.into_inner();
+        let lvmd = self.lvmd.clone();
+        self.observed("RemoveLV", async {
+            self.detached(async move { lvmd.remove_lv(&r.name, &r.device_class).await })
+                .await?;
+            Ok(pb::Empty {})
+        })
+        .await
+    }
+
+    async fn resize_lv(
+        &self,
+        request: Request<pb::ResizeLvRequest>,
+    ) -> Result<Response<pb::ResizeLvResponse>, Status> {
+        #[allow(deprecated)]
+        let r = request.into_inner();
+        let lvmd = self.lvmd.clone();
+        self.observed("ResizeLV", async {
+            #[allow(deprecated)]
+            let size_gb = r.size_gb;
+            let size = self
+                .detached(async move {
+                    lvmd.resize_lv(&r.name, &r.device_class, r.size_bytes, size_gb)
+                        .await
+                })
+                .await?;
+            Ok(pb::ResizeLvResponse {
+                size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
+            })
+        })
+        .await
+    }
+
+    async fn create_lv_snapshot(
+        &self,
+        request: Request<pb::CreateLvSnapshotRequest>,
+    ) -> Result<Response<pb::CreateLvSnapshotResponse>, Status> {
+        let r = request.into_inner();
+        #[allow(deprecated)]
+        let req = CreateSnapshot {
+            name: r.name,
+            device_class: r.device_class,
+            source_volume: r.source_volume,
+            access_type: r.access_type,
+            size_bytes: r.size_bytes,
+            size_gb: r.size_gb,
+            tags: r.tags,
+        };
+        let lvmd = self.lvmd.clone();
+        self.observed("CreateLVSnapshot", async {
+            let lv = self
+                .detached(async move { lvmd.create_snapshot(req).await })
+                .await?;
+            Ok(pb::CreateLvSnapshotResponse {
+                snapshot: Some(to_pb_volume(&lv)),
+            })
+        })
+        .await
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+/// A stream of Watch messages: the current one at once, then one per change of capacity.
+fn watch_stream(
+    lvmd: Arc<Lvmd>,
+    rx: watch::Receiver<Arc<Snapshot>>,
+    shutdown: CancellationToken,
+) -> WatchStream {
+    let state = (rx, None::<pb::WatchResponse>);
+    Box::pin(futures::stream::unfold(state, move |(mut rx, last)| {
+        let lvmd = lvmd.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            let mut first = last.is_none();
+            loop {
+                if !first {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        changed = rx.changed() => if changed.is_err() { return None },
+                    }
+                }
+                first = false;
+                let snap = rx.borrow_and_update().clone();
+                let message = to_pb_watch(&lvmd.capacity_report(&snap));
+                if last.as_ref() != Some(&message) {
+                    return Some((Ok(message.clone()), (rx, Some(message))));
+                }
+            }
+        }
+    }))
+}
+
+#[tonic::async_trait]
+impl pb::vg_service_server::VgService for LvmdGrpc {
+    async fn get_lv_list(
+        &self,
+        request: Request<pb::GetLvListRequest>,
+    ) -> Result<Response<pb::GetLvListResponse>, Status> {
+        let r = request.into_inner();
+        self.observed("GetLVList", async {
+            let lvs = self.lvmd.list_lvs(&r.device_class).map_err(status_of)?;
+            Ok(pb::GetLvListResponse {
+                volumes: lvs.iter().map(to_pb_volume).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_free_bytes(
+        &self,
+        request: Request<pb::GetFreeBytesRequest>,
+    ) -> Result<Response<pb::GetFreeBytesResponse>, Status> {
+        let r = request.into_inner();
+        self.observed("GetFreeBytes", async {
+            let free_bytes = self.lvmd.free_bytes(&r.device_class).map_err(status_of)?;
+            Ok(pb::GetFreeBytesResponse { free_bytes })
+        })
+        .await
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::Empty>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let rx = self.lvmd.cache().subscribe();
+        self.observed("Watch", async {
+            Ok(watch_stream(self.lvmd.clone(), rx, self.shutdown.clone()))
+        })
+        .await
+    }
+}

@@ -1,0 +1,293 @@
+//! Prometheus metrics: TopoLVM's volume group and thin pool gauges, plus request and `lvm`
+//! command counters and latencies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::lvm::CommandObserver;
+use crate::service::CapacityReport;
+
+/// All lvmd metrics, in their own registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    node: String,
+    vg_available: GaugeVec,
+    vg_size: GaugeVec,
+    thin_size: GaugeVec,
+    thin_data_percent: GaugeVec,
+    thin_metadata_percent: GaugeVec,
+    thin_overprovisioned_available: GaugeVec,
+    class_available: IntGaugeVec,
+    rpc_requests: IntCounterVec,
+    rpc_duration: HistogramVec,
+    lvm_commands: IntCounterVec,
+    lvm_duration: HistogramVec,
+}
+
+/// Buckets for operations that take milliseconds to tens of seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+impl Metrics {
+    /// `node` labels the capacity gauges, as topolvm-node's do.
+    pub fn new(node: &str) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let class_labels = &["node", "device_class"];
+        let gauge = |name: &str, help: &str| -> Result<GaugeVec, prometheus::Error> {
+            let g = GaugeVec::new(Opts::new(name, help), class_labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let vg_available = gauge(
+            "topolvm_volumegroup_available_bytes",
+            "Bytes new volumes of the device class may use.",
+        )?;
+        let vg_size = gauge(
+            "topolvm_volumegroup_size_bytes",
+            "Size of the device class's volume group in bytes.",
+        )?;
+        let thin_size = gauge(
+            "topolvm_thinpool_size_bytes",
+            "Data size of the device class's thin pool in bytes.",
+        )?;
+        let thin_data_percent = gauge(
+            "topolvm_thinpool_data_percent",
+            "Percentage of the thin pool's data space in use.",
+        )?;
+        let thin_metadata_percent = gauge(
+            "topolvm_thinpool_metadata_percent",
+            "Percentage of the thin pool's metadata space in use.",
+        )?;
+        let thin_overprovisioned_available = gauge(
+            "topolvm_thinpool_overprovisioned_available",
+            "Bytes that may still be promised to thin volumes under the overprovision ratio.",
+        )?;
+        let class_available = IntGaugeVec::new(
+            Opts::new(
+                "lvmd_device_class_available",
+                "1 when the device class's volume group (and thin pool) exist, 0 when it cannot be used.",
+            ),
+            &["device_class"],
+        )?;
+        registry.register(Box::new(class_available.clone()))?;
+        let rpc_requests = IntCounterVec::new(
+            Opts::new(
+                "lvmd_grpc_requests_total",
+                "gRPC requests by method and status code.",
+            ),
+            &["method", "code"],
+        )?;
+        registry.register(Box::new(rpc_requests.clone()))?;
+        let rpc_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "lvmd_grpc_request_duration_seconds",
+                "gRPC request latency by method and status code.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["method", "code"],
+        )?;
+        registry.register(Box::new(rpc_duration.clone()))?;
+        let lvm_commands = IntCounterVec::new(
+            Opts::new(
+                "lvmd_lvm_commands_total",
+                "lvm invocations by subcommand and outcome.",
+            ),
+            &["subcommand", "outcome"],
+        )?;
+        registry.register(Box::new(lvm_commands.clone()))?;
+        let lvm_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "lvmd_lvm_command_duration_seconds",
+                "lvm command latency by subcommand.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["subcommand"],
+        )?;
+        registry.register(Box::new(lvm_duration.clone()))?;
+        Ok(Self {
+            registry,
+            node: node.to_owned(),
+            vg_available,
+            vg_size,
+            thin_size,
+            thin_data_percent,
+            thin_metadata_percent,
+            thin_overprovisioned_available,
+            class_available,
+            rpc_requests,
+            rpc_duration,
+            lvm_commands,
+            lvm_duration,
+        })
+    }
+
+    /// Records one finished gRPC request.
+    pub fn observe_rpc(&self, method: &str, code: tonic::Code, elapsed: Duration) {
+        let code = format!("{code:?}");
+        self.rpc_requests.with_label_values(&[method, &code]).inc();
+        self.rpc_duration
+            .with_label_values(&[method, &code])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the capacity gauges from a report.
+    pub fn set_capacity(&self, report: &CapacityReport) {
+        for class in &report.classes {
+            let labels = [self.node.as_str(), class.device_class.as_str()];
+            self.class_available
+                .with_label_values(&[class.device_class.as_str()])
+                .set(i64::from(class.available));
+            self.vg_available
+                .with_label_values(&labels)
+                .set(class.free as f64);
+            self.vg_size
+                .with_label_values(&labels)
+                .set(class.vg_size as f64);
+            if let Some(thin) = &class.thin {
+                self.thin_size
+                    .with_label_values(&labels)
+                    .set(thin.pool_size as f64);
+                self.thin_data_percent
+                    .with_label_values(&labels)
+                    .set(thin.data_percent);
+                self.thin_metadata_percent
+                    .with_label_values(&labels)
+                    .set(thin.metadata_percent);
+                self.thin_overprovisioned_available
+                    .with_label_values(&labels)
+                    .set(thin.overprovision_free as f64);
+            }
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+impl CommandObserver for Metrics {
+    fn observe(&self, subcommand: &str, outcome: &'static str, elapsed: Duration) {
+        self.lvm_commands
+            .with_label_values(&[subcommand, outcome])
+            .inc();
+        self.lvm_duration
+            .with_label_values(&[subcommand])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.render() {
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The `/metrics` endpoint.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .with_state(metrics)
+}
+
+/// Serves `/metrics` on `addr` until `shutdown`.
+pub async fn serve(
+    metrics: Arc<Metrics>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving metrics");
+    axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{ClassCapacity, ThinPoolUsage};
+
+    #[test]
+    fn renders_topolvm_gauges_and_counters() {
+        let m = Metrics::new("node1").expect("metrics");
+        m.set_capacity(&CapacityReport {
+            default_free: 5,
+            classes: vec![
+                ClassCapacity {
+                    device_class: "ssd".into(),
+                    available: true,
+                    free: 5,
+                    vg_free: 5,
+                    vg_size: 10,
+                    thin: None,
+                },
+                ClassCapacity {
+                    device_class: "thin".into(),
+                    available: true,
+                    free: 30,
+                    vg_free: 7,
+                    vg_size: 10,
+                    thin: Some(ThinPoolUsage {
+                        pool_size: 8,
+                        data_percent: 12.5,
+                        metadata_percent: 1.5,
+                        overprovision_free: 30,
+                    }),
+                },
+                ClassCapacity {
+                    device_class: "gone".into(),
+                    available: false,
+                    free: 0,
+                    vg_free: 0,
+                    vg_size: 0,
+                    thin: None,
+                },
+            ],
+        });
+        m.observe_rpc(
+            "CreateLV",
+            tonic::Code::ResourceExhausted,
+            Duration::from_millis(3),
+        );
+        m.observe("lvcreate", "ok", Duration::from_millis(50));
+        let text = m.render().expect("render");
+        for want in [
+            r#"topolvm_volumegroup_available_bytes{device_class="ssd",node="node1"} 5"#,
+            r#"topolvm_volumegroup_size_bytes{device_class="thin",node="node1"} 10"#,
+            r#"topolvm_thinpool_size_bytes{device_class="thin",node="node1"} 8"#,
+            r#"topolvm_thinpool_data_percent{device_class="thin",node="node1"} 12.5"#,
+            r#"topolvm_thinpool_metadata_percent{device_class="thin",node="node1"} 1.5"#,
+            r#"topolvm_thinpool_overprovisioned_available{device_class="thin",node="node1"} 30"#,
+            r#"lvmd_device_class_available{device_class="gone"} 0"#,
+            r#"lvmd_device_class_available{device_class="ssd"} 1"#,
+            r#"lvmd_grpc_requests_total{code="ResourceExhausted",method="CreateLV"} 1"#,
+            r#"lvmd_lvm_commands_total{outcome="ok",subcommand="lvcreate"} 1"#,
+            "lvmd_lvm_command_duration_seconds_bucket",
+        ] {
+            assert!(text.contains(want), "missing {want}\n{text}");
+        }
+    }
+}

@@ -1,0 +1,698 @@
+//! What lvmd does, independent of gRPC: device classes, capacity, and the idempotent mutations.
+//!
+//! Every mutation validates its input, takes the lock of its volume group, decides from the
+//! cached state whether it can succeed (answering without any `lvm` call when the cache already
+//! shows the result), runs exactly one `lvm` command, and refreshes the cache once. Reads only
+//! look at the cache.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::sync::Mutex;
+use topolvm_core::{capacity, names};
+use tracing::{info, instrument, warn};
+
+use crate::config::{Config, DeviceClass, Target};
+use crate::lvm::report::{LogicalVolume, VolumeGroup};
+use crate::lvm::{LvmError, LvmRunner, args, validate};
+use crate::state::{RefreshReason, Snapshot, StateCache};
+
+/// Why a request failed. The gRPC layer maps each kind to one status code.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("device class {0:?} is not configured")]
+    UnknownDeviceClass(String),
+    #[error("device class {class:?} is unavailable: {reason}")]
+    Unavailable { class: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("{0}")]
+    NoSpace(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Internal(String),
+    #[error(transparent)]
+    Lvm(#[from] LvmError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A CreateLV request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateLv {
+    pub name: String,
+    pub device_class: String,
+    pub lvcreate_option_class: String,
+    pub size_bytes: i64,
+    /// TopoLVM's deprecated size field, used only when `size_bytes` is 0.
+    pub size_gb: u64,
+    pub tags: Vec<String>,
+}
+
+/// A CreateLVSnapshot request.
+#[derive(Debug, Clone, Default)]
+pub struct CreateSnapshot {
+    pub name: String,
+    pub device_class: String,
+    pub source_volume: String,
+    pub access_type: String,
+    pub size_bytes: i64,
+    pub size_gb: u64,
+    pub tags: Vec<String>,
+}
+
+/// Thin pool figures of a thin device class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThinPoolUsage {
+    pub pool_size: u64,
+    pub data_percent: f64,
+    pub metadata_percent: f64,
+    /// What may still be promised under the overprovision ratio.
+    pub overprovision_free: u64,
+}
+
+/// The capacity of one device class, as Watch reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassCapacity {
+    pub device_class: String,
+    /// Whether the class's volume group (and thin pool) exist.
+    pub available: bool,
+    /// What new volumes of this class may use: VG free less spare (thick) or the
+    /// overprovision headroom (thin).
+    pub free: u64,
+    /// Free bytes of the volume group (less spare for thick classes).
+    pub vg_free: u64,
+    pub vg_size: u64,
+    pub thin: Option<ThinPoolUsage>,
+}
+
+/// The whole capacity picture sent to Watch subscribers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacityReport {
+    pub default_free: u64,
+    pub classes: Vec<ClassCapacity>,
+}
+
+/// The lvmd service.
+#[derive(Debug)]
+pub struct Lvmd {
+    config: Arc<Config>,
+    cache: Arc<StateCache>,
+    runner: Arc<dyn LvmRunner>,
+    vg_locks: HashMap<String, Arc<Mutex<()>>>,
+}
+
+fn size_from(size_bytes: i64, size_gb: u64, what: &str) -> Result<Option<u64>> {
+    if size_bytes < 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{what} must not be negative, got {size_bytes}"
+        )));
+    }
+    if size_bytes > 0 {
+        return Ok(Some(size_bytes as u64));
+    }
+    if size_gb > 0 {
+        return size_gb
+            .checked_mul(1 << 30)
+            .filter(|b| i64::try_from(*b).is_ok())
+            .map(Some)
+            .ok_or_else(|| Error::InvalidArgument(format!("size_gb {size_gb} is too large")));
+    }
+    Ok(None)
+}
+
+fn round_up(size: u64, granule: u64) -> Result<u64> {
+    topolvm_core::size::round_up(size, granule.max(1))
+        .filter(|b| i64::try_from(*b).is_ok())
+        .ok_or_else(|| Error::InvalidArgument(format!("size {size} is too large")))
+}
+
+fn invalid(e: validate::InvalidName) -> Error {
+    Error::InvalidArgument(e.to_string())
+}
+
+/// Checks the caller's tags and adds the ones that mark the volume as ours.
+fn volume_tags(name: &str, requested: &[String]) -> Result<Vec<String>> {
+    let mut tags = vec![
+        names::LV_TAG_MANAGED.to_owned(),
+        names::lv_tag_volume_id(name),
+    ];
+    for tag in requested {
+        validate::tag(tag).map_err(invalid)?;
+        if tag == names::LV_TAG_MANAGED || names::parse_lv_tag_volume_id(tag).is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "tag {tag:?} is reserved for lvmd's own bookkeeping"
+            )));
+        }
+        if !tags.contains(tag) {
+            tags.push(tag.clone());
+        }
+    }
+    Ok(tags)
+}
+
+/// The granule LVM rounds a volume's size to.
+fn granule(vg: &VolumeGroup, stripes: u32) -> u64 {
+    vg.extent_size.saturating_mul(u64::from(stripes.max(1)))
+}
+
+impl Lvmd {
+    pub fn new(config: Arc<Config>, cache: Arc<StateCache>, runner: Arc<dyn LvmRunner>) -> Self {
+        let vg_locks = config
+            .device_classes
+            .iter()
+            .map(|dc| (dc.volume_group.clone(), Arc::new(Mutex::new(()))))
+            .collect();
+        Self {
+            config,
+            cache,
+            runner,
+            vg_locks,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn cache(&self) -> &Arc<StateCache> {
+        &self.cache
+    }
+
+    fn device_class(&self, name: &str) -> Result<&DeviceClass> {
+        self.config
+            .device_class(name)
+            .ok_or_else(|| Error::UnknownDeviceClass(name.to_owned()))
+    }
+
+    async fn lock_vg(&self, vg: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        // Every configured VG has a lock; the fallback is never used but keeps this total.
+        let lock = self
+            .vg_locks
+            .get(vg)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(Mutex::new(())));
+        lock.lock_owned().await
+    }
+
+    /// The volume group of `dc` in `snap`, or why the class cannot be used.
+    fn class_vg<'s>(&self, dc: &DeviceClass, snap: &'s Snapshot) -> Result<&'s VolumeGroup> {
+        let vg = snap
+            .vgs
+            .get(&dc.volume_group)
+            .ok_or_else(|| Error::Unavailable {
+                class: dc.name.clone(),
+                reason: format!("volume group {:?} not found", dc.volume_group),
+            })?;
+        if let Target::Thin(pool) = &dc.target {
+            match vg.lvs.get(&pool.name) {
+                Some(lv) if lv.is_thin_pool() => {}
+                _ => {
+                    return Err(Error::Unavailable {
+                        class: dc.name.clone(),
+                        reason: format!("thin pool {}/{} not found", dc.volume_group, pool.name),
+                    });
+                }
+            }
+        }
+        Ok(vg)
+    }
+
+    /// The capacity of `dc` in `snap`.
+    pub fn class_capacity(&self, dc: &DeviceClass, snap: &Snapshot) -> ClassCapacity {
+        let Ok(vg) = self.class_vg(dc, snap) else {
+            return ClassCapacity {
+                device_class: dc.name.clone(),
+                available: false,
+                free: 0,
+                vg_free: 0,
+                vg_size: 0,
+                thin: None,
+            };
+        };
+        match &dc.target {
+            Target::Thick => {
+                let free = capacity::thick_free_bytes(vg.free, dc.spare_bytes);
+                ClassCapacity {
+                    device_class: dc.name.clone(),
+                    available: true,
+                    free,
+                    vg_free: free,
+                    vg_size: vg.size,
+                    thin: None,
+                }
+            }
+            Target::Thin(pool_cfg) => {
+                let pool = &vg.lvs[&pool_cfg.name];
+                let virtual_sum: u64 = vg
+                    .lvs
+                    .values()
+                    .filter(|lv| lv.pool_lv.as_deref() == Some(pool_cfg.name.as_str()))
+                    .map(|lv| lv.size)
+                    .sum();
+                let overprovision_free =
+                    capacity::thin_free_bytes(pool.size, pool_cfg.overprovision_ratio, virtual_sum);
+                ClassCapacity {
+                    device_class: dc.name.clone(),
+                    available: true,
+                    free: overprovision_free,
+                    vg_free: vg.free,
+                    vg_size: vg.size,
+                    thin: Some(ThinPoolUsage {
+                        pool_size: pool.size,
+                        data_percent: pool.data_percent.unwrap_or(0.0),
+                        metadata_percent: pool.metadata_percent.unwrap_or(0.0),
+                        overprovision_free,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// The capacity of every device class in `snap`.
+    pub fn capacity_report(&self, snap: &Snapshot) -> CapacityReport {
+        let classes: Vec<ClassCapacity> = self
+            .config
+            .device_classes
+            .iter()
+            .map(|dc| self.class_capacity(dc, snap))
+            .collect();
+        let default_name = &self.config.default_device_class().name;
+        let default_free = classes
+            .iter()
+            .find(|c| &c.device_class == default_name)
+            .map_or(0, |c| c.free);
+        CapacityReport {
+            default_free,
+            classes,
+        }
+    }
+
+    /// Refuses a new thin volume when the pool's real data usage is above the threshold.
+    fn check_thin_pool_usage(&self, dc: &DeviceClass, cap: &ClassCapacity) -> Result<()> {
+        if let (Target::Thin(pool), Some(usage)) = (&dc.target, &cap.thin)
+            && usage.data_percent > pool.data_percent_threshold
+        {
+            return Err(Error::NoSpace(format!(
+                "thin pool {}/{} is {:.2}% full, above the threshold of {}%",
+                dc.volume_group, pool.name, usage.data_percent, pool.data_percent_threshold
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs one mutating `lvm` command and refreshes the cache once, whatever the outcome.
+    async fn mutate(&self, args: Vec<String>) -> Result<Arc<Snapshot>, LvmError> {
+        let result = self.runner.run(args).await;
+        let refreshed = self.cache.refresh(RefreshReason::Mutation).await;
+        result?;
+        refreshed
+    }
+
+    /// Lists the volumes of a device class.
+    pub fn list_lvs(&self, device_class: &str) -> Result<Vec<LogicalVolume>> {
+        let dc = self.device_class(device_class)?;
+        let snap = self.cache.current();
+        let vg = self.class_vg(dc, &snap)?;
+        Ok(vg
+            .lvs
+            .values()
+            .filter(|lv| match &dc.target {
+                Target::Thick => !lv.is_thin_volume() && !lv.is_thin_pool(),
+                Target::Thin(pool) => lv.pool_lv.as_deref() == Some(pool.name.as_str()),
+            })
+            .cloned()
+            .collect())
+    }
+
+    /// The bytes new volumes of a device class may use.
+    pub fn free_bytes(&self, device_class: &str) -> Result<u64> {
+        let dc = self.device_class(device_class)?;
+        let snap = self.cache.current();
+        self.class_vg(dc, &snap)?;
+        Ok(self.class_capacity(dc, &snap).free)
+    }
+
+    /// Creates a volume; an existing volume of the same name and size is returned as it is.
+    #[instrument(skip_all, fields(name = %req.name, device_class = %req.device_class, size_bytes = req.size_bytes))]
+    pub async fn create_lv(&self, req: CreateLv) -> Result<LogicalVolume> {
+        validate::logical_volume_name(&req.name).map_err(invalid)?;
+        let size = size_from(req.size_bytes, req.size_gb, "size_bytes")?
+            .ok_or_else(|| Error::InvalidArgument("size_bytes must be positive".to_owned()))?;
+        let tags = volume_tags(&req.name, &req.tags)?;
+        let dc = self.device_class(&req.device_class)?;
+        let option_class = if req.lvcreate_option_class.is_empty() {
+            None
+        } else {
+            Some(
+                self.config
+                    .lvcreate_option_class(&req.lvcreate_option_class)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "lvcreate option class {:?} is not configured",
+                            req.lvcreate_option_class
+                        ))
+                    })?,
+            )
+        };
+
+        let _lock = self.lock_vg(&dc.volume_group).await;
+        let snap = self.cache.current();
+        let vg = self.class_vg(dc, &snap)?;
+        let stripes = if option_class.is_some() {
+            1
+        } else {
+            dc.stripe.unwrap_or(1)
+        };
+        let granule = granule(vg, stripes);
+        let needed = round_up(size, granule)?;
+
+        if let Some(existing) = vg.lvs.get(&req.name) {
+            return self.existing_matches(dc, existing, size, needed);
+        }
+
+        let cap = self.class_capacity(dc, &snap);
+        if needed > cap.free {
+            return Err(Error::NoSpace(format!(
+                "not enough space in device class {:?}: {} bytes free, {needed} requested",
+                dc.name, cap.free
+            )));
+        }
+        self.check_thin_pool_usage(dc, &cap)?;
+
+        let argv = match &dc.target {
+            Target::Thick => {
+                let layout = match option_class {
+                    Some(oc) => args::Layout {
+                        options: &oc.options,
+                        ..Default::default()
+                    },
+                    None => args::Layout {
+                        stripes: dc.stripe,
+                        stripe_size: dc.stripe_size.as_deref(),
+                        options: &dc.lvcreate_options,
+                    },
+                };
+                args::create_thick(&dc.volume_group, &req.name, size, &tags, &layout)
+            }
+            Target::Thin(pool) => {
+                let options = option_class.map_or(&dc.lvcreate_options, |oc| &oc.options);
+                args::create_thin(
+                    &dc.volume_group,
+                    &pool.name,
+                    &req.name,
+                    size,
+                    &tags,
+                    options,
+                )
+            }
+        };
+        let result = self.mutate(argv).await;
+        let snap = match result {
+            Ok(snap) => snap,
+            Err(e) if e.is_insufficient_space() => return Err(Error::NoSpace(e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let lv = snap
+            .vgs
+            .get(&dc.volume_group)
+            .and_then(|vg| vg.lvs.get(&req.name))
+            .cloned()
+            .ok_or_else(|| {
+                Error::Internal(format!("{} was created but is not in the report", req.name))
+            })?;
+        info!(size = lv.size, "created logical volume");
+        Ok(lv)
+    }
+
+    /// Decides whether an existing volume satisfies a repeated create.
+    fn existing_matches(
+        &self,
+        dc: &DeviceClass,
+        existing: &LogicalVolume,
+        size: u64,
+        needed: u64,
+    ) -> Result<LogicalVolume> {
+        let in_class = match &dc.target {
+            Target::Thick => !existing.is_thin_volume() && !existing.is_thin_pool(),
+            Target::Thin(pool) => existing.pool_lv.as_deref() == Some(pool.name.as_str()),
+        };
+        if !in_class {
+            return Err(Error::AlreadyExists(format!(
+                "logical volume {:?} already exists in volume group {:?} outside device class {:?}",
+                existing.name, dc.volume_group, dc.name
+            )));
+        }
+        if existing.size >= size && existing.size <= needed {
+            return Ok(existing.clone());
+        }
+        Err(Error::AlreadyExists(format!(
+            "logical volume {:?} already exists with {} bytes; {size} bytes were requested",
+            existing.name, existing.size
+        )))
+    }
+
+    /// Removes a volume; a volume that does not exist is already removed.
+    #[instrument(skip(self))]
+    pub async fn remove_lv(&self, name: &str, device_class: &str) -> Result<()> {
+        validate::logical_volume_name(name).map_err(invalid)?;
+        let dc = self.device_class(device_class)?;
+        let _lock = self.lock_vg(&dc.volume_group).await;
+        let snap = self.cache.current();
+        let vg = snap
+            .vgs
+            .get(&dc.volume_group)
+            .ok_or_else(|| Error::Unavailable {
+                class: dc.name.clone(),
+                reason: format!("volume group {:?} not found", dc.volume_group),
+            })?;
+        let Some(lv) = vg.lvs.get(name) else {
+            return Ok(());
+        };
+        if lv.is_thin_pool() {
+            return Err(Error::FailedPrecondition(format!(
+                "{name:?} is a thin pool, not a volume"
+            )));
+        }
+        if lv.is_thick_origin() {
+            return Err(Error::FailedPrecondition(format!(
+                "{name:?} has thick snapshots; remove them first (removing the origin would destroy them)"
+            )));
+        }
+        let result = self.mutate(args::remove(&dc.volume_group, name)).await;
+        match result {
+            Ok(_) => {
+                info!("removed logical volume");
+                Ok(())
+            }
+            Err(e) => {
+                let gone = !self
+                    .cache
+                    .current()
+                    .vgs
+                    .get(&dc.volume_group)
+                    .is_some_and(|vg| vg.lvs.contains_key(name));
+                if gone { Ok(()) } else { Err(e.into()) }
+            }
+        }
+    }
+
+    /// Grows a volume to at least `size_bytes`; never shrinks it.
+    #[instrument(skip(self))]
+    pub async fn resize_lv(
+        &self,
+        name: &str,
+        device_class: &str,
+        size_bytes: i64,
+        size_gb: u64,
+    ) -> Result<u64> {
+        validate::logical_volume_name(name).map_err(invalid)?;
+        let size = size_from(size_bytes, size_gb, "size_bytes")?
+            .ok_or_else(|| Error::InvalidArgument("size_bytes must be positive".to_owned()))?;
+        let dc = self.device_class(device_class)?;
+        let _lock = self.lock_vg(&dc.volume_group).await;
+        let snap = self.cache.current();
+        let vg = self.class_vg(dc, &snap)?;
+        let lv = vg
+            .lvs
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("logical volume {name:?} not found")))?;
+        let needed = round_up(size, granule(vg, lv.stripes))?;
+        if needed == lv.size || (size <= lv.size && needed >= lv.size) {
+            return Ok(lv.size);
+        }
+        if needed < lv.size {
+            return Err(Error::OutOfRange(format!(
+                "logical volume {name:?} has {} bytes; shrinking to {size} is not supported",
+                lv.size
+            )));
+        }
+        let cap = self.class_capacity(dc, &snap);
+        let growth = needed - lv.size;
+        if growth > cap.free {
+            return Err(Error::NoSpace(format!(
+                "not enough space in device class {:?} to grow {name:?} by {growth} bytes: {} free",
+                dc.name, cap.free
+            )));
+        }
+        let snap = match self
+            .mutate(args::extend(&dc.volume_group, name, size))
+            .await
+        {
+            Ok(snap) => snap,
+            Err(e) if e.is_insufficient_space() => return Err(Error::NoSpace(e.to_string())),
+            Err(e) => return Err(e.into()),
+        };
+        let new_size = snap
+            .vgs
+            .get(&dc.volume_group)
+            .and_then(|vg| vg.lvs.get(name))
+            .map(|lv| lv.size)
+            .ok_or_else(|| Error::Internal(format!("{name} vanished while being resized")))?;
+        info!(new_size, "resized logical volume");
+        Ok(new_size)
+    }
+
+    /// Creates a snapshot: a thin snapshot in thin classes, a copy-on-write snapshot in thick ones.
+    #[instrument(skip_all, fields(name = %req.name, source = %req.source_volume, device_class = %req.device_class))]
+    pub async fn create_snapshot(&self, req: CreateSnapshot) -> Result<LogicalVolume> {
+        validate::logical_volume_name(&req.name).map_err(invalid)?;
+        validate::logical_volume_name_as("source volume name", &req.source_volume)
+            .map_err(invalid)?;
+        let permission = match req.access_type.as_str() {
+            "ro" => args::Permission::ReadOnly,
+            "rw" => args::Permission::ReadWrite,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "access_type must be \"ro\" or \"rw\", got {other:?}"
+                )));
+            }
+        };
+        let requested = size_from(req.size_bytes, req.size_gb, "size_bytes")?;
+        let tags = volume_tags(&req.name, &req.tags)?;
+        let dc = self.device_class(&req.device_class)?;
+
+        let _lock = self.lock_vg(&dc.volume_group).await;
+        let snap = self.cache.current();
+        let vg = self.class_vg(dc, &snap)?;
+        if let Some(existing) = vg.lvs.get(&req.name) {
+            if existing.origin.as_deref() == Some(req.source_volume.as_str()) {
+                return Ok(existing.clone());
+            }
+            return Err(Error::AlreadyExists(format!(
+                "logical volume {:?} already exists and is not a snapshot of {:?}",
+                req.name, req.source_volume
+            )));
+        }
+        let source = vg.lvs.get(&req.source_volume).ok_or_else(|| {
+            Error::NotFound(format!("source volume {:?} not found", req.source_volume))
+        })?;
+        let cap = self.class_capacity(dc, &snap);
+
+        let created = match &dc.target {
+            Target::Thin(pool) => {
+                if source.pool_lv.as_deref() != Some(pool.name.as_str()) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "source volume {:?} is not a thin volume of pool {}/{}",
+                        req.source_volume, dc.volume_group, pool.name
+                    )));
+                }
+                let desired = requested.unwrap_or(source.size);
+                if desired < source.size {
+                    return Err(Error::OutOfRange(format!(
+                        "requested size {desired} is smaller than the source volume's {} bytes",
+                        source.size
+                    )));
+                }
+                let desired = round_up(desired, granule(vg, 1))?;
+                if desired > cap.free {
+                    return Err(Error::NoSpace(format!(
+                        "not enough space in device class {:?}: {} bytes free, {desired} requested",
+                        dc.name, cap.free
+                    )));
+                }
+                self.check_thin_pool_usage(dc, &cap)?;
+                let argv = args::create_thin_snapshot(
+                    &dc.volume_group,
+                    &req.source_volume,
+                    &req.name,
+                    &tags,
+                    permission,
+                );
+                let mut snap = self.mutate(argv).await?;
+                if desired > source.size {
+                    // A thin snapshot starts at its origin's size; growing it is a second step.
+                    match self
+                        .mutate(args::extend(&dc.volume_group, &req.name, desired))
+                        .await
+                    {
+                        Ok(s) => snap = s,
+                        Err(e) => {
+                            warn!(error = %e, "growing the new snapshot failed; removing it");
+                            if let Err(e) =
+                                self.mutate(args::remove(&dc.volume_group, &req.name)).await
+                            {
+                                warn!(error = %e, "removing the half-made snapshot failed");
+                            }
+                            return Err(e.into());
+                        }
+                    }
+                }
+                snap
+            }
+            Target::Thick => {
+                if source.is_thin_volume() || source.is_thin_pool() || source.is_thick_snapshot() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "source volume {:?} cannot have a thick snapshot (only plain thick volumes can)",
+                        req.source_volume
+                    )));
+                }
+                // The copy-on-write area holds changed blocks; sized like the origin it can never
+                // overflow, which is what an unspecified size asks for.
+                let cow = round_up(requested.unwrap_or(source.size), granule(vg, 1))?;
+                if cow > cap.free {
+                    return Err(Error::NoSpace(format!(
+                        "not enough space in device class {:?} for a {cow}-byte snapshot area: {} bytes free",
+                        dc.name, cap.free
+                    )));
+                }
+                let argv = args::create_thick_snapshot(
+                    &dc.volume_group,
+                    &req.source_volume,
+                    &req.name,
+                    cow,
+                    &tags,
+                    permission,
+                );
+                match self.mutate(argv).await {
+                    Ok(snap) => snap,
+                    Err(e) if e.is_insufficient_space() => {
+                        return Err(Error::NoSpace(e.to_string()));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let lv = created
+            .vgs
+            .get(&dc.volume_group)
+            .and_then(|vg| vg.lvs.get(&req.name))
+            .cloned()
+            .ok_or_else(|| {
+                Error::Internal(format!("{} was created but is not in the report", req.name))
+            })?;
+        info!(size = lv.size, "created snapshot");
+        Ok(lv)
+    }
+}
+
+#[cfg(test)]
+mod tests;

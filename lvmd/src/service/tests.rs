@@ -1,0 +1,581 @@
+//! Unit tests of the service logic against a scripted fake `lvm`: what is decided from the cache
+//! alone, which command is run, and how failures are classified. Real `lvm` behaviour is proven by
+//! the host and VM tiers in `tests/`.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::*;
+use crate::state::fake::FakeLvm;
+
+const MIB: u64 = 1 << 20;
+const EXTENT: u64 = 4 * MIB;
+
+/// Builds fake `fullreport` JSON.
+#[derive(Default)]
+struct Vg {
+    name: &'static str,
+    size: u64,
+    free: u64,
+    lvs: Vec<serde_json::Value>,
+    segs: Vec<serde_json::Value>,
+}
+
+impl Vg {
+    fn new(name: &'static str, size: u64, free: u64) -> Self {
+        Self {
+            name,
+            size,
+            free,
+            ..Default::default()
+        }
+    }
+
+    fn lv(mut self, name: &str, size: u64, attr: &str, pool: &str, origin: &str) -> Self {
+        let uuid = format!("uuid-{name}");
+        self.lvs.push(json!({
+            "lv_name": name, "lv_uuid": uuid, "lv_full_name": format!("{}/{name}", self.name),
+            "lv_size": size.to_string(), "lv_attr": attr, "lv_tags": "",
+            "lv_path": format!("/dev/{}/{name}", self.name),
+            "lv_kernel_major": "-1", "lv_kernel_minor": "-1", "pool_lv": pool, "origin": origin,
+            "data_percent": if attr.starts_with('t') { "10.00" } else { "" }, "metadata_percent": ""
+        }));
+        self.segs.push(
+            json!({"lv_uuid": uuid, "segtype": "linear", "stripes": "1", "stripe_size": "0"}),
+        );
+        self
+    }
+
+    fn thick(self, name: &str, size: u64) -> Self {
+        self.lv(name, size, "-wi-a-----", "", "")
+    }
+
+    fn pool(self, name: &str, size: u64, data_percent: &str) -> Self {
+        let mut vg = self.lv(name, size, "twi-aotz--", "", "");
+        if let Some(last) = vg.lvs.last_mut() {
+            last["data_percent"] = json!(data_percent);
+        }
+        vg
+    }
+
+    fn thin(self, name: &str, size: u64, pool: &str) -> Self {
+        self.lv(name, size, "Vwi-a-tz--", pool, "")
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "vg": [{"vg_name": self.name, "vg_uuid": format!("uuid-{}", self.name),
+                    "vg_size": self.size.to_string(), "vg_free": self.free.to_string(),
+                    "vg_extent_size": EXTENT.to_string(), "vg_seqno": "1", "vg_tags": ""}],
+            "pv": [{"pv_name": "/dev/loop9", "pv_uuid": "pv"}],
+            "lv": self.lvs, "seg": self.segs
+        })
+    }
+}
+
+fn report(vgs: &[&Vg]) -> String {
+    json!({"report": vgs.iter().map(|v| v.json()).collect::<Vec<_>>()}).to_string()
+}
+
+const CONFIG: &str = r#"
+socket-name: /tmp/unused.sock
+lvm-command-prefix: [lvm]
+device-classes:
+  - name: ssd
+    volume-group: vg1
+    default: true
+    spare-gb: 0
+  - name: striped
+    volume-group: vg1
+    spare-gb: 0
+    stripe: 2
+    stripe-size: 64k
+  - name: thin
+    volume-group: vg1
+    type: thin
+    thin-pool:
+      name: pool
+      overprovision-ratio: 2.0
+      data-percent-threshold: 80
+  - name: missing
+    volume-group: novg
+lvcreate-option-classes:
+  - name: raid1
+    options: ["--type=raid1", "-m", "1"]
+"#;
+
+async fn lvmd_with(report_json: &str) -> (Arc<FakeLvm>, Lvmd) {
+    let fake = Arc::new(FakeLvm::with_report(report_json));
+    let cache = Arc::new(StateCache::new(fake.clone()));
+    cache
+        .refresh(RefreshReason::Startup)
+        .await
+        .expect("initial report");
+    let config = Arc::new(Config::parse(CONFIG).expect("config"));
+    let lvmd = Lvmd::new(config, cache, fake.clone());
+    (fake, lvmd)
+}
+
+fn base() -> Vg {
+    Vg::new("vg1", 1024 * MIB, 512 * MIB)
+        .thick("existing", 100 * MIB)
+        .pool("pool", 256 * MIB, "10.00")
+        .thin("thin1", 300 * MIB, "pool")
+}
+
+fn create(name: &str, class: &str, size: u64) -> CreateLv {
+    CreateLv {
+        name: name.into(),
+        device_class: class.into(),
+        size_bytes: size as i64,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn create_runs_one_lvcreate_with_ownership_tags_then_one_refresh() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    fake.set_report(&report(&[&base().thick("v1", 8 * MIB)]));
+    let calls_before = fake.calls().len();
+
+    let lv = lvmd
+        .create_lv(create("v1", "", 5 * MIB))
+        .await
+        .expect("created");
+    assert_eq!(lv.size, 8 * MIB);
+
+    let calls = &fake.calls()[calls_before..];
+    assert_eq!(calls.len(), 2, "one lvcreate and one refresh: {calls:?}");
+    assert_eq!(
+        calls[0],
+        [
+            "lvcreate",
+            "-n",
+            "v1",
+            "-L",
+            "5242880b",
+            "-W",
+            "y",
+            "-y",
+            "--addtag",
+            "topolvm.io/managed",
+            "--addtag",
+            "topolvm.io/volume=v1",
+            "vg1"
+        ]
+    );
+    assert_eq!(calls[1][0], "fullreport");
+}
+
+#[tokio::test]
+async fn repeated_create_of_the_same_size_is_answered_from_the_cache() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    let before = fake.calls().len();
+    // "existing" is 100 MiB; 98 MiB rounds up to the same 100 MiB (25 extents).
+    let lv = lvmd
+        .create_lv(create("existing", "ssd", 98 * MIB))
+        .await
+        .expect("idempotent");
+    assert_eq!(lv.size, 100 * MIB);
+    assert_eq!(
+        fake.calls().len(),
+        before,
+        "no lvm call for an idempotent create"
+    );
+
+    let err = lvmd
+        .create_lv(create("existing", "ssd", 200 * MIB))
+        .await
+        .expect_err("other size");
+    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+    let err = lvmd
+        .create_lv(create("existing", "thin", 100 * MIB))
+        .await
+        .expect_err("other class");
+    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn no_space_is_refused_before_any_lvm_call() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    let before = fake.calls().len();
+    let err = lvmd
+        .create_lv(create("big", "ssd", 600 * MIB))
+        .await
+        .expect_err("too big");
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    // thin: ratio 2.0 × 256 MiB pool = 512 MiB, 300 MiB promised already.
+    let err = lvmd
+        .create_lv(create("big", "thin", 213 * MIB))
+        .await
+        .expect_err("overprovisioned");
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert_eq!(fake.calls().len(), before);
+}
+
+#[tokio::test]
+async fn lvm_reporting_no_space_maps_to_no_space() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    fake.push_result(Err((
+        5,
+        "  Volume group \"vg1\" has insufficient free space (1 extents): 2 required.".into(),
+    )));
+    let err = lvmd
+        .create_lv(create("v2", "ssd", 8 * MIB))
+        .await
+        .expect_err("lvm said no");
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn striped_and_option_class_layouts() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    fake.set_report(&report(&[&base().thick("s1", 8 * MIB)]));
+    lvmd.create_lv(create("s1", "striped", 5 * MIB))
+        .await
+        .expect("striped");
+    fake.set_report(&report(&[&base()
+        .thick("s1", 8 * MIB)
+        .thick("r1", 8 * MIB)]));
+    let mut req = create("r1", "ssd", 8 * MIB);
+    req.lvcreate_option_class = "raid1".into();
+    lvmd.create_lv(req).await.expect("raid1");
+    let m = fake.mutations();
+    assert!(
+        m[0].windows(4).any(|w| w == ["-i", "2", "-I", "64k"]),
+        "{:?}",
+        m[0]
+    );
+    assert!(
+        m[1].windows(3).any(|w| w == ["--type=raid1", "-m", "1"]),
+        "{:?}",
+        m[1]
+    );
+    assert!(
+        !m[1].contains(&"-i".to_owned()),
+        "option classes replace the class layout"
+    );
+
+    let mut req = create("r2", "ssd", 8 * MIB);
+    req.lvcreate_option_class = "nope".into();
+    assert!(matches!(
+        lvmd.create_lv(req).await,
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[tokio::test]
+async fn thin_create_uses_the_pool_and_respects_the_usage_threshold() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    fake.set_report(&report(&[&base().thin("t2", 8 * MIB, "pool")]));
+    lvmd.create_lv(create("t2", "thin", 8 * MIB))
+        .await
+        .expect("thin");
+    assert_eq!(fake.mutations()[0][..3], ["lvcreate", "-T", "vg1/pool"]);
+
+    let full = Vg::new("vg1", 1024 * MIB, 512 * MIB)
+        .pool("pool", 256 * MIB, "85.50")
+        .thin("thin1", 8 * MIB, "pool");
+    let (fake, lvmd) = lvmd_with(&report(&[&full])).await;
+    let err = lvmd
+        .create_lv(create("t3", "thin", 8 * MIB))
+        .await
+        .expect_err("pool too full");
+    assert!(
+        matches!(&err, Error::NoSpace(m) if m.contains("85.50%")),
+        "{err:?}"
+    );
+    assert!(fake.mutations().is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_argument_without_lvm_calls() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    let before = fake.calls().len();
+    let mut cases = vec![
+        create("-rf", "", MIB),
+        create("a b", "", MIB),
+        create("", "", MIB),
+        create("ok", "", 0),
+        create("ok", "", 0u64.wrapping_sub(1)), // -1 as i64
+    ];
+    let mut tagged = create("ok", "", MIB);
+    tagged.tags = vec!["bad tag".into()];
+    cases.push(tagged);
+    let mut reserved = create("ok", "", MIB);
+    reserved.tags = vec!["topolvm.io/volume=other".into()];
+    cases.push(reserved);
+    for req in cases {
+        let err = lvmd.create_lv(req.clone()).await.expect_err("refused");
+        assert!(matches!(err, Error::InvalidArgument(_)), "{req:?}: {err:?}");
+    }
+    assert_eq!(fake.calls().len(), before);
+    assert!(matches!(
+        lvmd.create_lv(create("ok", "nosuchclass", MIB)).await,
+        Err(Error::UnknownDeviceClass(_))
+    ));
+}
+
+#[tokio::test]
+async fn deprecated_size_gb_is_honoured_when_size_bytes_is_zero() {
+    let (fake, lvmd) = lvmd_with(&report(&[&Vg::new("vg1", 8 << 30, 4 << 30)])).await;
+    fake.set_report(&report(&[
+        &Vg::new("vg1", 8 << 30, 3 << 30).thick("g", 1 << 30)
+    ]));
+    let mut req = create("g", "", 0);
+    req.size_gb = 1;
+    lvmd.create_lv(req).await.expect("size_gb");
+    assert!(fake.mutations()[0].contains(&"1073741824b".to_owned()));
+}
+
+#[tokio::test]
+async fn a_missing_volume_group_makes_only_its_class_unavailable() {
+    let (_fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    let err = lvmd
+        .create_lv(create("x", "missing", MIB))
+        .await
+        .expect_err("unavailable");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(matches!(
+        lvmd.free_bytes("missing"),
+        Err(Error::Unavailable { .. })
+    ));
+    assert_eq!(lvmd.free_bytes("ssd").expect("ssd works"), 512 * MIB);
+    let report = lvmd.capacity_report(&lvmd.cache().current());
+    let missing = report
+        .classes
+        .iter()
+        .find(|c| c.device_class == "missing")
+        .expect("listed");
+    assert!(!missing.available);
+    assert_eq!(report.default_free, 512 * MIB);
+}
+
+#[tokio::test]
+async fn remove_is_idempotent_and_protects_pools_and_origins() {
+    let vg = base().lv("origin", 8 * MIB, "owi-a-s---", "", "").lv(
+        "snap",
+        8 * MIB,
+        "swi-a-s---",
+        "",
+        "origin",
+    );
+    let (fake, lvmd) = lvmd_with(&report(&[&vg])).await;
+    let before = fake.calls().len();
+    lvmd.remove_lv("gone", "ssd")
+        .await
+        .expect("missing is removed");
+    assert_eq!(
+        fake.calls().len(),
+        before,
+        "no lvm call for a missing volume"
+    );
+
+    assert!(matches!(
+        lvmd.remove_lv("pool", "thin").await,
+        Err(Error::FailedPrecondition(_))
+    ));
+    assert!(matches!(
+        lvmd.remove_lv("origin", "ssd").await,
+        Err(Error::FailedPrecondition(_))
+    ));
+
+    lvmd.remove_lv("existing", "ssd").await.expect("removed");
+    assert_eq!(fake.mutations(), [["lvremove", "-y", "vg1/existing"]]);
+}
+
+#[tokio::test]
+async fn resize_grows_never_shrinks() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    let before = fake.calls().len();
+    assert_eq!(
+        lvmd.resize_lv("existing", "ssd", (100 * MIB) as i64, 0)
+            .await
+            .expect("same"),
+        100 * MIB
+    );
+    assert_eq!(
+        lvmd.resize_lv("existing", "ssd", (97 * MIB) as i64, 0)
+            .await
+            .expect("same after rounding"),
+        100 * MIB
+    );
+    assert_eq!(fake.calls().len(), before);
+    let err = lvmd
+        .resize_lv("existing", "ssd", (50 * MIB) as i64, 0)
+        .await
+        .expect_err("shrink");
+    assert!(matches!(err, Error::OutOfRange(_)), "{err:?}");
+    let err = lvmd
+        .resize_lv("existing", "ssd", (700 * MIB) as i64, 0)
+        .await
+        .expect_err("too big");
+    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(matches!(
+        lvmd.resize_lv("nope", "ssd", MIB as i64, 0).await,
+        Err(Error::NotFound(_))
+    ));
+
+    fake.set_report(&report(&[
+        &Vg::new("vg1", 1024 * MIB, 412 * MIB).thick("existing", 200 * MIB)
+    ]));
+    assert_eq!(
+        lvmd.resize_lv("existing", "ssd", (200 * MIB) as i64, 0)
+            .await
+            .expect("grown"),
+        200 * MIB
+    );
+    assert_eq!(
+        fake.mutations(),
+        [["lvextend", "-L", "209715200b", "vg1/existing"]]
+    );
+}
+
+#[tokio::test]
+async fn snapshots_thin_and_thick() {
+    let small = || {
+        Vg::new("vg1", 1024 * MIB, 512 * MIB)
+            .pool("pool", 256 * MIB, "10.00")
+            .thin("thin1", 100 * MIB, "pool")
+    };
+    let (fake, lvmd) = lvmd_with(&report(&[&small()])).await;
+    fake.set_report(&report(&[&small().lv(
+        "ts",
+        100 * MIB,
+        "Vri-a-tz-k",
+        "pool",
+        "thin1",
+    )]));
+    let snap = lvmd
+        .create_snapshot(CreateSnapshot {
+            name: "ts".into(),
+            device_class: "thin".into(),
+            source_volume: "thin1".into(),
+            access_type: "ro".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("thin snapshot");
+    assert_eq!(snap.origin.as_deref(), Some("thin1"));
+    assert_eq!(
+        fake.mutations()[0],
+        [
+            "lvcreate",
+            "-s",
+            "-n",
+            "ts",
+            "-k",
+            "n",
+            "-p",
+            "r",
+            "-y",
+            "--addtag",
+            "topolvm.io/managed",
+            "--addtag",
+            "topolvm.io/volume=ts",
+            "vg1/thin1"
+        ]
+    );
+
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    fake.set_report(&report(&[&base().lv(
+        "cow",
+        100 * MIB,
+        "swi-a-s---",
+        "",
+        "existing",
+    )]));
+    lvmd.create_snapshot(CreateSnapshot {
+        name: "cow".into(),
+        device_class: "ssd".into(),
+        source_volume: "existing".into(),
+        access_type: "rw".into(),
+        size_bytes: (20 * MIB) as i64,
+        ..Default::default()
+    })
+    .await
+    .expect("thick snapshot");
+    assert_eq!(
+        fake.mutations()[0][..9],
+        [
+            "lvcreate",
+            "-s",
+            "-n",
+            "cow",
+            "-L",
+            "20971520b",
+            "-p",
+            "rw",
+            "-y"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn snapshot_refusals() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    let snap = |name: &str, class: &str, source: &str, access: &str, size: u64| CreateSnapshot {
+        name: name.into(),
+        device_class: class.into(),
+        source_volume: source.into(),
+        access_type: access.into(),
+        size_bytes: size as i64,
+        ..Default::default()
+    };
+    let cases: Vec<(CreateSnapshot, fn(&Error) -> bool)> = vec![
+        (snap("s", "thin", "thin1", "rx", 0), |e| {
+            matches!(e, Error::InvalidArgument(_))
+        }),
+        (snap("s", "thin", "-x", "ro", 0), |e| {
+            matches!(e, Error::InvalidArgument(_))
+        }),
+        (snap("s", "thin", "nope", "ro", 0), |e| {
+            matches!(e, Error::NotFound(_))
+        }),
+        (snap("s", "thin", "existing", "ro", 0), |e| {
+            matches!(e, Error::FailedPrecondition(_))
+        }),
+        (snap("s", "ssd", "thin1", "ro", 0), |e| {
+            matches!(e, Error::FailedPrecondition(_))
+        }),
+        (snap("s", "thin", "thin1", "ro", MIB), |e| {
+            matches!(e, Error::OutOfRange(_))
+        }),
+        (snap("s", "ssd", "existing", "ro", 600 * MIB), |e| {
+            matches!(e, Error::NoSpace(_))
+        }),
+        (snap("existing", "ssd", "thin1", "ro", 0), |e| {
+            matches!(e, Error::AlreadyExists(_))
+        }),
+    ];
+    for (req, want) in cases {
+        let err = lvmd
+            .create_snapshot(req.clone())
+            .await
+            .expect_err("refused");
+        assert!(want(&err), "{req:?}: {err:?}");
+    }
+    assert!(fake.mutations().is_empty());
+}
+
+#[tokio::test]
+async fn listing_separates_thick_and_thin_classes() {
+    let (_fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    let thick: Vec<String> = lvmd
+        .list_lvs("ssd")
+        .expect("list")
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(thick, ["existing"]);
+    let thin: Vec<String> = lvmd
+        .list_lvs("thin")
+        .expect("list")
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(thin, ["thin1"]);
+    // 2.0 × 256 MiB − 300 MiB
+    assert_eq!(lvmd.free_bytes("thin").expect("free"), 212 * MIB);
+}
