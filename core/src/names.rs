@@ -1,0 +1,338 @@
+//! Every name topolvm-rs shares with Kubernetes objects, TopoLVM and LVM.
+//!
+//! A cluster that runs TopoLVM must be able to switch to topolvm-rs by swapping binaries, so
+//! these strings are a wire contract: changing one breaks existing PVs, StorageClasses, node
+//! annotations or LogicalVolume objects. Tests pin each value.
+
+/// CSI plugin name and provisioner name of StorageClasses (`topolvm.io`).
+pub const PLUGIN_NAME: &str = "topolvm.io";
+
+/// Topology segment key reported by `NodeGetInfo` and written into PV node affinity; its value
+/// is the node name.
+pub const TOPOLOGY_NODE_KEY: &str = "topology.topolvm.io/node";
+
+/// Prefix of the annotations that carry capacities per device class.
+///
+/// On a Node the value is the free bytes of the class; on a Pod (written by the pod webhook)
+/// it is the bytes the pod still needs from the class. The rest of the key is the device class
+/// name, or [`DEFAULT_DEVICE_CLASS_ANNOTATION_NAME`] for the default class.
+pub const CAPACITY_ANNOTATION_PREFIX: &str = "capacity.topolvm.io/";
+
+/// Device class name that means "the class marked `default` in lvmd's config".
+///
+/// StorageClasses without a `topolvm.io/device-class` parameter and LogicalVolumes with an
+/// empty `deviceClass` use it.
+pub const DEFAULT_DEVICE_CLASS_NAME: &str = "";
+
+/// What stands for the default device class inside capacity annotation keys: an empty suffix
+/// would make the key end in `/`, which is not a valid annotation key.
+pub const DEFAULT_DEVICE_CLASS_ANNOTATION_NAME: &str = "00default";
+
+/// Capacity annotation key of the default device class (`capacity.topolvm.io/00default`).
+///
+/// A node writes it in addition to the key under the default class's own name.
+pub const DEFAULT_CAPACITY_ANNOTATION_KEY: &str = "capacity.topolvm.io/00default";
+
+/// Extended resource that the pod webhook adds to a pod's first container (requests = limits
+/// = "1") so that kube-scheduler consults the scheduler extender for that pod.
+pub const CAPACITY_RESOURCE: &str = "topolvm.io/capacity";
+
+/// StorageClass parameter that selects the device class.
+pub const DEVICE_CLASS_PARAMETER: &str = "topolvm.io/device-class";
+
+/// StorageClass parameter that selects an lvcreate option class of lvmd's config.
+pub const LVCREATE_OPTION_CLASS_PARAMETER: &str = "topolvm.io/lvcreate-option-class";
+
+/// StorageClass parameter (standard CSI) with the filesystem to create on the volume.
+pub const FSTYPE_PARAMETER: &str = "csi.storage.k8s.io/fstype";
+
+/// Filesystem used when a StorageClass names none.
+pub const DEFAULT_FSTYPE: &str = "ext4";
+
+/// Finalizer on Node objects: the controller removes it after cleaning up the node's
+/// LogicalVolumes and PVCs when the node goes away.
+pub const NODE_FINALIZER: &str = "topolvm.io/node";
+
+/// Finalizer on LogicalVolume objects: the node agent removes it after removing the LV.
+pub const LOGICAL_VOLUME_FINALIZER: &str = "topolvm.io/logicalvolume";
+
+/// LogicalVolume annotation set when `spec.size` is raised; the node agent resizes the LV
+/// when it sees the annotation and removes it afterwards.
+pub const RESIZE_REQUESTED_AT_ANNOTATION: &str = "topolvm.io/resize-requested-at";
+
+/// LogicalVolume annotation that marks a volume whose deletion is pending.
+pub const PENDING_DELETION_ANNOTATION: &str = "topolvm.io/pendingdeletion";
+
+/// Label key on Namespaces; with value [`WEBHOOK_IGNORE_VALUE`] the webhooks skip the
+/// namespace (for example the one TopoLVM itself runs in).
+pub const WEBHOOK_NAMESPACE_LABEL: &str = "topolvm.io/webhook";
+
+/// Value of [`WEBHOOK_NAMESPACE_LABEL`] that excludes a namespace from the webhooks.
+pub const WEBHOOK_IGNORE_VALUE: &str = "ignore";
+
+/// Default path of lvmd's gRPC socket.
+pub const DEFAULT_LVMD_SOCKET: &str = "/run/topolvm/lvmd.sock";
+
+/// Default path of the CSI gRPC socket of topolvm-node and topolvm-controller.
+pub const DEFAULT_CSI_SOCKET: &str = "/run/topolvm/csi-topolvm.sock";
+
+/// Default path of lvmd's configuration file.
+pub const DEFAULT_LVMD_CONFIG_PATH: &str = "/etc/topolvm/lvmd.yaml";
+
+/// Label key on LogicalVolume objects whose value is the node the LV lives on.
+///
+/// A node agent should watch only its own LogicalVolumes. Kubernetes 1.20 has no field
+/// selectors for custom resources (`selectableFields` arrived in 1.30), so `spec.nodeName`
+/// cannot be used on the server side; a label selector `topolvm.io/node=<node>` can. The key
+/// is the same string as [`NODE_FINALIZER`], which is harmless: labels and finalizers are
+/// separate namespaces.
+///
+/// A label value holds at most 63 characters while a node name may have 253: see
+/// [`node_label_value`].
+pub const LOGICAL_VOLUME_NODE_LABEL: &str = "topolvm.io/node";
+
+/// LVM tag our lvmd puts on every LV it creates, so LVs that no LogicalVolume object refers
+/// to any more can be found (and LVs made by hand are never touched).
+pub const LV_TAG_MANAGED: &str = "topolvm.io/managed";
+
+/// Prefix of the LVM tag that records the volume id (the LogicalVolume's `status.volumeID`,
+/// which is also the LV's name) on LVs our lvmd creates.
+pub const LV_TAG_VOLUME_ID_PREFIX: &str = "topolvm.io/volume=";
+
+/// Longest LVM tag LVM accepts.
+pub const LVM_TAG_MAX_LEN: usize = 1024;
+
+/// Longest label value Kubernetes accepts.
+pub const LABEL_VALUE_MAX_LEN: usize = 63;
+
+/// Returns the capacity annotation key (on Nodes and Pods) for a device class.
+///
+/// The default class may be given either as [`DEFAULT_DEVICE_CLASS_NAME`] (`""`) or as
+/// [`DEFAULT_DEVICE_CLASS_ANNOTATION_NAME`]; both give `capacity.topolvm.io/00default`.
+///
+/// ```
+/// use topolvm_core::names::capacity_annotation_key;
+/// assert_eq!(capacity_annotation_key(""), "capacity.topolvm.io/00default");
+/// assert_eq!(capacity_annotation_key("ssd"), "capacity.topolvm.io/ssd");
+/// ```
+pub fn capacity_annotation_key(device_class: &str) -> String {
+    let suffix = if device_class == DEFAULT_DEVICE_CLASS_NAME {
+        DEFAULT_DEVICE_CLASS_ANNOTATION_NAME
+    } else {
+        device_class
+    };
+    format!("{CAPACITY_ANNOTATION_PREFIX}{suffix}")
+}
+
+/// Returns the device class part of a capacity annotation key, or `None` when the key is not
+/// a capacity annotation (or has nothing after the prefix).
+///
+/// The default class comes back as [`DEFAULT_DEVICE_CLASS_ANNOTATION_NAME`], exactly as it
+/// appears in the key: the scheduler extender looks the same suffix up on nodes, and per-class
+/// divisors for the default class are keyed by it.
+pub fn capacity_annotation_device_class(key: &str) -> Option<&str> {
+    key.strip_prefix(CAPACITY_ANNOTATION_PREFIX)
+        .filter(|class| !class.is_empty())
+}
+
+/// Returns true when `device_class` names the default class in either spelling.
+pub fn is_default_device_class(device_class: &str) -> bool {
+    device_class == DEFAULT_DEVICE_CLASS_NAME
+        || device_class == DEFAULT_DEVICE_CLASS_ANNOTATION_NAME
+}
+
+/// Returns the LVM tag that records `volume_id` on an LV (`topolvm.io/volume=<volume_id>`).
+pub fn lv_tag_volume_id(volume_id: &str) -> String {
+    format!("{LV_TAG_VOLUME_ID_PREFIX}{volume_id}")
+}
+
+/// Returns the volume id recorded by a tag made with [`lv_tag_volume_id`], or `None` for any
+/// other tag (including one with an empty id).
+pub fn parse_lv_tag_volume_id(tag: &str) -> Option<&str> {
+    tag.strip_prefix(LV_TAG_VOLUME_ID_PREFIX)
+        .filter(|id| !id.is_empty())
+}
+
+/// Returns true when LVM accepts `tag` as a tag: 1 to [`LVM_TAG_MAX_LEN`] characters from
+/// `A-Z a-z 0-9 _ + . - / = ! : # &`, not starting with a hyphen (LVM would read it as an
+/// option).
+pub fn is_valid_lvm_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= LVM_TAG_MAX_LEN
+        && !tag.starts_with('-')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+.-/=!:#&".contains(&b))
+}
+
+/// Returns true when Kubernetes accepts `value` as a label value: at most 63 characters,
+/// empty or starting and ending with an alphanumeric character, with `-`, `_` and `.` allowed
+/// inside.
+pub fn is_valid_label_value(value: &str) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let bytes = value.as_bytes();
+    let alnum_ends = bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
+    value.len() <= LABEL_VALUE_MAX_LEN
+        && alnum_ends
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Returns the value of [`LOGICAL_VOLUME_NODE_LABEL`] for a node, or `None` when the node's
+/// name cannot be a label value (node names may be up to 253 characters long, label values
+/// only 63). For such nodes the label is left off and the node agent has to watch all
+/// LogicalVolumes and compare `spec.nodeName` itself.
+pub fn node_label_value(node_name: &str) -> Option<&str> {
+    (!node_name.is_empty() && is_valid_label_value(node_name)).then_some(node_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_match_topolvm() {
+        assert_eq!(PLUGIN_NAME, "topolvm.io");
+        assert_eq!(TOPOLOGY_NODE_KEY, "topology.topolvm.io/node");
+        assert_eq!(CAPACITY_ANNOTATION_PREFIX, "capacity.topolvm.io/");
+        assert_eq!(DEFAULT_DEVICE_CLASS_NAME, "");
+        assert_eq!(DEFAULT_DEVICE_CLASS_ANNOTATION_NAME, "00default");
+        assert_eq!(CAPACITY_RESOURCE, "topolvm.io/capacity");
+        assert_eq!(DEVICE_CLASS_PARAMETER, "topolvm.io/device-class");
+        assert_eq!(
+            LVCREATE_OPTION_CLASS_PARAMETER,
+            "topolvm.io/lvcreate-option-class"
+        );
+        assert_eq!(FSTYPE_PARAMETER, "csi.storage.k8s.io/fstype");
+        assert_eq!(DEFAULT_FSTYPE, "ext4");
+        assert_eq!(NODE_FINALIZER, "topolvm.io/node");
+        assert_eq!(LOGICAL_VOLUME_FINALIZER, "topolvm.io/logicalvolume");
+        assert_eq!(
+            RESIZE_REQUESTED_AT_ANNOTATION,
+            "topolvm.io/resize-requested-at"
+        );
+        assert_eq!(PENDING_DELETION_ANNOTATION, "topolvm.io/pendingdeletion");
+        assert_eq!(WEBHOOK_NAMESPACE_LABEL, "topolvm.io/webhook");
+        assert_eq!(WEBHOOK_IGNORE_VALUE, "ignore");
+        assert_eq!(DEFAULT_LVMD_SOCKET, "/run/topolvm/lvmd.sock");
+        assert_eq!(DEFAULT_CSI_SOCKET, "/run/topolvm/csi-topolvm.sock");
+        assert_eq!(DEFAULT_LVMD_CONFIG_PATH, "/etc/topolvm/lvmd.yaml");
+        assert_eq!(LOGICAL_VOLUME_NODE_LABEL, "topolvm.io/node");
+        assert_eq!(LV_TAG_MANAGED, "topolvm.io/managed");
+    }
+
+    #[test]
+    fn names_built_from_the_plugin_name_agree() {
+        assert_eq!(TOPOLOGY_NODE_KEY, format!("topology.{PLUGIN_NAME}/node"));
+        assert_eq!(
+            CAPACITY_ANNOTATION_PREFIX,
+            format!("capacity.{PLUGIN_NAME}/")
+        );
+        assert_eq!(CAPACITY_RESOURCE, format!("{PLUGIN_NAME}/capacity"));
+        assert_eq!(
+            DEFAULT_CAPACITY_ANNOTATION_KEY,
+            format!("{CAPACITY_ANNOTATION_PREFIX}{DEFAULT_DEVICE_CLASS_ANNOTATION_NAME}")
+        );
+    }
+
+    #[test]
+    fn capacity_key_of_the_default_class_in_both_spellings() {
+        assert_eq!(capacity_annotation_key(""), DEFAULT_CAPACITY_ANNOTATION_KEY);
+        assert_eq!(
+            capacity_annotation_key("00default"),
+            "capacity.topolvm.io/00default"
+        );
+        assert_eq!(capacity_annotation_key("ssd"), "capacity.topolvm.io/ssd");
+        assert_eq!(
+            capacity_annotation_key("hdd-1"),
+            "capacity.topolvm.io/hdd-1"
+        );
+    }
+
+    #[test]
+    fn capacity_key_parses_back_to_its_class() {
+        assert_eq!(
+            capacity_annotation_device_class("capacity.topolvm.io/ssd"),
+            Some("ssd")
+        );
+        assert_eq!(
+            capacity_annotation_device_class(&capacity_annotation_key("")),
+            Some("00default")
+        );
+        assert_eq!(
+            capacity_annotation_device_class("capacity.topolvm.io/"),
+            None
+        );
+        assert_eq!(
+            capacity_annotation_device_class("topolvm.io/capacity"),
+            None
+        );
+        assert_eq!(
+            capacity_annotation_device_class("capacity.topolvm.cybozu.com/ssd"),
+            None
+        );
+    }
+
+    #[test]
+    fn default_class_is_recognised_in_both_spellings() {
+        assert!(is_default_device_class(""));
+        assert!(is_default_device_class("00default"));
+        assert!(!is_default_device_class("ssd"));
+        assert!(!is_default_device_class("default"));
+    }
+
+    #[test]
+    fn volume_id_tag_round_trips() {
+        let tag = lv_tag_volume_id("pvc-0a1b2c3d-4e5f");
+        assert_eq!(tag, "topolvm.io/volume=pvc-0a1b2c3d-4e5f");
+        assert_eq!(parse_lv_tag_volume_id(&tag), Some("pvc-0a1b2c3d-4e5f"));
+        assert!(is_valid_lvm_tag(&tag));
+    }
+
+    #[test]
+    fn other_tags_are_not_volume_ids() {
+        assert_eq!(parse_lv_tag_volume_id(LV_TAG_MANAGED), None);
+        assert_eq!(parse_lv_tag_volume_id("topolvm.io/volume="), None);
+        assert_eq!(parse_lv_tag_volume_id("topolvm.io/volume"), None);
+        assert_eq!(parse_lv_tag_volume_id("foo=bar"), None);
+        assert_eq!(parse_lv_tag_volume_id(""), None);
+    }
+
+    #[test]
+    fn lvm_tag_validity() {
+        assert!(is_valid_lvm_tag(LV_TAG_MANAGED));
+        assert!(is_valid_lvm_tag("a_b+c.d-e/f=g!h:i#j&k"));
+        assert!(!is_valid_lvm_tag(""));
+        assert!(!is_valid_lvm_tag("-leading-hyphen"));
+        assert!(!is_valid_lvm_tag("has space"));
+        assert!(!is_valid_lvm_tag("comma,"));
+        assert!(!is_valid_lvm_tag("ü"));
+        assert!(is_valid_lvm_tag(&"a".repeat(LVM_TAG_MAX_LEN)));
+        assert!(!is_valid_lvm_tag(&"a".repeat(LVM_TAG_MAX_LEN + 1)));
+    }
+
+    #[test]
+    fn label_value_validity() {
+        assert!(is_valid_label_value(""));
+        assert!(is_valid_label_value("node-1.example.com"));
+        assert!(is_valid_label_value("a"));
+        assert!(is_valid_label_value("A_b"));
+        assert!(!is_valid_label_value("-a"));
+        assert!(!is_valid_label_value("a."));
+        assert!(!is_valid_label_value("a/b"));
+        assert!(is_valid_label_value(&"a".repeat(63)));
+        assert!(!is_valid_label_value(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn node_label_value_only_for_names_that_fit() {
+        assert_eq!(node_label_value("worker-1"), Some("worker-1"));
+        assert_eq!(node_label_value(""), None);
+        let long = format!("{}.example.com", "n".repeat(60));
+        assert_eq!(node_label_value(&long), None);
+    }
+}
