@@ -525,15 +525,22 @@ impl Lvmd {
             .lvs
             .get(name)
             .ok_or_else(|| Error::NotFound(format!("logical volume {name:?} not found")))?;
-        let needed = round_up(size, granule(vg, lv.stripes))?;
-        if needed == lv.size || (size <= lv.size && needed >= lv.size) {
-            return Ok(lv.size);
-        }
-        if needed < lv.size {
-            return Err(Error::OutOfRange(format!(
-                "logical volume {name:?} has {} bytes; shrinking to {size} is not supported",
-                lv.size
+        if lv.is_thick_snapshot() {
+            return Err(Error::FailedPrecondition(format!(
+                "{name:?} is a thick snapshot; it always reads as big as its origin"
             )));
+        }
+        let needed = round_up(size, granule(vg, lv.stripes))?;
+        if needed <= lv.size {
+            // Asking for what LVM would round up to the current size is not a shrink.
+            return if size > lv.size.saturating_sub(granule(vg, lv.stripes)) {
+                Ok(lv.size)
+            } else {
+                Err(Error::OutOfRange(format!(
+                    "logical volume {name:?} has {} bytes; shrinking to {size} is not supported",
+                    lv.size
+                )))
+            };
         }
         let cap = self.class_capacity(dc, &snap);
         let growth = needed - lv.size;

@@ -318,6 +318,50 @@ mod tests {
         assert!(matches!(err, LvmError::Spawn { .. }), "{err:?}");
     }
 
+    fn failed(stderr: &str) -> LvmError {
+        LvmError::Failed {
+            subcommand: "x".into(),
+            exit_code: Some(5),
+            stderr: stderr.into(),
+        }
+    }
+
+    /// Error messages captured from real lvm2 (host metadata mode and inside the VM).
+    #[test]
+    fn captured_errors_are_classified() {
+        for nospace in [
+            include_str!("../../tests/fixtures/lvcreate-nospace.stderr"),
+            include_str!("../../tests/fixtures/vm-lvcreate-nospace.stderr"),
+        ] {
+            let e = failed(nospace);
+            assert!(
+                e.is_insufficient_space() && !e.is_already_exists(),
+                "{nospace}"
+            );
+        }
+        for exists in [
+            include_str!("../../tests/fixtures/lvcreate-exists.stderr"),
+            include_str!("../../tests/fixtures/vm-lvcreate-exists.stderr"),
+        ] {
+            let e = failed(exists);
+            assert!(
+                e.is_already_exists() && !e.is_insufficient_space(),
+                "{exists}"
+            );
+        }
+        for missing in [
+            include_str!("../../tests/fixtures/lvremove-missing.stderr"),
+            include_str!("../../tests/fixtures/vm-lvremove-missing.stderr"),
+            include_str!("../../tests/fixtures/vgs-missing.stderr"),
+        ] {
+            assert!(failed(missing).is_not_found(), "{missing}");
+        }
+        assert_eq!(
+            include_str!("../../tests/fixtures/lvcreate-nospace.exit").trim(),
+            "5"
+        );
+    }
+
     /// Reads a pid file written by the child, then checks whether that process is still alive.
     fn alive(pid_file: &std::path::Path) -> bool {
         let pid: i32 = std::fs::read_to_string(pid_file)

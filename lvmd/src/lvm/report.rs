@@ -103,6 +103,9 @@ pub struct LogicalVolume {
     pub metadata_percent: Option<f64>,
     /// The largest stripe count over the volume's segments (1 for linear volumes).
     pub stripes: u32,
+    /// For a thick snapshot: the size of its copy-on-write area. LVM reports that as the
+    /// snapshot's `lv_size`; [`LogicalVolume::size`] is the size readers see, the origin's.
+    pub cow_size: Option<u64>,
 }
 
 impl LogicalVolume {
@@ -244,6 +247,24 @@ fn non_empty(value: String) -> Option<String> {
     if value.is_empty() { None } else { Some(value) }
 }
 
+/// Gives thick snapshots the size of their origin, keeping the copy-on-write size apart.
+fn present_snapshots_at_origin_size(lvs: &mut BTreeMap<String, LogicalVolume>) {
+    let origin_sizes: Vec<(String, u64)> = lvs
+        .values()
+        .filter(|lv| lv.is_thick_snapshot())
+        .filter_map(|lv| {
+            let origin = lvs.get(lv.origin.as_deref()?)?;
+            Some((lv.name.clone(), origin.size))
+        })
+        .collect();
+    for (name, origin_size) in origin_sizes {
+        if let Some(lv) = lvs.get_mut(&name) {
+            lv.cow_size = Some(lv.size);
+            lv.size = origin_size;
+        }
+    }
+}
+
 /// Decodes `lvm fullreport` output (from [`fullreport_args`]) into volume groups by name.
 pub fn parse_fullreport(json: &str) -> Result<BTreeMap<String, VolumeGroup>, ReportError> {
     let raw: Raw = serde_json::from_str(json)?;
@@ -277,6 +298,7 @@ pub fn parse_fullreport(json: &str) -> Result<BTreeMap<String, VolumeGroup>, Rep
                 data_percent: percent(&lobj, "data_percent", &rlv.data_percent)?,
                 metadata_percent: percent(&lobj, "metadata_percent", &rlv.metadata_percent)?,
                 stripes: stripes_by_lv.get(&rlv.lv_uuid).copied().unwrap_or(1),
+                cow_size: None,
                 tags: tags(&rlv.lv_tags),
                 pool_lv: non_empty(rlv.pool_lv),
                 origin: non_empty(rlv.origin),
@@ -288,6 +310,7 @@ pub fn parse_fullreport(json: &str) -> Result<BTreeMap<String, VolumeGroup>, Rep
             };
             lvs.insert(lv.name.clone(), lv);
         }
+        present_snapshots_at_origin_size(&mut lvs);
         let vg = VolumeGroup {
             size: number(&obj, "vg_size", &rvg.vg_size)?,
             free: number(&obj, "vg_free", &rvg.vg_free)?,
@@ -359,6 +382,84 @@ mod tests {
         );
         assert!(parse_fullreport("not json").is_err());
         assert!(parse_fullreport("{}").is_err());
+    }
+
+    /// Real output of lvm2 2.03.16 in metadata-only mode on loop devices (see fixtures/README.md).
+    #[test]
+    fn captured_host_report_decodes() {
+        let vgs = parse_fullreport(include_str!(
+            "../../tests/fixtures/fullreport-host-thick.json"
+        ))
+        .expect("parses");
+        assert!(!vgs.is_empty());
+        let lvs: Vec<&LogicalVolume> = vgs.values().flat_map(|vg| vg.lvs.values()).collect();
+        assert!(
+            lvs.iter().any(|lv| lv.stripes == 2),
+            "the striped volume: {lvs:#?}"
+        );
+        assert!(
+            lvs.iter()
+                .any(|lv| lv.tags.iter().any(|t| t == "topolvm.io/managed")),
+            "tags survive"
+        );
+        // Activation is off on the host: no device numbers, no usage figures.
+        assert!(
+            lvs.iter()
+                .all(|lv| lv.kernel_major.is_none() && lv.data_percent.is_none())
+        );
+        for vg in vgs.values() {
+            assert!(vg.extent_size > 0 && vg.size >= vg.free, "{vg:?}");
+            assert!(!vg.pvs.is_empty());
+        }
+    }
+
+    /// Real output with activation inside the VM: thin pool, thin volumes, a thin snapshot and a
+    /// thick copy-on-write snapshot.
+    #[test]
+    fn captured_vm_report_decodes_thin_and_snapshots() {
+        let vgs = parse_fullreport(include_str!("../../tests/fixtures/fullreport-vm-thin.json"))
+            .expect("parses");
+        let vg = vgs.values().next().expect("one volume group");
+        let pool = vg.lvs.values().find(|lv| lv.is_thin_pool()).expect("pool");
+        assert!(pool.data_percent.is_some_and(|p| p > 0.0));
+        let thin: Vec<_> = vg.lvs.values().filter(|lv| lv.is_thin_volume()).collect();
+        assert!(thin.len() >= 3, "two thin volumes and a thin snapshot");
+        assert!(
+            thin.iter()
+                .all(|lv| lv.pool_lv.as_deref() == Some(pool.name.as_str()))
+        );
+        assert!(
+            thin.iter()
+                .all(|lv| lv.kernel_major.is_some() && lv.kernel_minor.is_some())
+        );
+        assert!(
+            thin.iter().any(|lv| lv.origin.is_some()),
+            "the thin snapshot names its origin"
+        );
+        assert!(
+            vg.lvs.keys().all(|n| !n.starts_with('[')),
+            "no hidden sub-volumes"
+        );
+
+        let cow = vg
+            .lvs
+            .values()
+            .find(|lv| lv.is_thick_snapshot())
+            .expect("thick snapshot");
+        let origin = &vg.lvs[cow.origin.as_deref().expect("origin")];
+        assert!(origin.is_thick_origin());
+        assert_eq!(
+            cow.size, origin.size,
+            "a snapshot reads as big as its origin"
+        );
+        assert!(cow.cow_size.is_some_and(|c| c < origin.size), "{cow:?}");
+    }
+
+    #[test]
+    fn captured_empty_report_decodes() {
+        let vgs = parse_fullreport(include_str!("../../tests/fixtures/fullreport-empty.json"))
+            .expect("parses");
+        assert!(vgs.is_empty());
     }
 
     #[test]

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The test command: set-up, then every tier. Exits non-zero if any tier fails or cannot run.
+#   unit tier   cargo test --workspace          logic, parsing, validation, error mapping (no root)
+#   host tier   real lvm2 (metadata only) on loop devices, a real lvmd process and gRPC client
+#   VM tier     real device-mapper in a qemu VM: thin pools, snapshots, activation, data usage
+# Set TOPOLVM_SKIP_VM=1 to leave out the VM tier when iterating locally (CI never does).
+set -euo pipefail
+cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
+
+if [[ ${CI:-} == true && -n ${TOPOLVM_SKIP_VM:-} ]]; then
+    echo "test: TOPOLVM_SKIP_VM is not allowed in CI" >&2
+    exit 1
+fi
+
+scripts/setup.sh
+
+echo "== style: rustfmt and clippy"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier --quiet -- -D warnings
+
+echo "== unit tier"
+cargo test --workspace --quiet
+
+echo "== host tier (real lvm2 in metadata mode on loop devices; needs root)"
+cargo test -p lvmd --features host-tier --quiet --test host_tier --test systemd_unit
+
+if [[ -n ${TOPOLVM_SKIP_VM:-} ]]; then
+    echo "== VM tier skipped (TOPOLVM_SKIP_VM)"
+else
+    echo "== VM tier (real device-mapper inside qemu)"
+    scripts/test-vm-tier.sh
+fi
+echo "== all tiers passed"
