@@ -62,8 +62,20 @@ fn print_volume(lv: &pb::LogicalVolume) {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            match e.downcast_ref::<tonic::Status>() {
+                Some(status) => eprintln!("lvmdctl: {:?}: {}", status.code(), status.message()),
+                None => eprintln!("lvmdctl: {e:#}"),
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let channel = lvmd::client::connect(&args.socket)
         .await
         .with_context(|| format!("connecting to {}", args.socket.display()))?;
