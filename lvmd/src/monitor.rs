@@ -70,9 +70,15 @@ pub async fn run(
     full_refresh: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut last_headers: Option<Headers> = None;
     let mut last_full = Instant::now();
     let mut last_refresh_count = cache.refresh_count();
+    // Take the baseline now rather than after the first poll: a change made before that poll
+    // would otherwise become the baseline and go unnoticed until the periodic refresh.
+    let devices = watched_devices(&cache.current(), &volume_groups);
+    let mut last_headers: Option<Headers> =
+        tokio::task::spawn_blocking(move || read_headers(&devices))
+            .await
+            .ok();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -198,9 +198,11 @@ mod tests {
         }
     }
 
+    type Expectation = fn(&InvalidName) -> bool;
+
     #[test]
     fn rejects_names_lvm_would_misread_or_refuse() {
-        let cases: &[(&str, fn(&InvalidName) -> bool)] = &[
+        let cases: &[(&str, Expectation)] = &[
             ("", |e| matches!(e, InvalidName::Empty { .. })),
             ("-n", |e| matches!(e, InvalidName::LeadingHyphen { .. })),
             ("--select", |e| {

@@ -523,7 +523,8 @@ async fn snapshot_refusals() {
         size_bytes: size as i64,
         ..Default::default()
     };
-    let cases: Vec<(CreateSnapshot, fn(&Error) -> bool)> = vec![
+    type Expectation = fn(&Error) -> bool;
+    let cases: Vec<(CreateSnapshot, Expectation)> = vec![
         (snap("s", "thin", "thin1", "rx", 0), |e| {
             matches!(e, Error::InvalidArgument(_))
         }),

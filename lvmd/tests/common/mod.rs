@@ -1,0 +1,1010 @@
+//! A harness for running a real lvmd against real LVM, shared by lvmd's integration tiers (the
+//! host tier, the benchmark and the VM tier).
+//!
+//! - [`LvmEnv`]: a private `LVM_SYSTEM_DIR` whose `lvm.conf` lets LVM see only the devices this
+//!   harness was given, with its own locking directory, so tests never touch the machine's LVM,
+//!   never see each other's volume groups and never wait on each other's locks.
+//! - [`Disk`], [`LoopDevice`]: the block devices a volume group is made of: a loop device over a
+//!   sparse file, or an existing device (a VM's `/dev/vdb`).
+//! - [`VolumeGroup`]: a uniquely named volume group that removes itself, its physical volumes and
+//!   then its disks when dropped, also when the test panics.
+//! - [`Lvmd`]: the real `lvmd` binary on its own config, socket and metrics port, with gRPC
+//!   clients over the Unix socket and process control (SIGKILL, SIGTERM, restart).
+//!
+//! Failures panic with a message that says what was being done; these are test helpers.
+
+// Each test binary uses a different part of the harness.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint, Uri};
+use topolvm_proto::lvmd::lv_service_client::LvServiceClient;
+use topolvm_proto::lvmd::vg_service_client::VgServiceClient;
+
+/// Size of the sparse file behind a [`LoopDevice::new`] when a test does not care.
+pub const DEFAULT_LOOP_SIZE: u64 = 128 << 20;
+
+/// How long [`Lvmd::start`] waits for the socket to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Prerequisites
+
+/// Finds `program` on `PATH` or in the sbin directories (root's tools live there and a test
+/// runner's `PATH` may lack them).
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The absolute path of the `lvm` binary; panics if there is none.
+pub fn lvm_binary() -> PathBuf {
+    require_lvm();
+    find_program("lvm").expect("checked by require_lvm")
+}
+
+fn require(
+    check: &'static OnceLock<Result<(), String>>,
+    probe: impl FnOnce() -> Result<(), String>,
+) {
+    if let Err(why) = check.get_or_init(probe) {
+        panic!(
+            "the lvmd integration tests cannot run here: {why}\n\
+             (they need root, lvm2 and loop devices; without the feature that enables them, \
+             `cargo test` skips them)"
+        );
+    }
+}
+
+/// Panics with a clear message unless we are root and `lvm` runs.
+pub fn require_lvm() {
+    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+    require(&CHECK, || {
+        if !nix::unistd::geteuid().is_root() {
+            return Err(format!(
+                "they must run as root (euid is {})",
+                nix::unistd::geteuid()
+            ));
+        }
+        let lvm = find_program("lvm").ok_or("no `lvm` binary on PATH or in /sbin, /usr/sbin")?;
+        let out = Command::new(&lvm)
+            .arg("version")
+            .env("LC_ALL", "C")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", lvm.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`{} version` failed: {}",
+                lvm.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(())
+    });
+}
+
+/// Panics with a clear message unless loop devices can be attached.
+pub fn require_loop_devices() {
+    require_lvm();
+    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+    require(&CHECK, || {
+        find_program("losetup").ok_or("no `losetup` binary")?;
+        if !Path::new("/dev/loop-control").exists() {
+            return Err(
+                "/dev/loop-control is missing: this kernel has no loop device support".into(),
+            );
+        }
+        Ok(())
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// LvmEnv
+
+/// Whether LVM may activate volumes (talk to device-mapper).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `global { activation = 0 }`: metadata only, for kernels without device-mapper (the host).
+    MetadataOnly,
+    /// Real activation without udev (inside the test VM): `/dev/VG/LV` exists, thin pools and
+    /// snapshots work.
+    Real,
+}
+
+/// A private `LVM_SYSTEM_DIR`. Cheap to clone; the directory lives until the last clone drops.
+///
+/// Its `lvm.conf` accepts only the devices passed to [`LvmEnv::allow_device`] (which
+/// [`VolumeGroup`] does for its disks), so two environments never see each other's volume
+/// groups, and it locks in its own directory, so they never wait for each other.
+#[derive(Clone)]
+pub struct LvmEnv {
+    inner: Arc<EnvInner>,
+}
+
+struct EnvInner {
+    dir: TempDir,
+    activation: Activation,
+    lvm: PathBuf,
+    devices: Mutex<Vec<PathBuf>>,
+}
+
+impl fmt::Debug for LvmEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LvmEnv")
+            .field("system_dir", &self.system_dir())
+            .field("activation", &self.inner.activation)
+            .finish()
+    }
+}
+
+impl LvmEnv {
+    /// Metadata-only LVM, as on the host (no device-mapper).
+    pub fn metadata_only() -> Self {
+        Self::new(Activation::MetadataOnly)
+    }
+
+    /// LVM with real activation and no udev, as inside the VM.
+    pub fn real_activation() -> Self {
+        Self::new(Activation::Real)
+    }
+
+    pub fn new(activation: Activation) -> Self {
+        let lvm = lvm_binary();
+        let dir = tempfile::Builder::new()
+            .prefix("topolvm-lvm-")
+            .tempdir()
+            .expect("creating the LVM_SYSTEM_DIR");
+        std::fs::create_dir(dir.path().join("lock")).expect("creating the LVM locking dir");
+        let env = Self {
+            inner: Arc::new(EnvInner {
+                dir,
+                activation,
+                lvm,
+                devices: Mutex::new(Vec::new()),
+            }),
+        };
+        env.write_conf(&[]);
+        env
+    }
+
+    /// The directory to put in `LVM_SYSTEM_DIR`.
+    pub fn system_dir(&self) -> &Path {
+        self.inner.dir.path()
+    }
+
+    /// The absolute path of `lvm`.
+    pub fn lvm_path(&self) -> &Path {
+        &self.inner.lvm
+    }
+
+    pub fn activation(&self) -> Activation {
+        self.inner.activation
+    }
+
+    /// Lets LVM in this environment see `device` (rewrites `lvm.conf`; every `lvm` run reads it).
+    pub fn allow_device(&self, device: &Path) {
+        let mut devices = self.inner.devices.lock().expect("device list lock");
+        if !devices.iter().any(|d| d == device) {
+            devices.push(device.to_owned());
+        }
+        self.write_conf(&devices);
+    }
+
+    fn write_conf(&self, devices: &[PathBuf]) {
+        let dir = self.system_dir();
+        let mut filter: Vec<String> = devices
+            .iter()
+            .map(|d| format!("\"a|^{}$|\"", regex_escape(&d.to_string_lossy())))
+            .collect();
+        filter.push("\"r|.*|\"".to_owned());
+        let filter = filter.join(", ");
+        let activation = match self.inner.activation {
+            Activation::MetadataOnly => "0",
+            Activation::Real => "1",
+        };
+        let activation_section = match self.inner.activation {
+            Activation::MetadataOnly => "",
+            Activation::Real => {
+                "activation {\n\tudev_sync = 0\n\tudev_rules = 0\n\tmonitoring = 0\n}\n"
+            }
+        };
+        let conf = format!(
+            "# written by lvmd/tests/common\n\
+             global {{\n\
+             \tactivation = {activation}\n\
+             \tlocking_dir = \"{lock}\"\n\
+             \tuse_lvmpolld = 0\n\
+             \tnotify_dbus = 0\n\
+             }}\n\
+             devices {{\n\
+             \tglobal_filter = [ {filter} ]\n\
+             \tobtain_device_list_from_udev = 0\n\
+             \texternal_device_info_source = \"none\"\n\
+             \tuse_devicesfile = 0\n\
+             \thints = \"none\"\n\
+             }}\n\
+             {activation_section}\
+             backup {{\n\
+             \tbackup = 0\n\
+             \tarchive = 0\n\
+             }}\n",
+            lock = dir.join("lock").display(),
+        );
+        // lvmd may be reading it right now: replace it in one step.
+        let tmp = dir.join("lvm.conf.tmp");
+        std::fs::write(&tmp, conf).expect("writing lvm.conf");
+        std::fs::rename(&tmp, dir.join("lvm.conf")).expect("installing lvm.conf");
+    }
+
+    /// A `lvm` command in this environment (`LVM_SYSTEM_DIR`, `LC_ALL=C`, no fd warnings).
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.inner.lvm);
+        self.apply(&mut cmd);
+        cmd
+    }
+
+    /// Sets this environment's variables on `cmd` (for lvmd or a wrapper script).
+    pub fn apply(&self, cmd: &mut Command) {
+        cmd.env("LVM_SYSTEM_DIR", self.system_dir())
+            .env("LC_ALL", "C")
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1");
+    }
+
+    /// Runs `lvm <args>`; its stdout, or its exit status and stderr as the error.
+    pub fn try_lvm(&self, args: &[&str]) -> Result<String, String> {
+        let out = self
+            .command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run lvm: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// Runs `lvm <args>` and returns its stdout; panics with its stderr if it fails.
+    pub fn lvm(&self, args: &[&str]) -> String {
+        self.try_lvm(args)
+            .unwrap_or_else(|e| panic!("lvm {} failed: {e}", args.join(" ")))
+    }
+
+    /// Runs an `lvs`/`vgs`/`pvs`-style report with `--reportformat json --units b --nosuffix`
+    /// and returns its rows (one per LV, VG, PV or segment, depending on the fields).
+    pub fn report(&self, command: &str, fields: &str, target: &[&str]) -> Vec<ReportRow> {
+        let mut args = vec![
+            command,
+            "--reportformat",
+            "json",
+            "--units",
+            "b",
+            "--nosuffix",
+            "-o",
+            fields,
+        ];
+        args.extend_from_slice(target);
+        let out = self.lvm(&args);
+        let json: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("lvm {} printed no JSON ({e}):\n{out}", args.join(" ")));
+        let key = match command {
+            "vgs" => "vg",
+            "pvs" => "pv",
+            _ => "lv",
+        };
+        json["report"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r[key].as_array().cloned().unwrap_or_default())
+            .map(|row| {
+                let fields = row
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                ReportRow { fields }
+            })
+            .collect()
+    }
+
+    /// The logical volumes of `vg` with the given `lvs` fields.
+    pub fn lvs(&self, vg: &str, fields: &str) -> Vec<ReportRow> {
+        self.report("lvs", fields, &[vg])
+    }
+
+    /// Names of the logical volumes in `vg`, sorted.
+    pub fn lv_names(&self, vg: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .lvs(vg, "lv_name")
+            .iter()
+            .map(|r| r.get("lv_name").to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// One row of an LVM JSON report; every value is a string, as LVM prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRow {
+    pub fields: BTreeMap<String, String>,
+}
+
+impl ReportRow {
+    /// The value of `field`; panics if the report has no such field.
+    pub fn get(&self, field: &str) -> &str {
+        self.fields
+            .get(field)
+            .unwrap_or_else(|| panic!("report row has no field {field}: {self:?}"))
+    }
+
+    /// The value of `field` as a number.
+    pub fn get_u64(&self, field: &str) -> u64 {
+        let v = self.get(field);
+        v.parse()
+            .unwrap_or_else(|_| panic!("{field} is {v:?}, not a number"))
+    }
+
+    /// The comma-separated tags in `field`.
+    pub fn tags(&self, field: &str) -> Vec<String> {
+        self.get(field)
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\^$.|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Disks
+
+/// A loop device over a sparse file. Drop detaches it and deletes the file.
+pub struct LoopDevice {
+    device: PathBuf,
+    // Deleted (with the file in it) after the device is detached.
+    dir: TempDir,
+}
+
+impl fmt::Debug for LoopDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopDevice")
+            .field("device", &self.device)
+            .field("file", &self.dir.path().join("disk.img"))
+            .finish()
+    }
+}
+
+impl LoopDevice {
+    /// Attaches a new sparse file of `size` bytes.
+    pub fn new(size: u64) -> Self {
+        require_loop_devices();
+        // `losetup -f` picks a free device and then claims it; two at once can pick the same one.
+        static ATTACH: Mutex<()> = Mutex::new(());
+        let dir = tempfile::Builder::new()
+            .prefix("topolvm-loop-")
+            .tempdir()
+            .expect("creating a dir for the loop device's file");
+        let file = dir.path().join("disk.img");
+        File::create(&file)
+            .and_then(|f| f.set_len(size))
+            .expect("creating the sparse file");
+        let _serial = ATTACH.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let out = Command::new("losetup")
+                .args(["-f", "--show"])
+                .arg(&file)
+                .output()
+                .expect("running losetup");
+            if out.status.success() {
+                let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+                return Self { device, dir };
+            }
+            // Raced with someone outside this process; try another free device.
+            last_error = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("losetup -f --show {} failed: {last_error}", file.display());
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.device
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        for attempt in 0..20 {
+            let out = Command::new("losetup").arg("-d").arg(&self.device).output();
+            match out {
+                Ok(out) if out.status.success() => return,
+                Ok(out) if attempt == 19 => eprintln!(
+                    "warning: losetup -d {} failed: {}",
+                    self.device.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => {
+                    eprintln!("warning: cannot run losetup -d: {e}");
+                    return;
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+/// A block device for a volume group: one the harness attached, or one that already exists.
+#[derive(Debug)]
+pub enum Disk {
+    Loop(LoopDevice),
+    /// A device the caller owns (e.g. a VM's `/dev/vdb`); only its LVM label is removed.
+    Existing(PathBuf),
+}
+
+impl Disk {
+    /// A new loop device of `size` bytes.
+    pub fn loop_device(size: u64) -> Self {
+        Self::Loop(LoopDevice::new(size))
+    }
+
+    /// An existing block device.
+    pub fn existing(path: impl Into<PathBuf>) -> Self {
+        Self::Existing(path.into())
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Loop(l) => l.path(),
+            Self::Existing(p) => p,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VolumeGroup
+
+/// A volume group made from [`Disk`]s. Drop removes the volume group, wipes the physical volume
+/// labels and then releases the disks (detaching loop devices).
+#[derive(Debug)]
+pub struct VolumeGroup {
+    env: LvmEnv,
+    name: String,
+    disks: Vec<Disk>,
+}
+
+impl VolumeGroup {
+    /// A name no other volume group of this or a parallel test process has: `tlvm<pid>x<n>`.
+    pub fn unique_name() -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "tlvm{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Creates a uniquely named volume group on `disks`.
+    pub fn create(env: &LvmEnv, disks: Vec<Disk>) -> Self {
+        Self::create_named(env, &Self::unique_name(), disks)
+    }
+
+    /// Creates the volume group `name` on `disks` (`pvcreate` + `vgcreate`).
+    pub fn create_named(env: &LvmEnv, name: &str, disks: Vec<Disk>) -> Self {
+        assert!(!disks.is_empty(), "a volume group needs at least one disk");
+        // Own everything first so a failure below still cleans up.
+        let vg = Self {
+            env: env.clone(),
+            name: name.to_owned(),
+            disks,
+        };
+        let paths: Vec<String> = vg
+            .disks
+            .iter()
+            .map(|d| d.path().to_string_lossy().into_owned())
+            .collect();
+        for disk in &vg.disks {
+            env.allow_device(disk.path());
+        }
+        let mut args = vec!["pvcreate", "-q", "-y", "-ff"];
+        args.extend(paths.iter().map(String::as_str));
+        env.lvm(&args);
+        let mut args = vec!["vgcreate", "-q", name];
+        args.extend(paths.iter().map(String::as_str));
+        env.lvm(&args);
+        vg
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn disks(&self) -> &[Disk] {
+        &self.disks
+    }
+
+    /// Adds `disk` to the volume group (`vgextend`, which also labels it).
+    pub fn extend(&mut self, disk: Disk) {
+        let path = disk.path().to_string_lossy().into_owned();
+        self.env.allow_device(disk.path());
+        self.disks.push(disk);
+        self.env.lvm(&["vgextend", "-q", "-y", &self.name, &path]);
+    }
+
+    /// `vgs` figures of this volume group: `vg_size`, `vg_free`, `vg_extent_size`.
+    pub fn sizes(&self) -> ReportRow {
+        let rows = self
+            .env
+            .report("vgs", "vg_size,vg_free,vg_extent_size", &[&self.name]);
+        rows.into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("vgs shows no {}", self.name))
+    }
+}
+
+impl Drop for VolumeGroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.env.try_lvm(&["vgremove", "-ff", "-y", &self.name]) {
+            // Expected when creation itself failed.
+            eprintln!("note: vgremove {}: {e}", self.name);
+        }
+        for disk in &self.disks {
+            let path = disk.path().to_string_lossy().into_owned();
+            if let Err(e) = self.env.try_lvm(&["pvremove", "-ff", "-y", &path]) {
+                eprintln!("note: pvremove {path}: {e}");
+            }
+        }
+        // The disks drop after this body: loop devices are detached last.
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lvmd
+
+/// How to configure an [`Lvmd`].
+#[derive(Debug, Clone)]
+pub struct LvmdOptions {
+    device_classes: String,
+    extra: String,
+    lvm_command_prefix: Option<Vec<String>>,
+}
+
+impl LvmdOptions {
+    /// `device_classes` is the YAML sequence under `device-classes:`, e.g.
+    /// `"- {name: ssd, volume-group: vg1, default: true, spare-gb: 0}"`.
+    pub fn new(device_classes: impl Into<String>) -> Self {
+        Self {
+            device_classes: device_classes.into(),
+            extra: String::new(),
+            lvm_command_prefix: None,
+        }
+    }
+
+    /// Appends top-level YAML (e.g. `"full-refresh-interval: 2s"`); one key per call or several
+    /// lines at once.
+    pub fn extra(mut self, yaml: &str) -> Self {
+        self.extra.push_str(yaml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Replaces the default `lvm-command-prefix` (the absolute path of `lvm`).
+    pub fn lvm_command_prefix(mut self, argv: Vec<String>) -> Self {
+        self.lvm_command_prefix = Some(argv);
+        self
+    }
+}
+
+/// A running `lvmd` process with its own config, socket, metrics port and log.
+///
+/// Drop kills it (SIGKILL) and, if the test is failing, prints its log.
+pub struct Lvmd {
+    env: LvmEnv,
+    dir: TempDir,
+    config_path: PathBuf,
+    socket_path: PathBuf,
+    log_path: PathBuf,
+    metrics_addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl fmt::Debug for Lvmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lvmd")
+            .field("config", &self.config_path)
+            .field("socket", &self.socket_path)
+            .field("metrics", &self.metrics_addr)
+            .field("pid", &self.child.as_ref().map(Child::id))
+            .finish()
+    }
+}
+
+fn yaml_string(s: &str) -> String {
+    serde_json::Value::String(s.to_owned()).to_string()
+}
+
+/// A 127.0.0.1 port that was free a moment ago.
+fn free_local_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("finding a free port")
+}
+
+impl Lvmd {
+    /// Writes the config and starts lvmd; returns once its socket accepts connections.
+    pub fn start(env: &LvmEnv, options: LvmdOptions) -> Self {
+        let mut lvmd = Self::configure(env, options);
+        lvmd.spawn();
+        lvmd
+    }
+
+    /// Writes the config but does not start lvmd yet (see [`Lvmd::spawn`]); lets a test prepare
+    /// the socket path first.
+    pub fn configure(env: &LvmEnv, options: LvmdOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("topolvm-lvmd-")
+            .tempdir()
+            .expect("creating lvmd's dir");
+        let run_dir = dir.path().join("run");
+        std::fs::create_dir(&run_dir).expect("creating the socket dir");
+        let socket_path = run_dir.join("lvmd.sock");
+        let metrics_addr = free_local_port();
+        let prefix = options
+            .lvm_command_prefix
+            .unwrap_or_else(|| vec![env.lvm_path().to_string_lossy().into_owned()]);
+        let prefix = prefix
+            .iter()
+            .map(|a| yaml_string(a))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = format!(
+            "socket-name: {socket}\n\
+             lvm-command-prefix: [{prefix}]\n\
+             metrics-listen: \"{metrics_addr}\"\n\
+             {extra}\
+             device-classes:\n{classes}\n",
+            socket = yaml_string(&socket_path.to_string_lossy()),
+            extra = options.extra,
+            classes = indent(&options.device_classes, "  "),
+        );
+        let config_path = dir.path().join("lvmd.yaml");
+        std::fs::write(&config_path, config).expect("writing lvmd.yaml");
+        let log_path = dir.path().join("lvmd.log");
+        Self {
+            env: env.clone(),
+            dir,
+            config_path,
+            socket_path,
+            log_path,
+            metrics_addr,
+            child: None,
+        }
+    }
+
+    /// Starts the process (again) and waits until its socket accepts connections.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "lvmd is already running");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("opening lvmd's log");
+        let mut header = log.try_clone().expect("log fd");
+        let _ = writeln!(header, "=== starting lvmd ===");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lvmd"));
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .arg("--node-name")
+            .arg("test-node")
+            .env(
+                "RUST_LOG",
+                "debug,h2=info,hyper=info,hyper_util=info,tower=info",
+            )
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        self.env.apply(&mut cmd);
+        self.child = Some(cmd.spawn().expect("starting lvmd"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if StdUnixStream::connect(&self.socket_path).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("lvmd exited during start-up with {status}\n{}", self.log());
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "lvmd's socket {} did not accept connections within {START_TIMEOUT:?}\n{}",
+                    self.socket_path.display(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// lvmd's own directory (config, log, `run/` with the socket).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything lvmd has logged so far (all runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A gRPC channel over the Unix socket.
+    pub async fn channel(&self) -> Channel {
+        uds_channel(&self.socket_path)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket_path.display()))
+    }
+
+    pub async fn lv_client(&self) -> LvServiceClient<Channel> {
+        LvServiceClient::new(self.channel().await)
+    }
+
+    pub async fn vg_client(&self) -> VgServiceClient<Channel> {
+        VgServiceClient::new(self.channel().await)
+    }
+
+    pub async fn health_client(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        tonic_health::pb::health_client::HealthClient::new(self.channel().await)
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match http_get(self.metrics_addr, "/metrics").await {
+                Ok(body) => return body,
+                Err(e) if Instant::now() > deadline => {
+                    panic!(
+                        "GET http://{}/metrics: {e}\n{}",
+                        self.metrics_addr,
+                        self.log()
+                    )
+                }
+                // The endpoint starts alongside the socket; give it a moment.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// How many `lvm` commands this lvmd process has run (`lvmd_lvm_commands_total`, all labels).
+    pub async fn lvm_command_count(&self) -> u64 {
+        sum_counter(&self.metrics_text().await, "lvmd_lvm_commands_total")
+    }
+
+    /// `lvm` commands run so far by subcommand (`lvcreate`, `fullreport`, ...), all outcomes.
+    pub async fn lvm_command_counts(&self) -> BTreeMap<String, u64> {
+        counter_by_label(
+            &self.metrics_text().await,
+            "lvmd_lvm_commands_total",
+            "subcommand",
+        )
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        let pid = self.pid().expect("lvmd is not running");
+        kill(Pid::from_raw(pid as i32), Signal::SIGTERM).expect("sending SIGTERM to lvmd");
+    }
+
+    /// Waits up to `timeout` for the process to exit; panics if it does not.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_reap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("lvmd did not exit within {timeout:?}\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then waits (blocking) up to `timeout` for a graceful exit.
+    pub fn sigterm_and_wait(&mut self, timeout: Duration) -> ExitStatus {
+        self.sigterm();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_reap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "lvmd did not exit within {timeout:?} of SIGTERM\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn try_reap(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("lvmd is not running");
+        let status = child.try_wait().expect("waiting for lvmd")?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// SIGKILL, as a crash would; waits until it is gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts lvmd again on the same config, socket and port (killing it first if it runs).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Lvmd {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- lvmd log ({}) -----\n{}----- end of lvmd log -----",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+fn indent(text: &str, prefix: &str) -> String {
+    text.lines()
+        .map(|l| format!("{prefix}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A gRPC channel to a Unix socket (the URI is a placeholder tonic requires).
+pub async fn uds_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_owned();
+    Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+}
+
+/// A minimal HTTP/1.0 GET; the body, or an error for a failed connection or a non-200 answer.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| std::io::Error::other("no complete answer within 10s"))??;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    if !head.lines().next().is_some_and(|l| l.contains(" 200 ")) {
+        return Err(std::io::Error::other(format!("HTTP error: {head}")));
+    }
+    Ok(body.to_owned())
+}
+
+/// The sum of every sample of counter `name` in Prometheus text.
+pub fn sum_counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(_, v)| {
+            v.parse::<f64>()
+                .unwrap_or_else(|_| panic!("bad sample value {v:?} of {name}")) as u64
+        })
+        .sum()
+}
+
+/// Samples of counter `name` in Prometheus text, summed per value of `label`.
+pub fn counter_by_label(metrics: &str, name: &str, label: &str) -> BTreeMap<String, u64> {
+    let mut sums = BTreeMap::new();
+    let key = format!("{label}=\"");
+    for line in metrics.lines() {
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(label_value) = labels
+            .split_once(&key)
+            .and_then(|(_, v)| v.split_once('"'))
+            .map(|(v, _)| v.to_owned())
+        else {
+            continue;
+        };
+        let value = value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad sample value {value:?} of {name}"));
+        *sums.entry(label_value).or_insert(0) += value as u64;
+    }
+    sums
+}
