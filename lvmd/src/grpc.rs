@@ -38,7 +38,6 @@ pub fn status_of(error: service::Error) -> Status {
         E::FailedPrecondition(_) => Code::FailedPrecondition,
         E::Internal(_) => Code::Internal,
         E::Lvm(LvmError::TimedOut { .. }) => Code::DeadlineExceeded,
-        E::Lvm(e) if e.is_insufficient_space() => Code::ResourceExhausted,
         E::Lvm(_) => Code::Internal,
     };
     Status::new(code, error.to_string())

@@ -310,11 +310,23 @@ impl Lvmd {
     }
 
     /// Runs one mutating `lvm` command and refreshes the cache once, whatever the outcome.
-    async fn mutate(&self, args: Vec<String>) -> Result<Arc<Snapshot>, LvmError> {
+    async fn mutate(&self, args: Vec<String>) -> Result<Arc<Snapshot>> {
         let result = self.runner.run(args).await;
         let refreshed = self.cache.refresh(RefreshReason::Mutation).await;
-        result?;
-        refreshed
+        match result {
+            Err(e) if e.is_insufficient_space() => Err(Error::NoSpace(e.to_string())),
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(refreshed?),
+        }
+    }
+
+    /// The volume a mutation just made, from the snapshot taken after it.
+    fn created(snap: &Snapshot, vg: &str, name: &str) -> Result<LogicalVolume> {
+        snap.vgs
+            .get(vg)
+            .and_then(|vg| vg.lvs.get(name))
+            .cloned()
+            .ok_or_else(|| Error::Internal(format!("{name} was made but is not in the LVM report")))
     }
 
     /// Lists the volumes of a device class.
@@ -415,20 +427,8 @@ impl Lvmd {
                 )
             }
         };
-        let result = self.mutate(argv).await;
-        let snap = match result {
-            Ok(snap) => snap,
-            Err(e) if e.is_insufficient_space() => return Err(Error::NoSpace(e.to_string())),
-            Err(e) => return Err(e.into()),
-        };
-        let lv = snap
-            .vgs
-            .get(&dc.volume_group)
-            .and_then(|vg| vg.lvs.get(&req.name))
-            .cloned()
-            .ok_or_else(|| {
-                Error::Internal(format!("{} was created but is not in the report", req.name))
-            })?;
+        let snap = self.mutate(argv).await?;
+        let lv = Self::created(&snap, &dc.volume_group, &req.name)?;
         info!(size = lv.size, "created logical volume");
         Ok(lv)
     }
@@ -500,7 +500,7 @@ impl Lvmd {
                     .vgs
                     .get(&dc.volume_group)
                     .is_some_and(|vg| vg.lvs.contains_key(name));
-                if gone { Ok(()) } else { Err(e.into()) }
+                if gone { Ok(()) } else { Err(e) }
             }
         }
     }
@@ -550,20 +550,10 @@ impl Lvmd {
                 dc.name, cap.free
             )));
         }
-        let snap = match self
+        let snap = self
             .mutate(args::extend(&dc.volume_group, name, size))
-            .await
-        {
-            Ok(snap) => snap,
-            Err(e) if e.is_insufficient_space() => return Err(Error::NoSpace(e.to_string())),
-            Err(e) => return Err(e.into()),
-        };
-        let new_size = snap
-            .vgs
-            .get(&dc.volume_group)
-            .and_then(|vg| vg.lvs.get(name))
-            .map(|lv| lv.size)
-            .ok_or_else(|| Error::Internal(format!("{name} vanished while being resized")))?;
+            .await?;
+        let new_size = Self::created(&snap, &dc.volume_group, name)?.size;
         info!(new_size, "resized logical volume");
         Ok(new_size)
     }
@@ -649,7 +639,7 @@ impl Lvmd {
                             {
                                 warn!(error = %e, "removing the half-made snapshot failed");
                             }
-                            return Err(e.into());
+                            return Err(e);
                         }
                     }
                 }
@@ -679,23 +669,10 @@ impl Lvmd {
                     &tags,
                     permission,
                 );
-                match self.mutate(argv).await {
-                    Ok(snap) => snap,
-                    Err(e) if e.is_insufficient_space() => {
-                        return Err(Error::NoSpace(e.to_string()));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+                self.mutate(argv).await?
             }
         };
-        let lv = created
-            .vgs
-            .get(&dc.volume_group)
-            .and_then(|vg| vg.lvs.get(&req.name))
-            .cloned()
-            .ok_or_else(|| {
-                Error::Internal(format!("{} was created but is not in the report", req.name))
-            })?;
+        let lv = Self::created(&created, &dc.volume_group, &req.name)?;
         info!(size = lv.size, "created snapshot");
         Ok(lv)
     }
