@@ -1,0 +1,573 @@
+//! A Kubernetes control plane on loopback for one test: etcd, kube-apiserver and, when asked,
+//! kube-scheduler (with an HTTP extender) and kube-controller-manager; or, when
+//! `TOPOLVM_E2E_KUBECONFIG` is set, an existing cluster.
+//!
+//! Everything runs from a private temporary directory on ports picked free at start, so two runs
+//! on one machine do not collide; dropping the [`Cluster`] stops every process and removes the
+//! directory, also when the test panics.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::storage::v1::CSINode;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde::Deserialize;
+use tempfile::TempDir;
+use topolvm_core::names;
+
+use crate::pki::{self, Pki};
+use crate::process::{ManagedProcess, free_port};
+
+/// Where `e2e/scripts/build-control-plane.sh` caches the Kubernetes binaries.
+pub const DEFAULT_K8S_BIN: &str = "/var/cache/topolvm-rs/k8s/bin";
+/// How long the API server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// The identities of the components we ship; each gets a client certificate and a kubeconfig,
+/// and is bound to the ClusterRole of the same name from `deploy/rbac/`.
+pub const COMPONENTS: &[&str] = &["topolvm-controller", "topolvm-node", "topolvm-scheduler"];
+/// The field manager tests use for server-side apply as the admin.
+pub const FIELD_MANAGER: &str = "topolvm-e2e";
+
+/// What to run besides etcd and kube-apiserver.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Run kube-scheduler; with `Some(url)`, configured with the TopoLVM extender at that URL
+    /// prefix (filter `predicate`, prioritize `prioritize`, managed resource
+    /// `topolvm.io/capacity` ignored by the scheduler, `nodeCacheCapable: false`).
+    pub scheduler: Option<Option<String>>,
+    /// Run kube-controller-manager (without the controllers that need kubelets or a cloud).
+    pub controller_manager: bool,
+}
+
+impl ClusterOptions {
+    /// etcd and kube-apiserver only.
+    pub fn api_only() -> Self {
+        Self::default()
+    }
+
+    /// Adds kube-scheduler calling the extender at `url_prefix`.
+    pub fn with_scheduler_extender(mut self, url_prefix: impl Into<String>) -> Self {
+        self.scheduler = Some(Some(url_prefix.into()));
+        self
+    }
+
+    /// Adds kube-scheduler without an extender.
+    pub fn with_scheduler(mut self) -> Self {
+        self.scheduler = Some(None);
+        self
+    }
+
+    pub fn with_controller_manager(mut self) -> Self {
+        self.controller_manager = true;
+        self
+    }
+}
+
+/// A running (or external) cluster.
+pub struct Cluster {
+    /// Stopped in reverse order on drop.
+    processes: Vec<ManagedProcess>,
+    server: String,
+    admin_kubeconfig: PathBuf,
+    component_kubeconfigs: BTreeMap<String, PathBuf>,
+    client: Client,
+    external: bool,
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("server", &self.server)
+            .field("external", &self.external)
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+/// The directory holding kube-apiserver, kube-scheduler and kube-controller-manager.
+pub fn k8s_bin_dir() -> PathBuf {
+    let dir = std::env::var_os("TOPOLVM_K8S_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_K8S_BIN));
+    for binary in [
+        "kube-apiserver",
+        "kube-scheduler",
+        "kube-controller-manager",
+    ] {
+        assert!(
+            dir.join(binary).is_file(),
+            "{binary} is not in {dir:?}: run e2e/scripts/build-control-plane.sh (or set TOPOLVM_K8S_BIN)"
+        );
+    }
+    dir
+}
+
+/// A client authenticating with the kubeconfig at `path`.
+pub async fn client_from_kubeconfig(path: &Path) -> Client {
+    let kubeconfig =
+        Kubeconfig::read_from(path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("loading {path:?}: {e}"));
+    Client::try_from(config).expect("building a Kubernetes client")
+}
+
+fn etcd_command(data: &Path, client_port: u16, peer_port: u16) -> Command {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let mut cmd = Command::new("etcd");
+    cmd.arg("--name=test-bed")
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--listen-client-urls={client}"))
+        .arg(format!("--advertise-client-urls={client}"))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=test-bed={peer}"))
+        .arg("--log-level=warn");
+    cmd
+}
+
+impl Cluster {
+    /// Starts a control plane, or connects to the cluster named by `TOPOLVM_E2E_KUBECONFIG`.
+    pub async fn start(options: ClusterOptions) -> Self {
+        if let Some(path) = std::env::var_os("TOPOLVM_E2E_KUBECONFIG") {
+            return Self::external(PathBuf::from(path)).await;
+        }
+        let bin = k8s_bin_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("topolvm-e2e-")
+            .tempdir()
+            .expect("creating the cluster directory");
+        let root = dir.path().to_owned();
+        let pki = Pki::new(&root.join("pki"));
+        let (sa_key, sa_pub) = pki.service_account_keys();
+        let api_port = free_port();
+        let server = format!("https://127.0.0.1:{api_port}");
+        let mut processes = Vec::new();
+
+        let (etcd_client, etcd_peer) = (free_port(), free_port());
+        processes.push(ManagedProcess::spawn(
+            "etcd",
+            etcd_command(&root.join("etcd"), etcd_client, etcd_peer),
+            &root.join("etcd.log"),
+        ));
+
+        let serving = pki.serving(
+            "kube-apiserver",
+            &[
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+            ],
+            &[],
+        );
+        let mut apiserver = Command::new(bin.join("kube-apiserver"));
+        apiserver
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_client}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={api_port}"))
+            // 1.20 still opens an unauthenticated port 8080 by default: never here.
+            .arg("--insecure-port=0")
+            .arg(format!(
+                "--cert-dir={}",
+                root.join("apiserver-certs").display()
+            ))
+            .arg(format!("--client-ca-file={}", pki.ca_file().display()))
+            .arg(format!("--tls-cert-file={}", serving.cert.display()))
+            .arg(format!("--tls-private-key-file={}", serving.key.display()))
+            .arg(format!("--service-account-key-file={}", sa_pub.display()))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_key.display()
+            ))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg("--service-cluster-ip-range=10.0.0.0/24")
+            .arg("--authorization-mode=Node,RBAC")
+            // No kubelet makes nodes ready, and no controller makes service accounts by default.
+            .arg("--disable-admission-plugins=TaintNodesByCondition,ServiceAccount")
+            .arg("--allow-privileged=true")
+            .arg("--profiling=false")
+            .arg("--v=1");
+        processes.push(ManagedProcess::spawn(
+            "kube-apiserver",
+            apiserver,
+            &root.join("kube-apiserver.log"),
+        ));
+
+        let admin_cert = pki.client("admin", "admin", &["system:masters"]);
+        let admin_kubeconfig = root.join("admin.kubeconfig");
+        pki::write_kubeconfig(
+            &admin_kubeconfig,
+            &server,
+            pki.ca_file(),
+            &admin_cert,
+            "admin",
+        );
+        let client = client_from_kubeconfig(&admin_kubeconfig).await;
+        let mut cluster = Self {
+            processes,
+            server,
+            admin_kubeconfig,
+            component_kubeconfigs: BTreeMap::new(),
+            client,
+            external: false,
+            dir,
+        };
+        cluster.wait_ready().await;
+
+        for component in COMPONENTS {
+            let cert = pki.client(component, component, &[]);
+            let path = root.join(format!("{component}.kubeconfig"));
+            pki::write_kubeconfig(&path, &cluster.server, pki.ca_file(), &cert, component);
+            cluster
+                .component_kubeconfigs
+                .insert((*component).to_owned(), path);
+        }
+        cluster.install_rbac().await;
+
+        if let Some(extender) = &options.scheduler {
+            let cert = pki.client("kube-scheduler", "system:kube-scheduler", &[]);
+            let kubeconfig = root.join("kube-scheduler.kubeconfig");
+            pki::write_kubeconfig(
+                &kubeconfig,
+                &cluster.server,
+                pki.ca_file(),
+                &cert,
+                "kube-scheduler",
+            );
+            let config = root.join("kube-scheduler.yaml");
+            std::fs::write(&config, scheduler_config(&kubeconfig, extender.as_deref()))
+                .expect("writing the scheduler configuration");
+            let mut cmd = Command::new(bin.join("kube-scheduler"));
+            cmd.arg(format!("--config={}", config.display()))
+                .arg("--port=0")
+                .arg(format!("--secure-port={}", free_port()))
+                .arg("--bind-address=127.0.0.1")
+                .arg(format!(
+                    "--cert-dir={}",
+                    root.join("scheduler-certs").display()
+                ))
+                .arg("--v=2");
+            cluster.processes.push(ManagedProcess::spawn(
+                "kube-scheduler",
+                cmd,
+                &root.join("kube-scheduler.log"),
+            ));
+        }
+        if options.controller_manager {
+            let cert = pki.client(
+                "kube-controller-manager",
+                "system:kube-controller-manager",
+                &[],
+            );
+            let kubeconfig = root.join("kube-controller-manager.kubeconfig");
+            pki::write_kubeconfig(
+                &kubeconfig,
+                &cluster.server,
+                pki.ca_file(),
+                &cert,
+                "kube-controller-manager",
+            );
+            let mut cmd = Command::new(bin.join("kube-controller-manager"));
+            cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+                .arg("--port=0")
+                .arg(format!("--secure-port={}", free_port()))
+                .arg("--bind-address=127.0.0.1")
+                .arg(format!("--cert-dir={}", root.join("controller-manager-certs").display()))
+                .arg("--leader-elect=false")
+                .arg("--use-service-account-credentials=false")
+                .arg(format!("--service-account-private-key-file={}", sa_key.display()))
+                .arg(format!("--root-ca-file={}", pki.ca_file().display()))
+                // These need kubelets, a cloud or a signing CA, none of which the test bed has.
+                .arg("--controllers=*,-nodelifecycle,-nodeipam,-route,-service,-csrsigning,-cloud-node-lifecycle")
+                .arg("--v=1");
+            cluster.processes.push(ManagedProcess::spawn(
+                "kube-controller-manager",
+                cmd,
+                &root.join("kube-controller-manager.log"),
+            ));
+        }
+        cluster
+    }
+
+    /// Uses an existing cluster (for example kind on a machine with device-mapper).
+    pub async fn external(kubeconfig: PathBuf) -> Self {
+        let client = client_from_kubeconfig(&kubeconfig).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let server = format!("(external: {})", kubeconfig.display());
+        let mut component_kubeconfigs = BTreeMap::new();
+        for component in COMPONENTS {
+            let var = format!(
+                "TOPOLVM_E2E_KUBECONFIG_{}",
+                component.to_uppercase().replace('-', "_")
+            );
+            let path = std::env::var_os(&var)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| kubeconfig.clone());
+            component_kubeconfigs.insert((*component).to_owned(), path);
+        }
+        let cluster = Self {
+            processes: Vec::new(),
+            server,
+            admin_kubeconfig: kubeconfig,
+            component_kubeconfigs,
+            client,
+            external: true,
+            dir,
+        };
+        cluster.install_rbac().await;
+        cluster
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for p in &mut self.processes {
+                p.assert_running();
+            }
+            let request = http_get("/readyz");
+            if let Ok(body) = self.client.request_text(request).await
+                && body.trim() == "ok"
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver was not ready within {READY_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Whether this is a cluster someone else runs.
+    pub fn is_external(&self) -> bool {
+        self.external
+    }
+
+    /// The admin client.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn admin_kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    /// The kubeconfig of one of [`COMPONENTS`].
+    pub fn kubeconfig(&self, component: &str) -> &Path {
+        self.component_kubeconfigs
+            .get(component)
+            .unwrap_or_else(|| panic!("{component} is not one of {COMPONENTS:?}"))
+    }
+
+    /// A client with the identity and permissions of one of [`COMPONENTS`].
+    pub async fn client_as(&self, component: &str) -> Client {
+        client_from_kubeconfig(self.kubeconfig(component)).await
+    }
+
+    /// The cluster's scratch directory (logs, certificates, kubeconfigs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Panics with its log if a control-plane process has died.
+    pub fn assert_healthy(&mut self) {
+        for p in &mut self.processes {
+            p.assert_running();
+        }
+    }
+
+    /// The last lines of a control-plane process's log (`etcd`, `kube-apiserver`,
+    /// `kube-scheduler`, `kube-controller-manager`).
+    pub fn log_tail(&self, process: &str, lines: usize) -> String {
+        self.processes
+            .iter()
+            .find(|p| p.name() == process)
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
+    }
+
+    /// Applies the ClusterRoles in `deploy/rbac/` and binds each to the user of the same name.
+    async fn install_rbac(&self) {
+        let roles: Api<ClusterRole> = Api::all(self.client.clone());
+        let bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
+        let text = std::fs::read_to_string(rbac_manifest())
+            .expect("reading deploy/rbac/clusterroles.yaml");
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).expect("a YAML document");
+            if value.is_null() {
+                continue;
+            }
+            let role: ClusterRole = serde_yaml::from_value(value).expect("a ClusterRole");
+            let name = role.metadata.name.clone().expect("a named ClusterRole");
+            roles
+                .patch(&name, &params, &Patch::Apply(&role))
+                .await
+                .unwrap_or_else(|e| panic!("applying ClusterRole {name}: {e}"));
+            let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": format!("{name}-test-bed")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name}],
+            }))
+            .expect("a ClusterRoleBinding");
+            bindings
+                .patch(
+                    &format!("{name}-test-bed"),
+                    &params,
+                    &Patch::Apply(&binding),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("binding ClusterRole {name}: {e}"));
+        }
+    }
+
+    /// Installs the LogicalVolume CRD generated from the Rust type and waits until it is served.
+    pub async fn install_crds(&self) {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let crd = topolvm_core::crd::logical_volume_crd();
+        let name = crd.metadata.name.clone().expect("named CRD");
+        crds.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let current = crds.get(&name).await.expect("reading the CRD back");
+            let established = current
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CRD {name} was not established in time"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates a Node (no kubelet: the test plays its part) with `labels`, the capacity
+    /// annotations given as (device class, bytes), and allocatable CPU, memory and pods so the
+    /// scheduler considers it; plus its CSINode naming the topolvm.io driver.
+    pub async fn make_node(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        capacity: &[(&str, u64)],
+    ) -> Node {
+        let mut all_labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        all_labels.insert("kubernetes.io/hostname".to_owned(), name.to_owned());
+        all_labels.insert(names::TOPOLOGY_NODE_KEY.to_owned(), name.to_owned());
+        let annotations: BTreeMap<String, String> = capacity
+            .iter()
+            .map(|(class, bytes)| (names::capacity_annotation_key(class), bytes.to_string()))
+            .collect();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": all_labels, "annotations": annotations},
+            "spec": {},
+        }))
+        .expect("a Node");
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let created = nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap_or_else(|e| panic!("creating node {name}: {e}"));
+        // Status is a subresource: make the node Ready with room for pods.
+        let status = serde_json::json!({"status": {
+            "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+            "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "the test plays kubelet",
+                            "lastHeartbeatTime": "2026-01-01T00:00:00Z",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}],
+        }});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap_or_else(|e| panic!("setting the status of node {name}: {e}"));
+        let csinode: CSINode = serde_json::from_value(serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "CSINode",
+            "metadata": {"name": name, "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Node", "name": name,
+                "uid": created.metadata.uid.clone().unwrap_or_default()}]},
+            "spec": {"drivers": [{"name": names::PLUGIN_NAME, "nodeID": name,
+                                  "topologyKeys": [names::TOPOLOGY_NODE_KEY]}]},
+        }))
+        .expect("a CSINode");
+        Api::<CSINode>::all(self.client.clone())
+            .create(&PostParams::default(), &csinode)
+            .await
+            .unwrap_or_else(|e| panic!("creating the CSINode of {name}: {e}"));
+        created
+    }
+}
+
+fn http_get(path: &str) -> http::Request<Vec<u8>> {
+    http::Request::get(path)
+        .body(Vec::new())
+        .expect("a GET request")
+}
+
+/// `deploy/rbac/clusterroles.yaml` in this repository.
+pub fn rbac_manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac/clusterroles.yaml")
+}
+
+/// The kube-scheduler 1.20 configuration (API `kubescheduler.config.k8s.io/v1beta1`).
+pub fn scheduler_config(kubeconfig: &Path, extender: Option<&str>) -> String {
+    let mut config = serde_json::json!({
+        "apiVersion": "kubescheduler.config.k8s.io/v1beta1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": kubeconfig},
+        "leaderElection": {"leaderElect": false},
+    });
+    if let Some(url) = extender {
+        config["extenders"] = serde_json::json!([{
+            "urlPrefix": url,
+            "filterVerb": "predicate",
+            "prioritizeVerb": "prioritize",
+            "weight": 1,
+            "nodeCacheCapable": false,
+            "managedResources": [{"name": names::CAPACITY_RESOURCE, "ignoredByScheduler": true}],
+        }]);
+    }
+    serde_yaml::to_string(&config).expect("scheduler configuration YAML")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        while let Some(mut p) = self.processes.pop() {
+            p.stop();
+        }
+        if std::env::var_os("TOPOLVM_E2E_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("TOPOLVM_E2E_KEEP: keeping {}", dir.keep().display());
+        }
+    }
+}

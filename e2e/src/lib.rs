@@ -1,0 +1,17 @@
+//! The end-to-end test bed of topolvm-rs.
+//!
+//! - [`cluster`]: a Kubernetes 1.20 control plane on loopback (etcd, kube-apiserver, and on
+//!   request kube-scheduler with our extender and kube-controller-manager) with RBAC on, an admin
+//!   kubeconfig and one per component we ship; or an existing cluster from
+//!   `TOPOLVM_E2E_KUBECONFIG`.
+//! - [`pki`]: the test bed's CA and certificates.
+//! - [`process`]: child processes that never outlive the test.
+//!
+//! The tests in `tests/` need the `e2e` feature (see README.md); this library itself is plain
+//! code that builds everywhere.
+
+pub mod cluster;
+pub mod pki;
+pub mod process;
+
+pub use cluster::{Cluster, ClusterOptions};

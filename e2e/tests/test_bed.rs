@@ -1,0 +1,389 @@
+//! End to end against a real kube-apiserver: the shared crate's `LogicalVolume` type, the
+//! component RBAC roles, and kube-scheduler calling an HTTP extender. Needs the `e2e` feature and
+//! the cached control plane (`e2e/scripts/build-control-plane.sh`).
+#![cfg(feature = "e2e")]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::routing::post;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use topolvm_core::crd::{LogicalVolume, LogicalVolumeSpec, LogicalVolumeStatus};
+use topolvm_core::names;
+use topolvm_e2e::{Cluster, ClusterOptions};
+
+fn logical_volume(name: &str, node: &str, size: &str) -> LogicalVolume {
+    let mut lv = LogicalVolume::new(
+        name,
+        LogicalVolumeSpec {
+            name: format!("pvc-{name}"),
+            node_name: node.to_owned(),
+            size: Quantity(size.to_owned()),
+            device_class: "ssd".to_owned(),
+            ..Default::default()
+        },
+    );
+    lv.metadata.labels = Some(BTreeMap::from([(
+        names::LOGICAL_VOLUME_NODE_LABEL.to_owned(),
+        node.to_owned(),
+    )]));
+    lv
+}
+
+/// The CRD generated from the Rust type is accepted by the API server, and objects round-trip
+/// through it: spec through the main resource, status only through the status subresource.
+#[tokio::test]
+async fn logical_volume_crd_round_trips_with_status_subresource() {
+    let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    cluster.install_crds().await;
+    let lvs: Api<LogicalVolume> = Api::all(cluster.client());
+
+    let created = lvs
+        .create(
+            &PostParams::default(),
+            &logical_volume("lv1", "node-a", "1Gi"),
+        )
+        .await
+        .expect("create");
+    assert_eq!(created.spec.size, Quantity("1Gi".into()));
+    assert!(created.status.is_none());
+
+    // A status sent with the main resource is dropped: status is a subresource.
+    let mut with_status = created.clone();
+    with_status.status = Some(LogicalVolumeStatus {
+        volume_id: "ignored".into(),
+        ..Default::default()
+    });
+    let replaced = lvs
+        .replace("lv1", &PostParams::default(), &with_status)
+        .await
+        .expect("replace");
+    assert!(
+        replaced.status.is_none_or(|s| s.volume_id.is_empty()),
+        "status must not change via the main resource"
+    );
+
+    let status =
+        serde_json::json!({"status": {"volumeID": "vol-1", "code": 0, "currentSize": "1Gi"}});
+    lvs.patch_status("lv1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch status");
+    let read = lvs.get("lv1").await.expect("get");
+    let st = read.status.expect("status");
+    assert_eq!(st.volume_id, "vol-1");
+    assert_eq!(st.current_size, Some(Quantity("1Gi".into())));
+    assert_eq!(read.spec.node_name, "node-a");
+
+    // The raw JSON keys are TopoLVM's.
+    let raw: serde_json::Value =
+        serde_json::to_value(lvs.get("lv1").await.expect("get")).expect("json");
+    assert_eq!(raw["spec"]["nodeName"], "node-a");
+    assert_eq!(raw["spec"]["deviceClass"], "ssd");
+    assert_eq!(raw["status"]["volumeID"], "vol-1");
+
+    // Bad objects are refused by the schema.
+    let bad = serde_json::json!({"apiVersion": "topolvm.io/v1", "kind": "LogicalVolume",
+        "metadata": {"name": "bad"}, "spec": {"name": "x", "nodeName": "n", "size": "lots"}});
+    let err = cluster
+        .client()
+        .request::<serde_json::Value>(
+            http::Request::post("/apis/topolvm.io/v1/logicalvolumes")
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&bad).expect("json"))
+                .expect("request"),
+        )
+        .await
+        .expect_err("a size that is not a quantity");
+    assert!(err.to_string().contains("size"), "{err}");
+}
+
+/// Server-side apply of status, as topolvm-node will do it: the field manager owns the fields it
+/// set, and a second apply by the same manager updates them.
+#[tokio::test]
+async fn server_side_apply_of_status() {
+    let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    cluster.install_crds().await;
+    let admin: Api<LogicalVolume> = Api::all(cluster.client());
+    admin
+        .create(
+            &PostParams::default(),
+            &logical_volume("lv-ssa", "node-a", "2Gi"),
+        )
+        .await
+        .expect("create");
+
+    let node_client = cluster.client_as("topolvm-node").await;
+    let as_node: Api<LogicalVolume> = Api::all(node_client);
+    let params = PatchParams::apply("topolvm-node");
+    for (volume_id, size) in [("vol-a", "2Gi"), ("vol-a", "3Gi")] {
+        let patch = serde_json::json!({
+            "apiVersion": "topolvm.io/v1", "kind": "LogicalVolume",
+            "status": {"volumeID": volume_id, "code": 0, "currentSize": size},
+        });
+        as_node
+            .patch_status("lv-ssa", &params, &Patch::Apply(&patch))
+            .await
+            .expect("apply status as topolvm-node");
+    }
+    let read = admin.get("lv-ssa").await.expect("get");
+    assert_eq!(
+        read.status.as_ref().map(|s| s.current_size.clone()),
+        Some(Some(Quantity("3Gi".into())))
+    );
+    let managers: Vec<String> = read
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|m| m.manager)
+        .collect();
+    assert!(managers.iter().any(|m| m == "topolvm-node"), "{managers:?}");
+}
+
+/// A watch with the node label selector sees only that node's LogicalVolumes: how a node agent
+/// watches its own objects on Kubernetes versions without field selectors for custom resources.
+#[tokio::test]
+async fn label_selected_watch_sees_only_one_node() {
+    let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    cluster.install_crds().await;
+    let lvs: Api<LogicalVolume> = Api::all(cluster.client_as("topolvm-node").await);
+    let selector = format!("{}=node-a", names::LOGICAL_VOLUME_NODE_LABEL);
+    let mut events =
+        watcher::watcher(lvs.clone(), watcher::Config::default().labels(&selector)).boxed();
+
+    let admin: Api<LogicalVolume> = Api::all(cluster.client());
+    for (name, node) in [
+        ("a1", "node-a"),
+        ("b1", "node-b"),
+        ("a2", "node-a"),
+        ("b2", "node-b"),
+    ] {
+        admin
+            .create(&PostParams::default(), &logical_volume(name, node, "1Gi"))
+            .await
+            .expect("create");
+    }
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 {
+        let event = tokio::time::timeout_at(deadline.into(), events.try_next())
+            .await
+            .expect("events in time")
+            .expect("watch")
+            .expect("stream open");
+        match event {
+            watcher::Event::Apply(lv) | watcher::Event::InitApply(lv) => {
+                seen.push(lv.spec.node_name.clone() + "/" + &lv.metadata.name.unwrap_or_default())
+            }
+            _ => {}
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["node-a/a1", "node-a/a2"]);
+    let listed = lvs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("list");
+    assert_eq!(listed.items.len(), 2);
+}
+
+/// The component roles in deploy/rbac are enforced: topolvm-node may read and update
+/// LogicalVolumes and their status but not create or delete them, nor delete nodes;
+/// topolvm-scheduler may only read.
+#[tokio::test]
+async fn component_permissions_come_from_deploy_rbac() {
+    let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    cluster.install_crds().await;
+    cluster.make_node("node-a", &[], &[("ssd", 10 << 30)]).await;
+    let admin: Api<LogicalVolume> = Api::all(cluster.client());
+    admin
+        .create(
+            &PostParams::default(),
+            &logical_volume("lv-rbac", "node-a", "1Gi"),
+        )
+        .await
+        .expect("create");
+
+    let forbidden = |r: Result<_, kube::Error>| match r {
+        Err(kube::Error::Api(e)) => e.code == 403,
+        _ => false,
+    };
+    let node = cluster.client_as("topolvm-node").await;
+    let node_lvs: Api<LogicalVolume> = Api::all(node.clone());
+    node_lvs.get("lv-rbac").await.expect("node may read");
+    node_lvs
+        .patch_status(
+            "lv-rbac",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"volumeID": "v"}})),
+        )
+        .await
+        .expect("node may update status");
+    assert!(forbidden(
+        node_lvs
+            .create(
+                &PostParams::default(),
+                &logical_volume("x", "node-a", "1Gi")
+            )
+            .await
+            .map(|_| ())
+    ));
+    assert!(forbidden(
+        node_lvs
+            .delete("lv-rbac", &DeleteParams::default())
+            .await
+            .map(|_| ())
+    ));
+    let node_nodes: Api<Node> = Api::all(node);
+    node_nodes
+        .patch(
+            "node-a",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"capacity.topolvm.io/ssd": "1"}}}),
+            ),
+        )
+        .await
+        .expect("node may annotate nodes");
+    assert!(forbidden(
+        node_nodes
+            .delete("node-a", &DeleteParams::default())
+            .await
+            .map(|_| ())
+    ));
+
+    let scheduler = cluster.client_as("topolvm-scheduler").await;
+    let sched_pods: Api<Pod> = Api::all(scheduler.clone());
+    sched_pods
+        .list(&ListParams::default())
+        .await
+        .expect("scheduler may list pods");
+    let sched_lvs: Api<LogicalVolume> = Api::all(scheduler);
+    assert!(forbidden(
+        sched_lvs.list(&ListParams::default()).await.map(|_| ())
+    ));
+
+    let controller: Api<LogicalVolume> = Api::all(cluster.client_as("topolvm-controller").await);
+    controller
+        .delete("lv-rbac", &DeleteParams::default())
+        .await
+        .expect("controller may delete");
+}
+
+/// What the stub extender saw and decides.
+#[derive(Default)]
+struct StubExtender {
+    calls: Mutex<Vec<String>>,
+}
+
+async fn stub_predicate(
+    State(stub): State<Arc<StubExtender>>,
+    Json(args): Json<serde_json::Value>,
+) -> Json<serde_json::Value> {
+    stub.calls.lock().expect("lock").push("predicate".into());
+    // Keep only nodes labelled fits=yes, as a capacity filter would.
+    let items = args["Nodes"]["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let (fit, unfit): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .partition(|n| n["metadata"]["labels"]["fits"] == "yes");
+    let failed: serde_json::Map<String, serde_json::Value> = unfit
+        .iter()
+        .map(|n| {
+            (
+                n["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                "out of VG free space".into(),
+            )
+        })
+        .collect();
+    Json(
+        serde_json::json!({"Nodes": {"metadata": {}, "items": fit}, "NodeNames": null, "FailedNodes": failed, "Error": ""}),
+    )
+}
+
+async fn stub_prioritize(
+    State(stub): State<Arc<StubExtender>>,
+    Json(args): Json<serde_json::Value>,
+) -> Json<serde_json::Value> {
+    stub.calls.lock().expect("lock").push("prioritize".into());
+    let scores: Vec<serde_json::Value> = args["Nodes"]["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|n| serde_json::json!({"Host": n["metadata"]["name"], "Score": 1}))
+        .collect();
+    Json(serde_json::Value::Array(scores))
+}
+
+/// The real kube-scheduler calls the configured extender for a pod that requests
+/// `topolvm.io/capacity`, and binds it to a node the extender let through.
+#[tokio::test]
+async fn kube_scheduler_calls_the_extender() {
+    let stub = Arc::new(StubExtender::default());
+    let app = axum::Router::new()
+        .route("/predicate", post(stub_predicate))
+        .route("/prioritize", post(stub_prioritize))
+        .with_state(stub.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let cluster = Cluster::start(ClusterOptions::api_only().with_scheduler_extender(url)).await;
+    if cluster.is_external() {
+        eprintln!(
+            "external cluster: the scheduler's extender configuration is the cluster's own; skipping"
+        );
+        return;
+    }
+    cluster.make_node("small", &[("fits", "no")], &[]).await;
+    cluster.make_node("big", &[("fits", "yes")], &[]).await;
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p1", "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "none",
+            "resources": {"requests": {names::CAPACITY_RESOURCE: "1"}, "limits": {names::CAPACITY_RESOURCE: "1"}}}]},
+    }))
+    .expect("pod");
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), "default");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let node = loop {
+        let p = pods.get("p1").await.expect("get pod");
+        if let Some(node) = p.spec.and_then(|s| s.node_name) {
+            break node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pod was not scheduled; scheduler log:\n{}",
+            cluster.log_tail("kube-scheduler", 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(node, "big");
+    assert!(
+        stub.calls
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|c| c == "predicate")
+    );
+    server.abort();
+}
