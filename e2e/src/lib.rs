@@ -4,6 +4,9 @@
 //!   request kube-scheduler with our extender and kube-controller-manager) with RBAC on, an admin
 //!   kubeconfig and one per component we ship; or an existing cluster from
 //!   `TOPOLVM_E2E_KUBECONFIG`.
+//! - [`lvm`]: real LVM (an isolated `LVM_SYSTEM_DIR`, loop devices or a VM's disks, volume
+//!   groups that remove themselves) and a real lvmd process with gRPC clients: the harness of
+//!   lvmd's host tier, VM tier (inside `scripts/vm/run.sh`) and benchmark.
 //! - [`pki`]: the test bed's CA and certificates.
 //! - [`process`]: child processes that never outlive the test.
 //!
@@ -11,6 +14,7 @@
 //! code that builds everywhere.
 
 pub mod cluster;
+pub mod lvm;
 pub mod pki;
 pub mod process;
 

@@ -8,8 +8,7 @@
 //!
 //! Results are in lvmd/README.md.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use topolvm_e2e::lvm as common;
 
 use std::time::{Duration, Instant};
 
@@ -76,10 +75,13 @@ async fn main() {
     }
     let lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(format!(
-            "- {{name: ssd, volume-group: {}, default: true, spare-gb: 0}}",
-            vg.name()
-        )),
+        LvmdOptions::new(
+            env!("CARGO_BIN_EXE_lvmd"),
+            format!(
+                "- {{name: ssd, volume-group: {}, default: true, spare-gb: 0}}",
+                vg.name()
+            ),
+        ),
     );
     let mut lv = lvmd.lv_client().await;
     let mut vgc = lvmd.vg_client().await;

@@ -12,7 +12,7 @@
 //! tests run in parallel. Thin pools and snapshots need device-mapper and belong to the VM tier.
 #![cfg(feature = "host-tier")]
 
-mod common;
+use topolvm_e2e::lvm as common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -40,7 +40,8 @@ fn thick_class(name: &str, vg: &str) -> String {
 /// Options for one thick class; the periodic refresh is pushed out of the way so `lvm` command
 /// counts only move because of what the test does.
 fn one_thick_class(vg: &VolumeGroup) -> LvmdOptions {
-    LvmdOptions::new(thick_class("ssd", vg.name())).extra("full-refresh-interval: 10m")
+    LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thick_class("ssd", vg.name()))
+        .extra("full-refresh-interval: 10m")
 }
 
 fn create_req(name: &str, size_bytes: i64) -> pb::CreateLvRequest {
@@ -422,7 +423,7 @@ async fn striped_class_creates_striped_lv() {
         "- {{name: ssd, volume-group: {}, default: true, spare-gb: 0, stripe: 2, stripe-size: 64k}}",
         vg.name()
     );
-    let lvmd = Lvmd::start(&env, LvmdOptions::new(class));
+    let lvmd = Lvmd::start(&env, LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), class));
     let mut lv = lvmd.lv_client().await;
 
     let created = create(&mut lv, create_req("striped", 16 * MIB)).await;
@@ -447,7 +448,7 @@ async fn missing_volume_group_is_unavailable_until_it_appears() {
     );
     let lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(classes).extra("full-refresh-interval: 2s"),
+        LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), classes).extra("full-refresh-interval: 2s"),
     );
     let mut lv = lvmd.lv_client().await;
     let mut vgc = lvmd.vg_client().await;

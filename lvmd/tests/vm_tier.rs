@@ -7,7 +7,7 @@
 //! scratch disks and removing it again.
 #![cfg(feature = "vm-tier")]
 
-mod common;
+use topolvm_e2e::lvm as common;
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -142,7 +142,8 @@ async fn thin_volumes_are_real_devices_and_the_usage_threshold_holds() {
     ]);
     let lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(thin_class(vg.name(), 40)).extra("full-refresh-interval: 1s"),
+        LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thin_class(vg.name(), 40))
+            .extra("full-refresh-interval: 1s"),
     );
     let mut lv = lvmd.lv_client().await;
 
@@ -220,7 +221,10 @@ async fn thin_snapshots_keep_their_data() {
         "256m",
         &format!("{}/pool", vg.name()),
     ]);
-    let lvmd = Lvmd::start(&env, LvmdOptions::new(thin_class(vg.name(), 95)));
+    let lvmd = Lvmd::start(
+        &env,
+        LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thin_class(vg.name(), 95)),
+    );
     let mut lv = lvmd.lv_client().await;
     lv.create_lv(create_req("origin", "thin", 32 * MIB))
         .await
@@ -301,10 +305,13 @@ async fn thick_snapshots_keep_their_data() {
     let (env, vg) = real_vg(2);
     let lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(format!(
-            "- {{name: thick, volume-group: {}, default: true, spare-gb: 0}}",
-            vg.name()
-        )),
+        LvmdOptions::new(
+            env!("CARGO_BIN_EXE_lvmd"),
+            format!(
+                "- {{name: thick, volume-group: {}, default: true, spare-gb: 0}}",
+                vg.name()
+            ),
+        ),
     );
     let mut lv = lvmd.lv_client().await;
     lv.create_lv(create_req("data", "thick", 64 * MIB))
@@ -372,10 +379,13 @@ async fn filesystem_grows_online_after_resize() {
     let (env, vg) = real_vg(1);
     let lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(format!(
-            "- {{name: ssd, volume-group: {}, default: true, spare-gb: 0}}",
-            vg.name()
-        )),
+        LvmdOptions::new(
+            env!("CARGO_BIN_EXE_lvmd"),
+            format!(
+                "- {{name: ssd, volume-group: {}, default: true, spare-gb: 0}}",
+                vg.name()
+            ),
+        ),
     );
     let mut lv = lvmd.lv_client().await;
     lv.create_lv(create_req("fs", "", 64 * MIB))

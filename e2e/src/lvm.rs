@@ -1,5 +1,5 @@
-//! A harness for running a real lvmd against real LVM, shared by lvmd's integration tiers (the
-//! host tier, the benchmark and the VM tier).
+//! Real LVM and a real lvmd for tests: the harness of lvmd's host tier, VM tier and benchmark,
+//! and of the end-to-end tests that need a node's storage.
 //!
 //! - [`LvmEnv`]: a private `LVM_SYSTEM_DIR` whose `lvm.conf` lets LVM see only the devices this
 //!   harness was given, with its own locking directory, so tests never touch the machine's LVM,
@@ -12,9 +12,6 @@
 //!   clients over the Unix socket and process control (SIGKILL, SIGTERM, restart).
 //!
 //! Failures panic with a message that says what was being done; these are test helpers.
-
-// Each test binary uses a different part of the harness.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -606,16 +603,19 @@ impl Drop for VolumeGroup {
 /// How to configure an [`Lvmd`].
 #[derive(Debug, Clone)]
 pub struct LvmdOptions {
+    binary: PathBuf,
     device_classes: String,
     extra: String,
     lvm_command_prefix: Option<Vec<String>>,
 }
 
 impl LvmdOptions {
+    /// `binary` is the lvmd executable (lvmd's own tests pass `env!("CARGO_BIN_EXE_lvmd")`);
     /// `device_classes` is the YAML sequence under `device-classes:`, e.g.
     /// `"- {name: ssd, volume-group: vg1, default: true, spare-gb: 0}"`.
-    pub fn new(device_classes: impl Into<String>) -> Self {
+    pub fn new(binary: impl Into<PathBuf>, device_classes: impl Into<String>) -> Self {
         Self {
+            binary: binary.into(),
             device_classes: device_classes.into(),
             extra: String::new(),
             lvm_command_prefix: None,
@@ -647,6 +647,7 @@ pub struct Lvmd {
     socket_path: PathBuf,
     log_path: PathBuf,
     metrics_addr: SocketAddr,
+    binary: PathBuf,
     child: Option<Child>,
 }
 
@@ -719,6 +720,7 @@ impl Lvmd {
             socket_path,
             log_path,
             metrics_addr,
+            binary: options.binary,
             child: None,
         }
     }
@@ -733,7 +735,7 @@ impl Lvmd {
             .expect("opening lvmd's log");
         let mut header = log.try_clone().expect("log fd");
         let _ = writeln!(header, "=== starting lvmd ===");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lvmd"));
+        let mut cmd = Command::new(&self.binary);
         cmd.arg("--config")
             .arg(&self.config_path)
             .arg("--node-name")
