@@ -3,6 +3,7 @@
 #   unit tier   cargo test --workspace          logic, parsing, validation, error mapping (no root)
 #   host tier   real lvm2 (metadata only) on loop devices, a real lvmd process and gRPC client
 #   VM tier     real device-mapper in a qemu VM: thin pools, snapshots, activation, data usage
+#   e2e tier    a real Kubernetes 1.20 control plane on loopback (built once, cached)
 # Set TOPOLVM_SKIP_VM=1 to leave out the VM tier when iterating locally (CI never does).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
@@ -16,13 +17,17 @@ scripts/setup.sh
 
 echo "== style: rustfmt and clippy"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier --quiet -- -D warnings
+cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e --quiet -- -D warnings
 
 echo "== unit tier"
 cargo test --workspace --quiet
 
 echo "== host tier (real lvm2 in metadata mode on loop devices; needs root)"
 cargo test -p lvmd --features host-tier --quiet --test host_tier --test systemd_unit
+
+echo "== e2e tier (real etcd, kube-apiserver, kube-scheduler, kube-controller-manager)"
+e2e/scripts/build-control-plane.sh
+cargo test -p topolvm-e2e --features e2e --quiet
 
 if [[ -n ${TOPOLVM_SKIP_VM:-} ]]; then
     echo "== VM tier skipped (TOPOLVM_SKIP_VM)"

@@ -38,7 +38,9 @@ SRC_PKG=kubernetes
 SRC_PIN=${TOPOLVM_K8S_SRC_VERSION:-}
 CLIENT_PKG=kubernetes-client # binary package of $SRC_PKG holding kubectl
 # rsync, jq: Kubernetes' hack/ scripts; dpkg-dev, patch, xz-utils: apt-get source.
-PACKAGES=(etcd-server golang-go rsync jq openssl dpkg-dev make patch xz-utils)
+# golang-github-modern-go-reflect2-dev: see the vendor fix before the build.
+PACKAGES=(etcd-server golang-go rsync jq openssl dpkg-dev make patch xz-utils golang-github-modern-go-reflect2-dev)
+REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
 SRC_LIST=/etc/apt/sources.list.d/topolvm-rs-src.sources
 ETCD=/usr/bin/etcd
 KUBECTL=$BIN/kubectl
@@ -311,6 +313,16 @@ fi
 dpkg-deb -x "$WORK/client/${CLIENT_PKG}_"*.deb "$WORK/client/root"
 kubectl_version "$WORK/client/root/usr/bin/kubectl" >/dev/null ||
   die "kubectl from $CLIENT_PKG=$VERSION is not v1.20.x"
+
+# Kubernetes 1.20 vendors modern-go/reflect2 v1.0.1, which reaches into Go runtime internals
+# that changed in Go 1.18: built with Debian's Go 1.19, kube-apiserver dies with "fatal error:
+# fault" in mapiterinit as soon as it serves a custom resource. v1.0.2 fixes exactly that and is
+# API-compatible; Debian packages it, so swap it into vendor/ (offline).
+[[ -f $REFLECT2_SRC/reflect2.go ]] || die "$REFLECT2_SRC is missing (package golang-github-modern-go-reflect2-dev)"
+rm -rf "$TREE/vendor/github.com/modern-go/reflect2"
+cp -r "$REFLECT2_SRC" "$TREE/vendor/github.com/modern-go/reflect2"
+sed -i 's|^# github.com/modern-go/reflect2 v1.0.1$|# github.com/modern-go/reflect2 v1.0.2|' "$TREE/vendor/modules.txt"
+log "vendor: modern-go/reflect2 replaced by Debian's $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)"
 
 # Build the way Debian's debian/rules does, without building the .deb.
 WHAT=""

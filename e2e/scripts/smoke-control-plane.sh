@@ -220,6 +220,8 @@ log "kube-apiserver $TOPOLVM_K8S_VERSION ready on 127.0.0.1:$API_PORT in ${API_R
 k get ns
 k api-versions | grep apiextensions
 k get --raw /version | grep -q '"gitVersion": "v1.20' || die "/version is not v1.20"
+# --endpoint-reconciler-type=none: the Service exists, without endpoints
+wait_for 30 "service default/kubernetes" kube-apiserver k get service kubernetes
 
 # ---- fake scheduler extender (records the verbs it is called with) ------------------
 EXTENDER=0

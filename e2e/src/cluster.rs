@@ -131,6 +131,7 @@ fn etcd_command(data: &Path, client_port: u16, peer_port: u16) -> Command {
         .arg(format!("--listen-peer-urls={peer}"))
         .arg(format!("--initial-advertise-peer-urls={peer}"))
         .arg(format!("--initial-cluster=test-bed={peer}"))
+        .arg("--logger=zap")
         .arg("--log-level=warn");
     cmd
 }
@@ -195,6 +196,8 @@ impl Cluster {
             .arg("--authorization-mode=Node,RBAC")
             // No kubelet makes nodes ready, and no controller makes service accounts by default.
             .arg("--disable-admission-plugins=TaintNodesByCondition,ServiceAccount")
+            // The loopback advertise address makes the endpoint reconciler complain every 10 s.
+            .arg("--endpoint-reconciler-type=none")
             .arg("--allow-privileged=true")
             .arg("--profiling=false")
             .arg("--v=1");
@@ -246,11 +249,14 @@ impl Cluster {
                 "kube-scheduler",
             );
             let config = root.join("kube-scheduler.yaml");
-            std::fs::write(&config, scheduler_config(&kubeconfig, extender.as_deref()))
-                .expect("writing the scheduler configuration");
+            std::fs::write(
+                &config,
+                scheduler_config(&kubeconfig, extender.as_deref(), free_port()),
+            )
+            .expect("writing the scheduler configuration");
             let mut cmd = Command::new(bin.join("kube-scheduler"));
+            // With --config, 1.20 ignores --kubeconfig, --leader-elect and --port: all in the file.
             cmd.arg(format!("--config={}", config.display()))
-                .arg("--port=0")
                 .arg(format!("--secure-port={}", free_port()))
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!(
@@ -285,7 +291,8 @@ impl Cluster {
                 .arg("--bind-address=127.0.0.1")
                 .arg(format!("--cert-dir={}", root.join("controller-manager-certs").display()))
                 .arg("--leader-elect=false")
-                .arg("--use-service-account-credentials=false")
+                // Under RBAC each controller needs its own service account's permissions.
+                .arg("--use-service-account-credentials=true")
                 .arg(format!("--service-account-private-key-file={}", sa_key.display()))
                 .arg(format!("--root-ca-file={}", pki.ca_file().display()))
                 // These need kubelets, a cloud or a signing CA, none of which the test bed has.
@@ -539,13 +546,18 @@ pub fn rbac_manifest() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac/clusterroles.yaml")
 }
 
-/// The kube-scheduler 1.20 configuration (API `kubescheduler.config.k8s.io/v1beta1`).
-pub fn scheduler_config(kubeconfig: &Path, extender: Option<&str>) -> String {
+/// The kube-scheduler 1.20 configuration (API `kubescheduler.config.k8s.io/v1beta1`); its
+/// insecure health and metrics endpoint goes to `127.0.0.1:health_port` (the default is
+/// `0.0.0.0:10251`, which would collide between runs and cannot be switched off in v1beta1).
+pub fn scheduler_config(kubeconfig: &Path, extender: Option<&str>, health_port: u16) -> String {
+    let health = format!("127.0.0.1:{health_port}");
     let mut config = serde_json::json!({
         "apiVersion": "kubescheduler.config.k8s.io/v1beta1",
         "kind": "KubeSchedulerConfiguration",
         "clientConnection": {"kubeconfig": kubeconfig},
         "leaderElection": {"leaderElect": false},
+        "healthzBindAddress": health,
+        "metricsBindAddress": health,
     });
     if let Some(url) = extender {
         config["extenders"] = serde_json::json!([{
