@@ -143,10 +143,12 @@ impl Cluster {
             return Self::external(PathBuf::from(path)).await;
         }
         let bin = k8s_bin_dir();
+        crate::process::sweep_stale_dirs("topolvm-e2e-");
         let dir = tempfile::Builder::new()
             .prefix("topolvm-e2e-")
             .tempdir()
             .expect("creating the cluster directory");
+        crate::process::claim_dir(dir.path());
         let root = dir.path().to_owned();
         let pki = Pki::new(&root.join("pki"));
         let (sa_key, sa_pub) = pki.service_account_keys();

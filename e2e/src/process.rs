@@ -1,13 +1,17 @@
-//! Child processes of the test bed: each in its own process group with its output in a log
-//! file, stopped (SIGTERM, then SIGKILL) when dropped, so nothing outlives a test.
+//! Child processes of the test bed, with their output in a log file, stopped (SIGTERM, then
+//! SIGKILL) when dropped, so nothing outlives a test.
+//!
+//! An interrupted run gets no destructors. The processes stay in the test binary's process group,
+//! so Ctrl-C in a terminal reaches them too; and each is recorded in its owner directory's
+//! `pids` file, so that the next run's [`sweep_stale_dirs`] stops whatever a killed run left.
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 /// How long a process gets to exit after SIGTERM before its group is killed.
@@ -22,7 +26,8 @@ pub struct ManagedProcess {
 }
 
 impl ManagedProcess {
-    /// Starts `command` in a new process group, with stdout and stderr appended to `log`.
+    /// Starts `command` with stdout and stderr appended to `log`, and records its pid in the
+    /// `pids` file next to the log (see [`sweep_stale_dirs`]).
     pub fn spawn(name: &str, mut command: Command, log: &Path) -> Self {
         let out = File::options()
             .create(true)
@@ -30,14 +35,18 @@ impl ManagedProcess {
             .open(log)
             .unwrap_or_else(|e| panic!("opening the log {log:?} of {name}: {e}"));
         let err = out.try_clone().expect("cloning a log file handle");
-        command
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        command.stdin(Stdio::null()).stdout(out).stderr(err);
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name} ({command:?}): {e}"));
+        if let Some(dir) = log.parent() {
+            let mut pids = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("pids"))
+                .expect("opening the pids file");
+            let _ = writeln!(pids, "{}", child.id());
+        }
         Self {
             name: name.to_owned(),
             child: Some(child),
@@ -73,7 +82,7 @@ impl ManagedProcess {
         }
     }
 
-    /// Stops the process group: SIGTERM, then SIGKILL after a grace period.
+    /// Stops the process: SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -81,19 +90,26 @@ impl ManagedProcess {
         let Ok(pid) = i32::try_from(child.id()) else {
             return;
         };
-        let group = Pid::from_raw(pid);
-        let _ = killpg(group, Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
-                // Children of the process may still run in its group.
-                let _ = killpg(group, Signal::SIGKILL);
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+impl ManagedProcess {
+    /// Gives up ownership without stopping the process (as a killed test run would).
+    #[cfg(test)]
+    fn forget(mut self) -> Child {
+        let child = self.child.take().expect("running");
+        std::mem::forget(self);
+        child
     }
 }
 
@@ -111,6 +127,48 @@ impl Drop for ManagedProcess {
     }
 }
 
+/// Cleans up after test runs that were killed before they could: for each directory
+/// `<tmp>/<prefix>*` whose `owner.pid` names a process that no longer exists, kills the processes
+/// listed in its `pids` file (only those whose command line still mentions the directory, so a
+/// reused pid is never touched) and removes the directory.
+pub fn sweep_stale_dirs(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(prefix));
+        if !is_ours {
+            continue;
+        }
+        let owner = std::fs::read_to_string(path.join("owner.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        if let Some(pid) = owner
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let listed = std::fs::read_to_string(path.join("pids")).unwrap_or_default();
+            for pid in listed.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let mentions_dir =
+                    String::from_utf8_lossy(&cmdline).contains(path.to_string_lossy().as_ref());
+                if mentions_dir {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Records this process as the owner of `dir`, for [`sweep_stale_dirs`].
+pub fn claim_dir(dir: &Path) {
+    let _ = std::fs::write(dir.join("owner.pid"), std::process::id().to_string());
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -124,32 +182,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stop_ends_the_whole_process_group() {
+    fn stop_ends_the_process_and_logs_are_kept() {
         let dir = tempfile::tempdir().expect("tmp");
-        let pid_file = dir.path().join("grandchild");
         let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(format!(
-            "sleep 60 & echo $! > {}; echo started; wait",
-            pid_file.display()
-        ));
+        cmd.arg("-c").arg("echo started; exec sleep 60");
         let mut p = ManagedProcess::spawn("sleeper", cmd, &dir.path().join("log"));
+        let pid = p.child.as_ref().map(Child::id).expect("running");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !pid_file.exists() && Instant::now() < deadline {
+        while !p.log_tail(1).contains("started") {
+            assert!(Instant::now() < deadline, "no output");
             std::thread::sleep(Duration::from_millis(20));
         }
         p.assert_running();
-        let grandchild: i32 = std::fs::read_to_string(&pid_file)
-            .expect("pid")
-            .trim()
-            .parse()
-            .expect("number");
         p.stop();
-        std::thread::sleep(Duration::from_millis(200));
-        // The grandchild was killed with its group (it may linger as a zombie of init only briefly).
-        let alive = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
-            .map(|s| !s.contains(") Z "))
-            .unwrap_or(false);
-        assert!(!alive, "the grandchild outlived stop()");
-        assert!(p.log_tail(5).contains("started"));
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "stopped and reaped"
+        );
+        let pids = std::fs::read_to_string(dir.path().join("pids")).expect("pids file");
+        assert_eq!(pids.trim(), pid.to_string());
+    }
+
+    #[test]
+    fn a_killed_run_is_cleaned_up_by_the_next() {
+        let stale = tempfile::Builder::new()
+            .prefix("topolvm-sweep-test-")
+            .tempdir()
+            .expect("tmp");
+        let live = tempfile::Builder::new()
+            .prefix("topolvm-sweep-test-")
+            .tempdir()
+            .expect("tmp");
+        // A process the dead run left behind: its command line names the run's directory.
+        let mut leftover = Command::new("sh");
+        leftover
+            .arg("-c")
+            .arg("while :; do sleep 0.1; done")
+            .arg(stale.path().join("marker"));
+        let p = ManagedProcess::spawn("leftover", leftover, &stale.path().join("log"));
+        // The owner is gone (pid 2^22 + 1 is above the kernel's pid_max: never a process), and
+        // no destructor runs.
+        std::fs::write(stale.path().join("owner.pid"), "4194305").expect("write");
+        let mut child = p.forget();
+        claim_dir(live.path());
+        sweep_stale_dirs("topolvm-sweep-test-");
+        assert!(!stale.path().exists());
+        assert!(live.path().exists());
+        let status = child.wait().expect("reap");
+        assert!(!status.success(), "the leftover was killed: {status}");
     }
 }
