@@ -6,13 +6,17 @@
 //! - [`crd`]: the `LogicalVolume` custom resource;
 //! - [`quantity`]: exact conversion between Kubernetes quantities and bytes;
 //! - [`size`]: byte units and the CSI volume size rules;
-//! - [`capacity`]: free-space math of lvmd and the scheduler extender's score.
+//! - [`capacity`]: free-space math of lvmd and the scheduler extender's score;
+//! - [`config`]: the configuration error type, key-path-aware YAML decoding, durations;
+//! - [`logging`]: the binaries' tracing set-up.
 //!
 //! Each module has its own error type.
 #![forbid(unsafe_code)]
 
 pub mod capacity;
+pub mod config;
 pub mod crd;
+pub mod logging;
 pub mod names;
 pub mod quantity;
 pub mod size;

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
-use thiserror::Error;
+use topolvm_core::config::{deserialize_at, parse_duration, parse_yaml, read_file};
 use topolvm_core::names;
+
+pub use topolvm_core::config::ConfigError;
 
 use crate::lvm::validate;
 
@@ -22,27 +23,6 @@ const GIB: u64 = 1 << 30;
 const DEFAULT_SPARE_GB: u64 = 10;
 /// Thin pools whose data usage is above this percentage get no new thin volumes by default.
 pub const DEFAULT_DATA_PERCENT_THRESHOLD: f64 = 95.0;
-
-/// Why a configuration was refused.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{location}: {message}")]
-    Invalid { location: String, message: String },
-}
-
-impl ConfigError {
-    fn invalid(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            location: location.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,17 +83,12 @@ pub struct LvcreateOptionClass {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text)
+        Self::parse(&read_file(path)?)
     }
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig =
-            deserialize_at("lvmd.yaml", serde_yaml::from_str::<serde_yaml::Value>(text))?;
+        let raw: RawConfig = deserialize_at("lvmd.yaml", parse_yaml("lvmd.yaml", text)?)?;
         raw.validate()
     }
 
@@ -139,24 +114,6 @@ impl Config {
             .iter()
             .find(|oc| oc.name == name)
     }
-}
-
-/// Deserializes `value` into `T`, reporting the path of the offending key on failure.
-fn deserialize_at<T: DeserializeOwned>(
-    location: &str,
-    value: Result<serde_yaml::Value, serde_yaml::Error>,
-) -> Result<T, ConfigError> {
-    let value =
-        value.map_err(|e| ConfigError::invalid(location, format!("not valid YAML: {e}")))?;
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let location = if path == "." || path.is_empty() {
-            location.to_owned()
-        } else {
-            format!("{location}: {path}")
-        };
-        ConfigError::invalid(location, e.into_inner().to_string())
-    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -371,7 +328,7 @@ fn validate_device_class(
         .and_then(|n| n.as_str())
         .map(str::to_owned);
     let at = class_location(index, name_hint.as_deref());
-    let raw: RawDeviceClass = deserialize_at(&at, Ok(value))?;
+    let raw: RawDeviceClass = deserialize_at(&at, value)?;
     let key = |k: &str| format!("{at}: {k}");
 
     if raw.name.is_empty() {
@@ -473,7 +430,7 @@ fn validate_option_class(
         Some(n) if !n.is_empty() => format!("lvcreate-option-classes[{index}] ({n:?})"),
         _ => format!("lvcreate-option-classes[{index}]"),
     };
-    let raw: RawOptionClass = deserialize_at(&at, Ok(value))?;
+    let raw: RawOptionClass = deserialize_at(&at, value)?;
     if raw.name.is_empty() {
         return Err(ConfigError::invalid(
             format!("{at}: name"),
@@ -530,20 +487,6 @@ fn duration_key(
         ));
     }
     Ok(parsed)
-}
-
-/// Parses `<integer><unit>` with unit ms, s, m or h.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -752,17 +695,6 @@ lvcreate-option-classes:
                 e.contains(want),
                 "config {text:?}\n  error {e:?}\n  wanted {want:?}"
             );
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("3s"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        for bad in ["", "s", "1", "1.5s", "1d", "-1s", "1 s"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }
 

@@ -4,7 +4,6 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// lvmd manages LVM logical volumes for topolvm-rs over gRPC on a Unix socket.
 #[derive(Debug, Parser)]
@@ -24,15 +23,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    if args.log_json {
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
-    }
+    topolvm_core::logging::init(args.log_json);
 
     let config = lvmd::config::Config::load(&args.config)
         .with_context(|| format!("invalid configuration {}", args.config.display()))?;

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use thiserror::Error;
+use topolvm_core::config::{deserialize_at, parse_yaml, read_file};
+
+pub use topolvm_core::config::{ConfigError, parse_duration};
 
 /// Where the extender listens when the file says nothing (TopoLVM's default).
 pub const DEFAULT_LISTEN: &str = ":8000";
@@ -21,27 +23,6 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 10 << 20;
 /// How long capacity promised to a pod the extender approved is held while the pod is not yet
 /// visible as placed in the cluster.
 pub const DEFAULT_RESERVATION_TTL: Duration = Duration::from_secs(30);
-
-/// Why a configuration was refused.
-#[derive(Debug, Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{location}: {message}")]
-    Invalid { location: String, message: String },
-}
-
-impl ConfigError {
-    fn invalid(location: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            location: location.into(),
-            message: message.into(),
-        }
-    }
-}
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -105,29 +86,23 @@ impl Default for Config {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text)
+        Self::parse(&read_file(path)?)
     }
 
     /// Parses and validates configuration text. An empty document gives the defaults.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         const FILE: &str = "scheduler-config.yaml";
-        let value: serde_yaml::Value = serde_yaml::from_str(text)
-            .map_err(|e| ConfigError::invalid(FILE, format!("not valid YAML: {e}")))?;
+        let value = parse_yaml(FILE, text)?;
         if value.is_null() {
             return Ok(Self::default());
         }
-        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let location = if path == "." || path.is_empty() {
-                FILE.to_owned()
-            } else {
-                path
-            };
-            ConfigError::invalid(location, e.into_inner().to_string())
+        // Locations are bare key paths (`divisors.ssd`), like the ones validate() reports; a
+        // document that is not a mapping at all is the file's fault.
+        let raw: RawConfig = deserialize_at("", value).map_err(|e| match e {
+            ConfigError::Invalid { location, message } if location.is_empty() => {
+                ConfigError::invalid(FILE, message)
+            }
+            other => other,
         })?;
         raw.validate()
     }
@@ -265,35 +240,6 @@ pub fn split_listen(listen: &str) -> Result<(&str, u16), String> {
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     Ok((host, port))
-}
-
-/// Parses a Go-style duration made of number-unit pairs (`ms`, `s`, `m`, `h`), like `1m30s`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(rest.len());
-        let number: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds_per_unit = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += Duration::try_from_secs_f64(number * seconds_per_unit).ok()?;
-    }
-    Some(total)
 }
 
 #[cfg(test)]
