@@ -220,15 +220,41 @@ mod tests {
             .arg("while :; do sleep 0.1; done")
             .arg(stale.path().join("marker"));
         let p = ManagedProcess::spawn("leftover", leftover, &stale.path().join("log"));
-        // The owner is gone (pid 2^22 + 1 is above the kernel's pid_max: never a process), and
-        // no destructor runs.
+        // Right after spawn the new program's command line may not be readable yet; a real
+        // leftover has been running for a while.
+        let pid = p.child.as_ref().map(Child::id).expect("running");
+        let marker = stale.path().to_string_lossy().into_owned();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !String::from_utf8_lossy(
+            &std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+        )
+        .contains(&marker)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the leftover never showed its command line"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The owner is gone (pid 2^22 + 1 is above any pid_max: never a process), and no
+        // destructor runs.
         std::fs::write(stale.path().join("owner.pid"), "4194305").expect("write");
         let mut child = p.forget();
         claim_dir(live.path());
         sweep_stale_dirs("topolvm-sweep-test-");
         assert!(!stale.path().exists());
         assert!(live.path().exists());
-        let status = child.wait().expect("reap");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("the sweep did not kill the leftover");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert!(!status.success(), "the leftover was killed: {status}");
     }
 }
