@@ -43,19 +43,20 @@ pub fn parse_yaml(file: &str, text: &str) -> Result<serde_yaml::Value, ConfigErr
         .map_err(|e| ConfigError::invalid(file, format!("not valid YAML: {e}")))
 }
 
-/// Deserializes `value` into `T`. On failure the error's location is the path of the offending
-/// key inside `value`, after `context` when one is given (`"device-classes[0]: thin-pool.name"`),
-/// or `context` alone when the value itself is wrong.
+/// Deserializes `value` into `T`. A wrong key is reported by its path inside `value`, after
+/// `key_prefix` when that is not empty (`"device-classes[0]: thin-pool.name"`); a value that is
+/// wrong as a whole is reported as `whole`.
 pub fn deserialize_at<T: DeserializeOwned>(
-    context: &str,
     value: serde_yaml::Value,
+    key_prefix: &str,
+    whole: &str,
 ) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let location = match (path.as_str(), context) {
-            ("." | "", _) => context.to_owned(),
+        let location = match (path.as_str(), key_prefix) {
+            ("." | "", _) => whole.to_owned(),
             (_, "") => path,
-            (_, _) => format!("{context}: {path}"),
+            (_, _) => format!("{key_prefix}: {path}"),
         };
         ConfigError::invalid(location, e.into_inner().to_string())
     })
@@ -125,14 +126,14 @@ mod tests {
     #[test]
     fn errors_name_the_key_path() {
         let value = parse_yaml("f.yaml", "inner: {name: x, nmae: y}").expect("yaml");
-        let e = deserialize_at::<Outer>("f.yaml", value.clone())
+        let e = deserialize_at::<Outer>(value.clone(), "f.yaml", "f.yaml")
             .expect_err("unknown key")
             .to_string();
         assert!(
             e.starts_with("f.yaml: inner.nmae: unknown field `nmae`"),
             "{e}"
         );
-        let e = deserialize_at::<Outer>("", value)
+        let e = deserialize_at::<Outer>(value, "", "f.yaml")
             .expect_err("unknown key")
             .to_string();
         assert!(e.starts_with("inner.nmae: unknown field"), "{e}");

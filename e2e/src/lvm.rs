@@ -26,12 +26,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use topolvm_proto::lvmd::lv_service_client::LvServiceClient;
 use topolvm_proto::lvmd::vg_service_client::VgServiceClient;
 
@@ -637,6 +636,12 @@ impl LvmdOptions {
     }
 }
 
+/// The `device-classes` entry of one thick default class on `vg` with no spare space, the class
+/// most tests need.
+pub fn thick_default_class(name: &str, vg: &str) -> String {
+    format!("- {{name: {name}, volume-group: {vg}, default: true, spare-gb: 0}}")
+}
+
 /// A running `lvmd` process with its own config, socket, metrics port and log.
 ///
 /// Drop kills it (SIGKILL) and, if the test is failing, prints its log.
@@ -806,7 +811,7 @@ impl Lvmd {
 
     /// A gRPC channel over the Unix socket.
     pub async fn channel(&self) -> Channel {
-        uds_channel(&self.socket_path)
+        topolvm_proto::unix::connect(&self.socket_path)
             .await
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket_path.display()))
     }
@@ -934,19 +939,6 @@ fn indent(text: &str, prefix: &str) -> String {
         .map(|l| format!("{prefix}{l}"))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// A gRPC channel to a Unix socket (the URI is a placeholder tonic requires).
-pub async fn uds_channel(path: &Path) -> Result<Channel, tonic::transport::Error> {
-    let path = path.to_owned();
-    Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
 }
 
 /// A minimal HTTP/1.0 GET; the body, or an error for a failed connection or a non-200 answer.

@@ -77,10 +77,7 @@ async fn main() {
         &env,
         LvmdOptions::new(
             env!("CARGO_BIN_EXE_lvmd"),
-            format!(
-                "- {{name: ssd, volume-group: {}, default: true, spare-gb: 0}}",
-                vg.name()
-            ),
+            common::thick_default_class("ssd", vg.name()),
         ),
     );
     let mut lv = lvmd.lv_client().await;

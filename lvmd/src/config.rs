@@ -88,7 +88,8 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = deserialize_at("lvmd.yaml", parse_yaml("lvmd.yaml", text)?)?;
+        let raw: RawConfig =
+            deserialize_at(parse_yaml("lvmd.yaml", text)?, "lvmd.yaml", "lvmd.yaml")?;
         raw.validate()
     }
 
@@ -328,7 +329,7 @@ fn validate_device_class(
         .and_then(|n| n.as_str())
         .map(str::to_owned);
     let at = class_location(index, name_hint.as_deref());
-    let raw: RawDeviceClass = deserialize_at(&at, value)?;
+    let raw: RawDeviceClass = deserialize_at(value, &at, &at)?;
     let key = |k: &str| format!("{at}: {k}");
 
     if raw.name.is_empty() {
@@ -430,7 +431,7 @@ fn validate_option_class(
         Some(n) if !n.is_empty() => format!("lvcreate-option-classes[{index}] ({n:?})"),
         _ => format!("lvcreate-option-classes[{index}]"),
     };
-    let raw: RawOptionClass = deserialize_at(&at, value)?;
+    let raw: RawOptionClass = deserialize_at(value, &at, &at)?;
     if raw.name.is_empty() {
         return Err(ConfigError::invalid(
             format!("{at}: name"),

@@ -8,7 +8,6 @@
 //! - [`grpc`] and [`server`]: the TopoLVM-compatible gRPC API on a Unix socket.
 #![forbid(unsafe_code)]
 
-pub mod client;
 pub mod config;
 pub mod grpc;
 pub mod lvm;

@@ -12,6 +12,7 @@
 //! tests run in parallel. Thin pools and snapshots need device-mapper and belong to the VM tier.
 #![cfg(feature = "host-tier")]
 
+use topolvm_core::names::LV_TAG_MANAGED;
 use topolvm_e2e::lvm as common;
 
 use std::collections::BTreeMap;
@@ -28,20 +29,17 @@ use topolvm_proto::lvmd::vg_service_client::VgServiceClient;
 
 const MIB: i64 = 1 << 20;
 const GIB: i64 = 1 << 30;
-const MANAGED_TAG: &str = "topolvm.io/managed";
 /// Where the uid-65534 helper finds the socket.
 const SOCKET_ENV: &str = "TOPOLVM_HOST_TIER_SOCKET";
-
-/// A thick default device class without spare space.
-fn thick_class(name: &str, vg: &str) -> String {
-    format!("- {{name: {name}, volume-group: {vg}, default: true, spare-gb: 0}}")
-}
 
 /// Options for one thick class; the periodic refresh is pushed out of the way so `lvm` command
 /// counts only move because of what the test does.
 fn one_thick_class(vg: &VolumeGroup) -> LvmdOptions {
-    LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thick_class("ssd", vg.name()))
-        .extra("full-refresh-interval: 10m")
+    LvmdOptions::new(
+        env!("CARGO_BIN_EXE_lvmd"),
+        common::thick_default_class("ssd", vg.name()),
+    )
+    .extra("full-refresh-interval: 10m")
 }
 
 fn create_req(name: &str, size_bytes: i64) -> pb::CreateLvRequest {
@@ -144,7 +142,11 @@ async fn create_list_resize_remove_round_trip() {
     let rows = env.lvs(vg.name(), "lv_name,lv_size,lv_tags");
     assert_eq!(rows.len(), 1, "{rows:?}");
     let tags = rows[0].tags("lv_tags");
-    for want in [MANAGED_TAG, "topolvm.io/volume=roundtrip", "team=storage"] {
+    for want in [
+        LV_TAG_MANAGED,
+        "topolvm.io/volume=roundtrip",
+        "team=storage",
+    ] {
         assert!(
             tags.iter().any(|t| t == want),
             "lvs tags {tags:?} lack {want}"
@@ -383,7 +385,7 @@ async fn bad_input_is_rejected_before_lvm_runs() {
         let status = lv.create_lv(create_req("sized", size)).await;
         assert_eq!(code(status), Code::InvalidArgument, "size {size}");
     }
-    for tag in ["a b", "-x", "$(reboot)", MANAGED_TAG] {
+    for tag in ["a b", "-x", "$(reboot)", LV_TAG_MANAGED] {
         let mut req = create_req("tagged", 8 * MIB);
         req.tags = vec![tag.to_owned()];
         let status = lv.create_lv(req).await;
@@ -444,7 +446,7 @@ async fn missing_volume_group_is_unavailable_until_it_appears() {
     let later_name = VolumeGroup::unique_name();
     let classes = format!(
         "{}\n- {{name: later, volume-group: {later_name}, spare-gb: 0}}",
-        thick_class("ssd", vg.name())
+        common::thick_default_class("ssd", vg.name())
     );
     let lvmd = Lvmd::start(
         &env,
@@ -584,7 +586,7 @@ async fn non_root_peer_is_denied() {
 #[ignore = "run by non_root_peer_is_denied as uid 65534"]
 async fn non_root_client_helper() {
     let socket = std::env::var_os(SOCKET_ENV).expect("TOPOLVM_HOST_TIER_SOCKET is set");
-    let channel = common::uds_channel(std::path::Path::new(&socket))
+    let channel = topolvm_proto::unix::connect(std::path::Path::new(&socket))
         .await
         .expect("connecting to lvmd");
     let result = VgServiceClient::new(channel)
@@ -747,7 +749,7 @@ async fn sigterm_lets_the_running_create_finish() {
     let rows = env.lvs(vg.name(), "lv_name,lv_size,lv_tags");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].get_u64("lv_size"), 8 << 20);
-    assert!(rows[0].tags("lv_tags").iter().any(|t| t == MANAGED_TAG));
+    assert!(rows[0].tags("lv_tags").iter().any(|t| t == LV_TAG_MANAGED));
 }
 
 /// A caller that gives up on a CreateLV does not leave half a volume: the operation completes
@@ -785,7 +787,7 @@ async fn abandoned_create_completes_and_retry_is_idempotent() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].get("lv_name"), "abandoned");
     assert_eq!(rows[0].get_u64("lv_size"), 8 << 20);
-    assert!(rows[0].tags("lv_tags").iter().any(|t| t == MANAGED_TAG));
+    assert!(rows[0].tags("lv_tags").iter().any(|t| t == LV_TAG_MANAGED));
 
     let retried = create(&mut lv, create_req("abandoned", 8 * MIB)).await;
     assert_eq!(retried.size_bytes, 8 * MIB);

@@ -307,10 +307,7 @@ async fn thick_snapshots_keep_their_data() {
         &env,
         LvmdOptions::new(
             env!("CARGO_BIN_EXE_lvmd"),
-            format!(
-                "- {{name: thick, volume-group: {}, default: true, spare-gb: 0}}",
-                vg.name()
-            ),
+            common::thick_default_class("thick", vg.name()),
         ),
     );
     let mut lv = lvmd.lv_client().await;
@@ -381,10 +378,7 @@ async fn filesystem_grows_online_after_resize() {
         &env,
         LvmdOptions::new(
             env!("CARGO_BIN_EXE_lvmd"),
-            format!(
-                "- {{name: ssd, volume-group: {}, default: true, spare-gb: 0}}",
-                vg.name()
-            ),
+            common::thick_default_class("ssd", vg.name()),
         ),
     );
     let mut lv = lvmd.lv_client().await;

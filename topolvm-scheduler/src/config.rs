@@ -96,14 +96,8 @@ impl Config {
         if value.is_null() {
             return Ok(Self::default());
         }
-        // Locations are bare key paths (`divisors.ssd`), like the ones validate() reports; a
-        // document that is not a mapping at all is the file's fault.
-        let raw: RawConfig = deserialize_at("", value).map_err(|e| match e {
-            ConfigError::Invalid { location, message } if location.is_empty() => {
-                ConfigError::invalid(FILE, message)
-            }
-            other => other,
-        })?;
+        // Locations are bare key paths (`divisors.ssd`), like the ones validate() reports.
+        let raw: RawConfig = deserialize_at(value, "", FILE)?;
         raw.validate()
     }
 }

@@ -1,12 +1,12 @@
-//! Connecting to lvmd's Unix socket as a gRPC client (used by `lvmdctl`, topolvm-node and tests).
+//! gRPC clients over a Unix socket, the way every component talks to lvmd.
 
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
-/// A channel to the lvmd listening on `socket`. The URI is a placeholder: every connection
-/// goes to the socket.
+/// A channel to the server listening on `socket`. The URI is a placeholder tonic requires;
+/// every connection goes to the socket.
 pub async fn connect(socket: &Path) -> Result<Channel, tonic::transport::Error> {
     let socket: PathBuf = socket.to_owned();
     Endpoint::from_static("http://[::]:50051")
