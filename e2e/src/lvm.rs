@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
@@ -671,13 +671,6 @@ fn yaml_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
 
-/// A 127.0.0.1 port that was free a moment ago.
-fn free_local_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("finding a free port")
-}
-
 impl Lvmd {
     /// Writes the config and starts lvmd; returns once its socket accepts connections.
     pub fn start(env: &LvmEnv, options: LvmdOptions) -> Self {
@@ -696,7 +689,7 @@ impl Lvmd {
         let run_dir = dir.path().join("run");
         std::fs::create_dir(&run_dir).expect("creating the socket dir");
         let socket_path = run_dir.join("lvmd.sock");
-        let metrics_addr = free_local_port();
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], crate::process::free_port()));
         let prefix = options
             .lvm_command_prefix
             .unwrap_or_else(|| vec![env.lvm_path().to_string_lossy().into_owned()]);

@@ -169,17 +169,44 @@ pub fn claim_dir(dir: &Path) {
     let _ = std::fs::write(dir.join("owner.pid"), std::process::id().to_string());
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Ports handed out come from below the kernel's ephemeral range (32768 and up by default), so
+/// an outgoing connection can never take one between [`free_port`] and the server's bind.
+const PORT_RANGE: std::ops::Range<u16> = 20000..32000;
+
+/// A TCP port on 127.0.0.1 that is free now and that no other caller in this process has been
+/// given. Binding port 0 instead would race: the port is released before the server binds it,
+/// and a parallel test's bind(0) or an outgoing connection may get it first.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("finding a free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let span = u32::from(PORT_RANGE.end - PORT_RANGE.start);
+    // Concurrent test processes start at different offsets.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for i in 0..span {
+        let port = PORT_RANGE.start + u16::try_from((start + i) % span).unwrap_or(0);
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port in {PORT_RANGE:?}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let unique: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len());
+        assert!(ports.iter().all(|p| PORT_RANGE.contains(p)));
+    }
 
     #[test]
     fn stop_ends_the_process_and_logs_are_kept() {
