@@ -55,7 +55,12 @@ pub async fn run(
         )
         .with_observer(metrics.clone()),
     );
-    let cache = Arc::new(StateCache::new(runner.clone()));
+    let volume_groups: BTreeSet<String> = config
+        .device_classes
+        .iter()
+        .map(|dc| dc.volume_group.clone())
+        .collect();
+    let cache = Arc::new(StateCache::new(runner.clone(), volume_groups));
     if let Err(e) = cache.refresh(RefreshReason::Startup).await {
         // Keep serving: the periodic refresh retries, and every class reports itself unavailable.
         error!(error = %e, "cannot read LVM state; all device classes are unavailable until it can");
@@ -70,14 +75,8 @@ pub async fn run(
     }
 
     let background = TaskTracker::new();
-    let volume_groups: BTreeSet<String> = config
-        .device_classes
-        .iter()
-        .map(|dc| dc.volume_group.clone())
-        .collect();
     background.spawn(monitor::run(
         cache.clone(),
-        volume_groups,
         config.change_poll_interval,
         config.full_refresh_interval,
         shutdown.clone(),

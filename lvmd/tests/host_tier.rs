@@ -190,9 +190,9 @@ async fn create_list_resize_remove_round_trip() {
     assert_eq!(free_bytes(&mut vgc, "ssd").await, free0);
 }
 
-/// Each mutation costs exactly one `lvm` fork for the change plus at most one state refresh
-/// (`fullreport`), and reads (GetLVList, GetFreeBytes) and an idempotent repeat of CreateLV cost
-/// none: lvmd answers them from its cache.
+/// Each mutation costs exactly one `lvm` fork for the change on the request path plus one state
+/// refresh (`fullreport`) that confirms it in the background, and reads (GetLVList,
+/// GetFreeBytes) and an idempotent repeat of CreateLV cost none: lvmd answers them from its cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_mutation_forks_lvm_at_most_twice_and_reads_never() {
     let env = LvmEnv::metadata_only();
@@ -207,7 +207,7 @@ async fn each_mutation_forks_lvm_at_most_twice_and_reads_never() {
         "the start-up refresh is counted: {before:?}"
     );
     create(&mut lv, create_req("forks", 8 * MIB)).await;
-    let after_create = lvmd.lvm_command_counts().await;
+    let after_create = settled_counts(&lvmd, &before).await;
     assert_one_change_and_one_refresh("CreateLV", "lvcreate", &before, &after_create);
 
     lv_list(&mut vgc, "ssd").await;
@@ -227,7 +227,7 @@ async fn each_mutation_forks_lvm_at_most_twice_and_reads_never() {
     })
     .await
     .expect("ResizeLV");
-    let after_resize = lvmd.lvm_command_counts().await;
+    let after_resize = settled_counts(&lvmd, &after_create).await;
     assert_one_change_and_one_refresh("ResizeLV", "lvextend", &after_create, &after_resize);
 
     lv.remove_lv(pb::RemoveLvRequest {
@@ -236,8 +236,25 @@ async fn each_mutation_forks_lvm_at_most_twice_and_reads_never() {
     })
     .await
     .expect("RemoveLV");
-    let after_remove = lvmd.lvm_command_counts().await;
+    let after_remove = settled_counts(&lvmd, &after_resize).await;
     assert_one_change_and_one_refresh("RemoveLV", "lvremove", &after_resize, &after_remove);
+}
+
+/// The `lvm` command counts once the background refresh after a mutation has run: waits (up to
+/// 5 s) for one more `fullreport` than in `before`, then 300 ms more for anything that follows.
+async fn settled_counts(lvmd: &Lvmd, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let reports_before = before.get("fullreport").copied().unwrap_or(0);
+    eventually(
+        Duration::from_secs(5),
+        "the confirming fullreport",
+        || async {
+            let counts = lvmd.lvm_command_counts().await;
+            (counts.get("fullreport").copied().unwrap_or(0) > reports_before).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lvmd.lvm_command_counts().await
 }
 
 /// Asserts that between two `lvm_command_counts` exactly one `subcommand` and at most one
