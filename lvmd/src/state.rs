@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Mutex, watch};
 use tracing::{debug, info, warn};
@@ -103,6 +103,14 @@ impl Change {
         }
     }
 
+    /// The volume group and name of the volume changed.
+    fn volume(&self) -> (&str, &str) {
+        match self {
+            Self::Created { lv, .. } => (&lv.vg_name, &lv.name),
+            Self::Resized { vg, name, .. } | Self::Removed { vg, name, .. } => (vg, name),
+        }
+    }
+
     /// Whether `report` shows this change.
     fn shown_in(&self, report: &Snapshot) -> bool {
         match self {
@@ -115,6 +123,23 @@ impl Change {
             Self::Removed { vg, name, .. } => report.lv(vg, name).is_none(),
         }
     }
+}
+
+/// How long the report confirming a mutation waits for more mutations to confirm with it.
+/// `lvm fullreport` holds the volume groups' shared locks, so a report right after each
+/// mutation of a burst would make the next command wait for it.
+const CONFIRM_DELAY: Duration = Duration::from_millis(100);
+/// The longest a recorded change waits for its confirming report during a burst.
+const CONFIRM_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Mutations waiting for their confirming report.
+#[derive(Debug, Default)]
+struct Confirmations {
+    /// Keep the cache busy (see [`StateCache::busy`]) until the report is in.
+    waiting: Vec<BusyGuard>,
+    /// Bumped by every mutation; only the task of the latest one reports, unless overdue.
+    generation: u64,
+    oldest: Option<Instant>,
 }
 
 /// Why the cache was refreshed, for metrics and logs.
@@ -175,6 +200,7 @@ pub struct StateCache {
     /// `lvm` commands of mutations running now, and how many ever started.
     commands_running: Arc<AtomicUsize>,
     commands_started: AtomicU64,
+    confirmations: SyncMutex<Confirmations>,
 }
 
 /// Marks the cache busy while it lives: a mutation or refresh is under way whose own refresh
@@ -203,6 +229,7 @@ impl StateCache {
             busy: Arc::new(AtomicUsize::new(0)),
             commands_running: Arc::new(AtomicUsize::new(0)),
             commands_started: AtomicU64::new(0),
+            confirmations: SyncMutex::default(),
         }
     }
 
@@ -324,9 +351,18 @@ impl StateCache {
             quiet_at_start && self.commands_started.load(Ordering::SeqCst) == started_before;
         let (snap, outside) = {
             let mut inner = self.inner();
-            let covered = inner.pending.iter().filter(|(seq, _)| *seq < covered_below);
-            for (_, change) in covered.filter(|_| quiet) {
-                if !change.shown_in(&report) {
+            let covered: Vec<&Change> = inner
+                .pending
+                .iter()
+                .filter(|(seq, _)| quiet && *seq < covered_below)
+                .map(|(_, change)| change)
+                .collect();
+            // Only the last change of each volume must show: a later one may have undone it.
+            for (i, change) in covered.iter().enumerate() {
+                let superseded = covered[i + 1..]
+                    .iter()
+                    .any(|later| later.volume() == change.volume());
+                if !superseded && !change.shown_in(&report) {
                     warn!(
                         ?change,
                         "LVM's report disagrees with the change lvmd recorded; the report wins"
@@ -355,12 +391,38 @@ impl StateCache {
         }
     }
 
-    /// Refreshes in the background, keeping `busy` until the report is in.
+    /// Confirms a recorded change with a report in the background, keeping `busy` until the
+    /// report is in. Mutations in a burst share one report: it runs [`CONFIRM_DELAY`] after the
+    /// last of them, and at most [`CONFIRM_MAX_DELAY`] after the first.
     pub fn confirm_in_background(self: &Arc<Self>, busy: BusyGuard) {
+        let generation = {
+            let mut c = self
+                .confirmations
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            c.waiting.push(busy);
+            c.generation += 1;
+            c.oldest.get_or_insert_with(Instant::now);
+            c.generation
+        };
         let cache = self.clone();
         tokio::spawn(async move {
+            tokio::time::sleep(CONFIRM_DELAY).await;
+            let waiting = {
+                let mut c = cache
+                    .confirmations
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let overdue = c.oldest.is_some_and(|t| t.elapsed() >= CONFIRM_MAX_DELAY);
+                if (c.generation != generation && !overdue) || c.waiting.is_empty() {
+                    // A later mutation's task reports for this one too.
+                    return;
+                }
+                c.oldest = None;
+                std::mem::take(&mut c.waiting)
+            };
             cache.refresh_or_warn(RefreshReason::Mutation).await;
-            drop(busy);
+            drop(waiting);
         });
     }
 

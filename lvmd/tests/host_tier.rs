@@ -188,6 +188,11 @@ async fn create_list_resize_remove_round_trip() {
     assert!(env.lv_names(vg.name()).is_empty());
     assert!(lv_list(&mut vgc, "ssd").await.is_empty());
     assert_eq!(free_bytes(&mut vgc, "ssd").await, free0);
+
+    // Each answer came before its confirming report; every report agreed with what lvmd recorded.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = lvmd.log();
+    assert!(!log.contains("disagrees"), "{log}");
 }
 
 /// Each mutation costs exactly one `lvm` fork for the change on the request path plus one state
@@ -682,6 +687,148 @@ async fn outside_changes_reach_watch_within_two_seconds() {
     })
     .await;
     assert_eq!(item(&grown).size_bytes, vg.sizes().get_u64("vg_size"));
+}
+
+/// lvmd defect 2: a change made behind lvmd's back right after one of its own mutations (whose
+/// refresh reads the metadata headers too) reaches Watch within 2 s, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_change_right_after_a_mutation_reaches_watch() {
+    let env = LvmEnv::metadata_only();
+    let vg = VolumeGroup::create(&env, vec![Disk::loop_device(4 * DEFAULT_LOOP_SIZE)]);
+    let lvmd = Lvmd::start(&env, one_thick_class(&vg));
+    let mut lv = lvmd.lv_client().await;
+    let mut vgc = lvmd.vg_client().await;
+    let mut watch = vgc.watch(pb::Empty {}).await.expect("Watch").into_inner();
+    let ssd_free = |m: &pb::WatchResponse| {
+        m.items
+            .iter()
+            .find(|i| i.device_class == "ssd")
+            .map(|i| i.free_bytes)
+            .expect("ssd in Watch")
+    };
+    let start = ssd_free(&watch.message().await.expect("Watch").expect("open"));
+    for round in 0..20u64 {
+        create(&mut lv, create_req(&format!("mine-{round}"), 4 * MIB)).await;
+        let outside = format!("outside-{round}");
+        env.lvm(&[
+            "lvcreate",
+            "-q",
+            "-y",
+            "-n",
+            &outside,
+            "-L",
+            "4m",
+            vg.name(),
+        ]);
+        let want = start - (round + 1) * (8 << 20);
+        next_watch_message(
+            &mut watch,
+            Duration::from_secs(2),
+            &format!("round {round}: free bytes {want} (both volumes)"),
+            |m| ssd_free(m) == want,
+        )
+        .await;
+        assert_eq!(want, vg.sizes().get_u64("vg_free"), "what LVM itself says");
+    }
+}
+
+/// lvmd defect 1: RemoveLV and ResizeLV act only on lvmd's own volumes of the named class. A
+/// volume made by hand is FAILED_PRECONDITION, one of another class on the same volume group is
+/// NOT_FOUND, and `lvs` shows both untouched; a hand-made volume named by a Kubernetes UID (as
+/// TopoLVM names its volumes) is adopted by a CreateLV of its name and size, after which lvmd
+/// removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_lvmd_volumes_of_the_named_class_are_changed() {
+    const UID: &str = "9d0c3f0e-5a7b-4c2d-9e1f-3a4b5c6d7e8f";
+    let env = LvmEnv::metadata_only();
+    let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
+    let classes = format!(
+        "{}\n- {{name: other, volume-group: {}, spare-gb: 0}}",
+        common::thick_default_class("ssd", vg.name()),
+        vg.name()
+    );
+    let lvmd = Lvmd::start(
+        &env,
+        LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), classes).extra("full-refresh-interval: 10m"),
+    );
+    let mut lv = lvmd.lv_client().await;
+    let mut other = create_req("theirs", 8 * MIB);
+    other.device_class = "other".into();
+    create(&mut lv, other).await;
+    for name in ["handmade", UID] {
+        env.lvm(&["lvcreate", "-q", "-y", "-n", name, "-L", "8m", vg.name()]);
+    }
+    // Wait until lvmd has seen the hand-made volumes.
+    let mut vgc = lvmd.vg_client().await;
+    eventually(
+        Duration::from_secs(3),
+        "the hand-made volumes in GetLVList",
+        || {
+            let mut vgc = vgc.clone();
+            async move { (lv_list(&mut vgc, "ssd").await.len() == 2).then_some(()) }
+        },
+    )
+    .await;
+    let before = lvs_sizes(&env, vg.name());
+
+    let remove = |name: &str| pb::RemoveLvRequest {
+        name: name.into(),
+        device_class: "ssd".into(),
+    };
+    let resize = |name: &str| pb::ResizeLvRequest {
+        name: name.into(),
+        device_class: "ssd".into(),
+        size_bytes: 16 * MIB,
+        ..Default::default()
+    };
+    for (name, want) in [
+        ("handmade", Code::FailedPrecondition),
+        (UID, Code::FailedPrecondition),
+        ("theirs", Code::NotFound),
+    ] {
+        assert_eq!(
+            code(lv.remove_lv(remove(name)).await),
+            want,
+            "RemoveLV {name}"
+        );
+        assert_eq!(
+            code(lv.resize_lv(resize(name)).await),
+            want,
+            "ResizeLV {name}"
+        );
+    }
+    assert_eq!(
+        code(lv.create_lv(create_req("handmade", 8 * MIB)).await),
+        Code::AlreadyExists,
+        "an untagged volume not named by a UID is never adopted"
+    );
+    assert_eq!(lvs_sizes(&env, vg.name()), before, "nothing was touched");
+
+    let adopted = create(&mut lv, create_req(UID, 8 * MIB)).await;
+    assert_eq!(adopted.size_bytes, 8 * MIB);
+    let row = env
+        .lvs(vg.name(), "lv_name,lv_tags")
+        .into_iter()
+        .find(|r| r.get("lv_name") == UID)
+        .expect("adopted volume");
+    let volume_tag = format!("topolvm.io/volume={UID}");
+    for want in [
+        LV_TAG_MANAGED,
+        volume_tag.as_str(),
+        "topolvm.io/device-class=ssd",
+    ] {
+        assert!(
+            row.tags("lv_tags").iter().any(|t| t == want),
+            "{row:?} lacks {want}"
+        );
+    }
+    lv.remove_lv(remove(UID))
+        .await
+        .expect("adopted volumes are lvmd's");
+    let mut theirs = remove("theirs");
+    theirs.device_class = "other".into();
+    lv.remove_lv(theirs).await.expect("through its own class");
+    assert_eq!(env.lv_names(vg.name()), ["handmade"]);
 }
 
 /// A crash (SIGKILL) loses nothing and invents nothing: after a restart on the same config,
