@@ -759,7 +759,7 @@ async fn only_lvmd_volumes_of_the_named_class_are_changed() {
         env.lvm(&["lvcreate", "-q", "-y", "-n", name, "-L", "8m", vg.name()]);
     }
     // Wait until lvmd has seen the hand-made volumes.
-    let mut vgc = lvmd.vg_client().await;
+    let vgc = lvmd.vg_client().await;
     eventually(
         Duration::from_secs(3),
         "the hand-made volumes in GetLVList",
