@@ -167,9 +167,8 @@ async fn main() {
     remove.row("RemoveLV via lvmd", (forks_after - forks_mid) as f64 / n);
     bare_remove.row("bare lvremove", 1.0);
     reads.row("GetFreeBytes + GetLVList", forks_reads as f64 / (n * 10.0));
-    let ratio = |a: &Stats, b: &Stats| {
-        a.percentile(0.5).as_secs_f64() / b.percentile(0.5).as_secs_f64()
-    };
+    let ratio =
+        |a: &Stats, b: &Stats| a.percentile(0.5).as_secs_f64() / b.percentile(0.5).as_secs_f64();
     println!();
     println!(
         "p50 through lvmd / p50 bare: CreateLV {:.2}x, RemoveLV {:.2}x (target <= 1.1x)",

@@ -31,24 +31,55 @@ use crate::state::{Change, RefreshReason, Snapshot, StateCache};
 /// Why a request failed. The gRPC layer maps each kind to one status code.
 #[derive(Debug, Error)]
 pub enum Error {
+    /// The request itself is malformed (names, sizes, tags, access type, option class).
     #[error("{0}")]
     InvalidArgument(String),
     #[error("device class {0:?} is not configured")]
     UnknownDeviceClass(String),
     #[error("device class {class:?} is unavailable: {reason}")]
     Unavailable { class: String, reason: String },
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    OutOfRange(String),
-    #[error("{0}")]
-    NoSpace(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Internal(String),
+    #[error("{what} {name:?} not found")]
+    VolumeNotFound { what: &'static str, name: String },
+    #[error("logical volume {name:?} is not in device class {class:?}")]
+    NotInClass { name: String, class: String },
+    #[error("logical volume {name:?} is not lvmd's to change: {reason}")]
+    NotOwned { name: String, reason: String },
+    #[error(
+        "{name:?} has thick snapshots; remove them first (removing the origin would destroy them)"
+    )]
+    HasThickSnapshots { name: String },
+    #[error("{name:?} is a thick snapshot; it always reads as big as its origin")]
+    ThickSnapshotResize { name: String },
+    #[error("source volume {name:?} cannot be snapshotted here: {reason}")]
+    UnsuitableSource { name: String, reason: String },
+    #[error("logical volume {name:?} already exists: {reason}")]
+    Exists { name: String, reason: String },
+    #[error(
+        "logical volume {name:?} has {current} bytes; shrinking to {requested} is not supported"
+    )]
+    Shrink {
+        name: String,
+        current: u64,
+        requested: u64,
+    },
+    #[error("requested size {requested} is smaller than the source volume's {source_size} bytes")]
+    SmallerThanSource { requested: u64, source_size: u64 },
+    #[error("not enough space in device class {class:?}: {free} bytes free, {wanted} requested")]
+    NoSpace {
+        class: String,
+        free: u64,
+        wanted: u64,
+    },
+    #[error("thin pool {pool} is {percent:.2}% full, above the threshold of {threshold}%")]
+    ThinPoolFull {
+        pool: String,
+        percent: f64,
+        threshold: f64,
+    },
+    #[error("{name} was made but is not in the LVM report")]
+    Vanished { name: String },
+    /// `lvm` itself failed; it may have said there is not enough space
+    /// ([`LvmError::is_insufficient_space`]).
     #[error(transparent)]
     Lvm(#[from] LvmError),
 }
@@ -247,20 +278,22 @@ impl<'a> Standing<'a> {
     fn owned(self, dc: &DeviceClass) -> Result<&'a LogicalVolume> {
         match self {
             Self::Owned(lv) => Ok(lv),
-            Self::Untagged(lv) => Err(Error::FailedPrecondition(format!(
-                "logical volume {:?} does not carry lvmd's tag {:?}; lvmd does not act on volumes it \
-                 does not own (a volume TopoLVM made is adopted by a CreateLV of the same name and size)",
-                lv.name,
-                names::LV_TAG_MANAGED
-            ))),
-            Self::Foreign(lv, why) => Err(Error::FailedPrecondition(format!(
-                "logical volume {:?} is not lvmd's to change: {why}",
-                lv.name
-            ))),
-            Self::OtherClass(lv) => Err(Error::NotFound(format!(
-                "logical volume {:?} is not in device class {:?}",
-                lv.name, dc.name
-            ))),
+            Self::Untagged(lv) => Err(Error::NotOwned {
+                name: lv.name.clone(),
+                reason: format!(
+                    "it does not carry the tag {:?} (a volume TopoLVM made is adopted by a CreateLV \
+                     of the same name and size)",
+                    names::LV_TAG_MANAGED
+                ),
+            }),
+            Self::Foreign(lv, why) => Err(Error::NotOwned {
+                name: lv.name.clone(),
+                reason: why.to_owned(),
+            }),
+            Self::OtherClass(lv) => Err(Error::NotInClass {
+                name: lv.name.clone(),
+                class: dc.name.clone(),
+            }),
         }
     }
 }
@@ -450,10 +483,11 @@ impl Lvmd {
         if let (Target::Thin(pool), Some(usage)) = (&dc.target, &cap.thin)
             && usage.data_percent > pool.data_percent_threshold
         {
-            return Err(Error::NoSpace(format!(
-                "thin pool {}/{} is {:.2}% full, above the threshold of {}%",
-                dc.volume_group, pool.name, usage.data_percent, pool.data_percent_threshold
-            )));
+            return Err(Error::ThinPoolFull {
+                pool: format!("{}/{}", dc.volume_group, pool.name),
+                percent: usage.data_percent,
+                threshold: pool.data_percent_threshold,
+            });
         }
         Ok(())
     }
@@ -483,11 +517,7 @@ impl Lvmd {
             },
             Err(e) => {
                 self.cache.refresh_or_warn(RefreshReason::Mutation).await;
-                if e.is_insufficient_space() {
-                    Err(Error::NoSpace(e.to_string()))
-                } else {
-                    Err(e.into())
-                }
+                Err(e.into())
             }
         }
     }
@@ -498,7 +528,9 @@ impl Lvmd {
             .get(vg)
             .and_then(|vg| vg.lvs.get(name))
             .cloned()
-            .ok_or_else(|| Error::Internal(format!("{name} was made but is not in the LVM report")))
+            .ok_or_else(|| Error::Vanished {
+                name: name.to_owned(),
+            })
     }
 
     /// Tags an untagged volume as lvmd's (TopoLVM made it), and returns it as LVM reports it.
@@ -509,11 +541,13 @@ impl Lvmd {
         requested_tags: &[String],
     ) -> Result<LogicalVolume> {
         if !is_kubernetes_uid(&lv.name) {
-            return Err(Error::AlreadyExists(format!(
-                "logical volume {:?} exists without lvmd's tags; lvmd adopts only volumes named by a \
-                 Kubernetes UID, as TopoLVM names them",
-                lv.name
-            )));
+            return Err(Error::Exists {
+                name: lv.name.clone(),
+                reason:
+                    "it has no lvmd tags, and lvmd adopts only volumes named by a Kubernetes UID, \
+                         as TopoLVM names them"
+                        .to_owned(),
+            });
         }
         let tags = volume_tags(&lv.name, &dc.name, requested_tags)?;
         let snap = self
@@ -587,10 +621,11 @@ impl Lvmd {
 
         let cap = self.class_capacity(dc, &snap);
         if needed > cap.free {
-            return Err(Error::NoSpace(format!(
-                "not enough space in device class {:?}: {} bytes free, {needed} requested",
-                dc.name, cap.free
-            )));
+            return Err(Error::NoSpace {
+                class: dc.name.clone(),
+                free: cap.free,
+                wanted: needed,
+            });
         }
         self.check_thin_pool_usage(dc, &cap)?;
 
@@ -681,23 +716,23 @@ impl Lvmd {
         let lv = match standing(dc, existing) {
             Standing::Owned(lv) | Standing::Untagged(lv) => lv,
             Standing::OtherClass(lv) => {
-                return Err(Error::AlreadyExists(format!(
-                    "logical volume {:?} already exists in volume group {:?} outside device class {:?}",
-                    lv.name, dc.volume_group, dc.name
-                )));
+                return Err(Error::Exists {
+                    name: lv.name.clone(),
+                    reason: format!("it is outside device class {:?}", dc.name),
+                });
             }
             Standing::Foreign(lv, why) => {
-                return Err(Error::AlreadyExists(format!(
-                    "logical volume {:?} already exists and is not lvmd's: {why}",
-                    lv.name
-                )));
+                return Err(Error::Exists {
+                    name: lv.name.clone(),
+                    reason: format!("it is not lvmd's: {why}"),
+                });
             }
         };
         if lv.is_thick_snapshot() || lv.size < size || lv.size > needed {
-            return Err(Error::AlreadyExists(format!(
-                "logical volume {:?} already exists with {} bytes; {size} bytes were requested",
-                lv.name, lv.size
-            )));
+            return Err(Error::Exists {
+                name: lv.name.clone(),
+                reason: format!("it has {} bytes; {size} bytes were requested", lv.size),
+            });
         }
         match standing(dc, lv) {
             Standing::Untagged(lv) => self.adopt(dc, lv, requested_tags).await,
@@ -728,9 +763,9 @@ impl Lvmd {
             .values()
             .any(|s| s.is_thick_snapshot() && s.origin.as_deref() == Some(name));
         if lv.is_thick_origin() || has_thick_snapshots {
-            return Err(Error::FailedPrecondition(format!(
-                "{name:?} has thick snapshots; remove them first (removing the origin would destroy them)"
-            )));
+            return Err(Error::HasThickSnapshots {
+                name: name.to_owned(),
+            });
         }
         let freed = lv.allocated_bytes().unwrap_or(0);
         let result = self
@@ -775,15 +810,15 @@ impl Lvmd {
         let _lock = self.lock_vg(&dc.volume_group).await;
         let snap = self.cache.current();
         let vg = self.class_vg(dc, &snap)?;
-        let lv = vg
-            .lvs
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("logical volume {name:?} not found")))?;
+        let lv = vg.lvs.get(name).ok_or_else(|| Error::VolumeNotFound {
+            what: "logical volume",
+            name: name.to_owned(),
+        })?;
         let lv = standing(dc, lv).owned(dc)?;
         if lv.is_thick_snapshot() {
-            return Err(Error::FailedPrecondition(format!(
-                "{name:?} is a thick snapshot; it always reads as big as its origin"
-            )));
+            return Err(Error::ThickSnapshotResize {
+                name: name.to_owned(),
+            });
         }
         let needed = round_up(size, granule(vg, lv.stripes))?;
         if needed <= lv.size {
@@ -791,19 +826,21 @@ impl Lvmd {
             return if size > lv.size.saturating_sub(granule(vg, lv.stripes)) {
                 Ok(lv.size)
             } else {
-                Err(Error::OutOfRange(format!(
-                    "logical volume {name:?} has {} bytes; shrinking to {size} is not supported",
-                    lv.size
-                )))
+                Err(Error::Shrink {
+                    name: name.to_owned(),
+                    current: lv.size,
+                    requested: size,
+                })
             };
         }
         let cap = self.class_capacity(dc, &snap);
         let growth = needed - lv.size;
         if growth > cap.free {
-            return Err(Error::NoSpace(format!(
-                "not enough space in device class {:?} to grow {name:?} by {growth} bytes: {} free",
-                dc.name, cap.free
-            )));
+            return Err(Error::NoSpace {
+                class: dc.name.clone(),
+                free: cap.free,
+                wanted: growth,
+            });
         }
         // What the growth takes from the volume group is exact for thin and plain volumes.
         let allocated = if lv.is_thin_volume() {
@@ -852,9 +889,13 @@ impl Lvmd {
         if let Some(existing) = vg.lvs.get(&req.name) {
             return self.existing_snapshot(dc, existing, &req).await;
         }
-        let source = vg.lvs.get(&req.source_volume).ok_or_else(|| {
-            Error::NotFound(format!("source volume {:?} not found", req.source_volume))
-        })?;
+        let source = vg
+            .lvs
+            .get(&req.source_volume)
+            .ok_or_else(|| Error::VolumeNotFound {
+                what: "source volume",
+                name: req.source_volume.clone(),
+            })?;
         let source = match standing(dc, source) {
             // A volume TopoLVM made may be snapshotted before topolvm-node adopted it.
             Standing::Untagged(lv) if is_kubernetes_uid(&lv.name) => lv,
@@ -865,24 +906,28 @@ impl Lvmd {
         let created = match &dc.target {
             Target::Thin(pool) => {
                 if source.pool_lv.as_deref() != Some(pool.name.as_str()) {
-                    return Err(Error::FailedPrecondition(format!(
-                        "source volume {:?} is not a thin volume of pool {}/{}",
-                        req.source_volume, dc.volume_group, pool.name
-                    )));
+                    return Err(Error::UnsuitableSource {
+                        name: req.source_volume.clone(),
+                        reason: format!(
+                            "not a thin volume of pool {}/{}",
+                            dc.volume_group, pool.name
+                        ),
+                    });
                 }
                 let desired = requested.unwrap_or(source.size);
                 if desired < source.size {
-                    return Err(Error::OutOfRange(format!(
-                        "requested size {desired} is smaller than the source volume's {} bytes",
-                        source.size
-                    )));
+                    return Err(Error::SmallerThanSource {
+                        requested: desired,
+                        source_size: source.size,
+                    });
                 }
                 let desired = round_up(desired, granule(vg, 1))?;
                 if desired > cap.free {
-                    return Err(Error::NoSpace(format!(
-                        "not enough space in device class {:?}: {} bytes free, {desired} requested",
-                        dc.name, cap.free
-                    )));
+                    return Err(Error::NoSpace {
+                        class: dc.name.clone(),
+                        free: cap.free,
+                        wanted: desired,
+                    });
                 }
                 self.check_thin_pool_usage(dc, &cap)?;
                 let argv = args::create_thin_snapshot(
@@ -952,19 +997,20 @@ impl Lvmd {
             }
             Target::Thick => {
                 if source.is_thin_volume() || source.is_thin_pool() || source.is_thick_snapshot() {
-                    return Err(Error::FailedPrecondition(format!(
-                        "source volume {:?} cannot have a thick snapshot (only plain thick volumes can)",
-                        req.source_volume
-                    )));
+                    return Err(Error::UnsuitableSource {
+                        name: req.source_volume.clone(),
+                        reason: "only plain thick volumes can have thick snapshots".to_owned(),
+                    });
                 }
                 // The copy-on-write area holds changed blocks; sized like the origin it can never
                 // overflow, which is what an unspecified size asks for.
                 let cow = round_up(requested.unwrap_or(source.size), granule(vg, 1))?;
                 if cow > cap.free {
-                    return Err(Error::NoSpace(format!(
-                        "not enough space in device class {:?} for a {cow}-byte snapshot area: {} bytes free",
-                        dc.name, cap.free
-                    )));
+                    return Err(Error::NoSpace {
+                        class: dc.name.clone(),
+                        free: cap.free,
+                        wanted: cow,
+                    });
                 }
                 let argv = args::create_thick_snapshot(
                     &dc.volume_group,
@@ -1009,18 +1055,18 @@ impl Lvmd {
         req: &CreateSnapshot,
     ) -> Result<LogicalVolume> {
         if existing.origin.as_deref() != Some(req.source_volume.as_str()) {
-            return Err(Error::AlreadyExists(format!(
-                "logical volume {:?} already exists and is not a snapshot of {:?}",
-                req.name, req.source_volume
-            )));
+            return Err(Error::Exists {
+                name: req.name.clone(),
+                reason: format!("it is not a snapshot of {:?}", req.source_volume),
+            });
         }
         match standing(dc, existing) {
             Standing::Owned(lv) => Ok(lv.clone()),
             Standing::Untagged(lv) => self.adopt(dc, lv, &req.tags).await,
-            Standing::OtherClass(_) | Standing::Foreign(..) => Err(Error::AlreadyExists(format!(
-                "logical volume {:?} already exists and is not lvmd's volume of device class {:?}",
-                req.name, dc.name
-            ))),
+            Standing::OtherClass(_) | Standing::Foreign(..) => Err(Error::Exists {
+                name: req.name.clone(),
+                reason: format!("it is not lvmd's volume of device class {:?}", dc.name),
+            }),
         }
     }
 }

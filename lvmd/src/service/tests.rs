@@ -284,12 +284,12 @@ async fn repeated_create_of_the_same_size_is_answered_from_the_cache() {
         .create_lv(create("existing", "ssd", 200 * MIB))
         .await
         .expect_err("other size");
-    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
     let err = lvmd
         .create_lv(create("existing", "thin", 100 * MIB))
         .await
         .expect_err("other class");
-    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
 }
 
 #[tokio::test]
@@ -300,13 +300,13 @@ async fn no_space_is_refused_before_any_lvm_call() {
         .create_lv(create("big", "ssd", 600 * MIB))
         .await
         .expect_err("too big");
-    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
     // thin: ratio 2.0 × 256 MiB pool = 512 MiB, 300 MiB promised already.
     let err = lvmd
         .create_lv(create("big", "thin", 213 * MIB))
         .await
         .expect_err("overprovisioned");
-    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
     assert_eq!(fake.calls().len(), before);
 }
 
@@ -321,7 +321,14 @@ async fn lvm_reporting_no_space_maps_to_no_space() {
         .create_lv(create("v2", "ssd", 8 * MIB))
         .await
         .expect_err("lvm said no");
-    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(
+        matches!(&err, Error::Lvm(e) if e.is_insufficient_space()),
+        "{err:?}"
+    );
+    assert_eq!(
+        crate::grpc::status_of(err).code(),
+        tonic::Code::ResourceExhausted
+    );
 }
 
 #[tokio::test]
@@ -379,7 +386,7 @@ async fn thin_create_uses_the_pool_and_respects_the_usage_threshold() {
         .await
         .expect_err("pool too full");
     assert!(
-        matches!(&err, Error::NoSpace(m) if m.contains("85.50%")),
+        matches!(&err, Error::ThinPoolFull { percent, .. } if *percent == 85.5),
         "{err:?}"
     );
     assert!(fake.mutations().is_empty());
@@ -470,11 +477,11 @@ async fn remove_is_idempotent_and_protects_pools_and_origins() {
 
     assert!(matches!(
         lvmd.remove_lv("pool", "thin").await,
-        Err(Error::FailedPrecondition(_))
+        Err(Error::NotOwned { .. })
     ));
     assert!(matches!(
         lvmd.remove_lv("origin", "ssd").await,
-        Err(Error::FailedPrecondition(_))
+        Err(Error::HasThickSnapshots { .. })
     ));
 
     lvmd.remove_lv("existing", "ssd").await.expect("removed");
@@ -509,8 +516,8 @@ async fn remove_and_resize_act_only_on_owned_volumes_of_the_class() {
         );
     let (fake, lvmd) = lvmd_with(&report(&[&vg])).await;
     type Expectation = fn(&Error) -> bool;
-    let precondition: Expectation = |e| matches!(e, Error::FailedPrecondition(_));
-    let not_found: Expectation = |e| matches!(e, Error::NotFound(_));
+    let precondition: Expectation = |e| matches!(e, Error::NotOwned { .. });
+    let not_found: Expectation = |e| matches!(e, Error::NotInClass { .. });
     for (name, class, want) in [
         ("handmade", "ssd", precondition),
         ("renamed", "ssd", precondition),
@@ -554,14 +561,14 @@ async fn untagged_volumes_named_by_a_uid_are_adopted_by_an_exact_create() {
         .create_lv(create(UID, "ssd", 200 * MIB))
         .await
         .expect_err("other size");
-    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
     let err = lvmd
         .create_lv(create("admin-data", "ssd", 100 * MIB))
         .await
         .expect_err("not a UID");
-    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
     let err = lvmd.remove_lv(UID, "ssd").await.expect_err("not yet ours");
-    assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+    assert!(matches!(err, Error::NotOwned { .. }), "{err:?}");
     assert!(fake.mutations().is_empty());
 
     let tags = format!("topolvm.io/managed,topolvm.io/volume={UID},topolvm.io/device-class=ssd");
@@ -611,15 +618,15 @@ async fn resize_grows_never_shrinks() {
         .resize_lv("existing", "ssd", (50 * MIB) as i64, 0)
         .await
         .expect_err("shrink");
-    assert!(matches!(err, Error::OutOfRange(_)), "{err:?}");
+    assert!(matches!(err, Error::Shrink { .. }), "{err:?}");
     let err = lvmd
         .resize_lv("existing", "ssd", (700 * MIB) as i64, 0)
         .await
         .expect_err("too big");
-    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
     assert!(matches!(
         lvmd.resize_lv("nope", "ssd", MIB as i64, 0).await,
-        Err(Error::NotFound(_))
+        Err(Error::VolumeNotFound { .. })
     ));
 
     fake.set_report(&report(&[
@@ -739,22 +746,22 @@ async fn snapshot_refusals() {
             matches!(e, Error::InvalidArgument(_))
         }),
         (snap("s", "thin", "nope", "ro", 0), |e| {
-            matches!(e, Error::NotFound(_))
+            matches!(e, Error::VolumeNotFound { .. })
         }),
         (snap("s", "thin", "existing", "ro", 0), |e| {
-            matches!(e, Error::NotFound(_))
+            matches!(e, Error::NotInClass { .. })
         }),
         (snap("s", "ssd", "thin1", "ro", 0), |e| {
-            matches!(e, Error::NotFound(_))
+            matches!(e, Error::NotInClass { .. })
         }),
         (snap("s", "thin", "thin1", "ro", MIB), |e| {
-            matches!(e, Error::OutOfRange(_))
+            matches!(e, Error::SmallerThanSource { .. })
         }),
         (snap("s", "ssd", "existing", "ro", 600 * MIB), |e| {
-            matches!(e, Error::NoSpace(_))
+            matches!(e, Error::NoSpace { .. })
         }),
         (snap("existing", "ssd", "thin1", "ro", 0), |e| {
-            matches!(e, Error::AlreadyExists(_))
+            matches!(e, Error::Exists { .. })
         }),
     ];
     for (req, want) in cases {
