@@ -533,6 +533,23 @@ impl Lvmd {
             })
     }
 
+    /// The volume an `lvcreate` found already made although the cache did not show it — typically
+    /// by the command of an lvmd killed while its child ran on — from the report that followed
+    /// the failed command.
+    fn found_made(&self, vg: &str, name: &str, error: LvmError) -> Result<LogicalVolume> {
+        warn!(
+            name,
+            "lvcreate found the volume already made behind lvmd's back"
+        );
+        self.cache
+            .current()
+            .vgs
+            .get(vg)
+            .and_then(|vg| vg.lvs.get(name))
+            .cloned()
+            .ok_or(Error::Lvm(error))
+    }
+
     /// Tags an untagged volume as lvmd's (TopoLVM made it), and returns it as LVM reports it.
     async fn adopt(
         &self,
@@ -688,13 +705,9 @@ impl Lvmd {
         let snap = match result {
             Ok(snap) => snap,
             Err(Error::Lvm(e)) if e.is_already_exists() => {
-                // A command started before a crash made it behind our back: answer as for a
-                // volume that was there.
-                let snap = self.cache.current();
-                let vg = self.class_vg(dc, &snap)?;
-                let existing = vg.lvs.get(&req.name).ok_or(Error::Lvm(e))?;
+                let existing = self.found_made(&dc.volume_group, &req.name, e)?;
                 return self
-                    .existing_matches(dc, existing, size, needed, &req.tags)
+                    .existing_matches(dc, &existing, size, needed, &req.tags)
                     .await;
             }
             Err(e) => return Err(e),
@@ -758,11 +771,13 @@ impl Lvmd {
             return Ok(());
         };
         let lv = standing(dc, lv).owned(dc)?;
+        // The snapshots themselves, not the origin's `o` attribute: a snapshot just removed is
+        // gone from the cache before the report that clears the attribute.
         let has_thick_snapshots = vg
             .lvs
             .values()
             .any(|s| s.is_thick_snapshot() && s.origin.as_deref() == Some(name));
-        if lv.is_thick_origin() || has_thick_snapshots {
+        if has_thick_snapshots {
             return Err(Error::HasThickSnapshots {
                 name: name.to_owned(),
             });
@@ -958,7 +973,14 @@ impl Lvmd {
                         allocated: 0,
                     })
                 };
-                let mut snap = self.mutate(argv, new).await?;
+                let mut snap = match self.mutate(argv, new).await {
+                    Ok(snap) => snap,
+                    Err(Error::Lvm(e)) if e.is_already_exists() => {
+                        let existing = self.found_made(&dc.volume_group, &req.name, e)?;
+                        return self.existing_snapshot(dc, &existing, &req).await;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if desired > source.size {
                     // A thin snapshot starts at its origin's size; growing it is a second step.
                     let grown = || {
@@ -1039,7 +1061,14 @@ impl Lvmd {
                         allocated: cow,
                     })
                 };
-                self.mutate(argv, new).await?
+                match self.mutate(argv, new).await {
+                    Ok(snap) => snap,
+                    Err(Error::Lvm(e)) if e.is_already_exists() => {
+                        let existing = self.found_made(&dc.volume_group, &req.name, e)?;
+                        return self.existing_snapshot(dc, &existing, &req).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let lv = Self::created(&created, &dc.volume_group, &req.name)?;
