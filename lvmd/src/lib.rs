@@ -35,7 +35,7 @@ use crate::state::{RefreshReason, StateCache};
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error(transparent)]
-    Server(#[from] server::ServerError),
+    Server(#[from] topolvm_runtime::unix::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -88,9 +88,17 @@ pub async fn run(
         shutdown.clone(),
     ));
     if let Some(addr) = config.metrics_listen {
-        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        let app = topolvm_runtime::endpoints::metrics_routes(metrics.registry().clone())
+            .merge(topolvm_runtime::endpoints::Health::new().routes());
+        let shutdown = shutdown.clone();
         background.spawn(async move {
-            if let Err(e) = metrics::serve(metrics, addr, shutdown).await {
+            let served = match topolvm_runtime::http::bind(&addr.to_string()).await {
+                Ok(listener) => topolvm_runtime::http::serve(listener, None, app, shutdown)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = served {
                 error!(%addr, error = %e, "metrics endpoint failed");
             }
         });
@@ -98,8 +106,7 @@ pub async fn run(
 
     let operations = TaskTracker::new();
     let grpc = grpc::LvmdGrpc::new(lvmd, metrics, operations.clone(), shutdown.clone());
-    let listener = server::bind(&config.socket_name).await?;
-    let served = server::serve(listener, &config.socket_name, grpc, shutdown.clone()).await;
+    let served = server::serve(&config.socket_name, grpc, shutdown.clone()).await;
     shutdown.cancel();
     operations.close();
     operations.wait().await;

@@ -586,7 +586,7 @@ async fn non_root_peer_is_denied() {
 #[ignore = "run by non_root_peer_is_denied as uid 65534"]
 async fn non_root_client_helper() {
     let socket = std::env::var_os(SOCKET_ENV).expect("TOPOLVM_HOST_TIER_SOCKET is set");
-    let channel = topolvm_proto::unix::connect(std::path::Path::new(&socket))
+    let channel = topolvm_runtime::unix::connect(std::path::Path::new(&socket))
         .await
         .expect("connecting to lvmd");
     let result = VgServiceClient::new(channel)

@@ -1,4 +1,5 @@
-//! The real server on a loopback socket: plain HTTP, HTTPS, and graceful shutdown.
+//! The extender on the real server (`topolvm_runtime::http`) on a loopback socket: plain HTTP,
+//! HTTPS, and graceful shutdown.
 //!
 //! The certificate in `tests/fixtures/tls` (CA and a server certificate for localhost and
 //! 127.0.0.1, valid for 100 years) was made with openssl for these tests only.
@@ -16,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use topolvm_scheduler::config::{Config, TlsFiles};
-use topolvm_scheduler::{app, server};
+use topolvm_runtime::{http, tls};
+use topolvm_scheduler::app;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,10 +38,10 @@ const STATUS: &str = "GET /status HTTP/1.1\r\nhost: localhost\r\nconnection: clo
 
 #[tokio::test]
 async fn plain_http_and_graceful_shutdown() {
-    let listener = server::bind("127.0.0.1:0").await.expect("bind");
+    let listener = http::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(server::serve(
+    let server = tokio::spawn(http::serve(
         listener,
         None,
         app(plain_state(&Config::default())),
@@ -102,15 +104,15 @@ async fn plain_http_and_graceful_shutdown() {
 
 #[tokio::test]
 async fn https_with_the_configured_certificate() {
-    let tls = server::tls_acceptor(&TlsFiles {
+    let tls = tls::acceptor(&TlsFiles {
         cert_file: fixture("server.pem"),
         key_file: fixture("server.key"),
     })
     .expect("acceptor");
-    let listener = server::bind("127.0.0.1:0").await.expect("bind");
+    let listener = http::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(server::serve(
+    let server = tokio::spawn(http::serve(
         listener,
         Some(tls),
         app(plain_state(&Config::default())),
@@ -152,43 +154,4 @@ async fn https_with_the_configured_certificate() {
         .expect("stops promptly")
         .expect("task")
         .expect("served");
-}
-
-#[test]
-fn bad_tls_files_are_named() {
-    let Err(err) = server::tls_acceptor(&TlsFiles {
-        cert_file: fixture("missing.pem"),
-        key_file: fixture("server.key"),
-    }) else {
-        panic!("a missing file must be refused")
-    };
-    assert!(err.to_string().contains("missing.pem"), "{err}");
-    let Err(err) = server::tls_acceptor(&TlsFiles {
-        cert_file: fixture("server.key"),
-        key_file: fixture("server.key"),
-    }) else {
-        panic!("a key is no certificate")
-    };
-    assert!(err.to_string().contains("certificate"), "{err}");
-}
-
-#[tokio::test]
-async fn listen_addresses_in_gos_forms() {
-    let localhost = server::bind("localhost:0").await.expect("localhost");
-    assert!(localhost.local_addr().expect("addr").ip().is_loopback());
-    assert!(
-        localhost.local_addr().expect("addr").is_ipv4(),
-        "IPv4 first, as Go"
-    );
-    let any = server::bind(":0").await.expect("every interface");
-    assert!(any.local_addr().expect("addr").ip().is_unspecified());
-}
-
-#[tokio::test]
-async fn bad_listen_addresses_are_refused() {
-    assert!(server::bind("nonsense").await.is_err());
-    let taken = server::bind("127.0.0.1:0").await.expect("bind");
-    let addr = taken.local_addr().expect("addr");
-    let err = server::bind(&addr.to_string()).await.expect_err("in use");
-    assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }
