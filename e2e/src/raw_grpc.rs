@@ -91,7 +91,8 @@ async fn read_outcome(stream: &mut UnixStream) -> std::io::Result<Outcome> {
             }
             GOAWAY => return Ok(Outcome::Closed),
             RST_STREAM if id == STREAM && payload.len() == 4 => {
-                let error_code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                let error_code =
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
                 return Ok(Outcome::Reset { error_code });
             }
             DATA | HEADERS if id == STREAM => {
@@ -190,8 +191,7 @@ mod tests {
         assert_eq!(
             out,
             [
-                0x04, 0x0c, 0x2f, 0x73, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x2f, 0x70, 0x61, 0x74,
-                0x68
+                0x04, 0x0c, 0x2f, 0x73, 0x61, 0x6d, 0x70, 0x6c, 0x65, 0x2f, 0x70, 0x61, 0x74, 0x68
             ]
         );
     }

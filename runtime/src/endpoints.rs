@@ -247,7 +247,11 @@ mod tests {
         counter.inc_by(3);
         let app: Router = metrics_routes(registry);
         let response = app
-            .oneshot(Request::get("/metrics").body(Body::empty()).expect("request"))
+            .oneshot(
+                Request::get("/metrics")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
             .await
             .expect("response");
         assert_eq!(response.status(), StatusCode::OK);
@@ -259,6 +263,9 @@ mod tests {
             .await
             .expect("body");
         let text = String::from_utf8(bytes.to_vec()).expect("utf-8");
-        assert!(text.contains("# TYPE example_total counter\nexample_total 3\n"), "{text}");
+        assert!(
+            text.contains("# TYPE example_total counter\nexample_total 3\n"),
+            "{text}"
+        );
     }
 }

@@ -136,7 +136,11 @@ mod tests {
             labels,
             ["conflict", "already_exists", "not_found", "forbidden"]
         );
-        assert!(conflict.to_string().contains("the object has been modified"));
+        assert!(
+            conflict
+                .to_string()
+                .contains("the object has been modified")
+        );
     }
 
     #[test]

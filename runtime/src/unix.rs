@@ -146,7 +146,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("a/b/server.sock");
         let _listener = bind(&path).await.expect("bind");
-        assert!(std::fs::symlink_metadata(&path).expect("meta").file_type().is_socket());
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .expect("meta")
+                .file_type()
+                .is_socket()
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,6 @@
 //! real TLS client looks at the certificate each handshake presents.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -11,7 +10,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use topolvm_e2e::pki::{CertFiles, Pki};
+use topolvm_e2e::pki::{CertFiles, Pki, tls_connector};
 use topolvm_runtime::endpoints::Health;
 use topolvm_runtime::tls::{self, TlsFiles};
 
@@ -49,17 +48,8 @@ fn first_cert(path: &Path) -> CertificateDer<'static> {
 
 /// Connects, completes a handshake, asks for `/healthz`, and returns the server's certificate.
 async fn handshake(addr: std::net::SocketAddr, ca: &Path) -> (CertificateDer<'static>, String) {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(first_cert(ca)).expect("root");
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(client))
+    let mut stream = tls_connector(ca)
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
         .await
         .expect("handshake");

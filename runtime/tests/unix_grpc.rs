@@ -174,7 +174,12 @@ async fn which_authorities_are_served() {
         },
         "a socket path is refused by h2"
     );
-    let encoded = call("%2Frun%2Ftopolvm%2Flvmd.sock").await;
-    println!("percent-encoded path: {encoded:?}");
+    assert_eq!(
+        call("%2Frun%2Ftopolvm%2Flvmd.sock").await,
+        Outcome::Reset {
+            error_code: PROTOCOL_ERROR
+        },
+        "so is its percent-encoding"
+    );
     server.shutdown.cancel();
 }

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use topolvm_core::config::{deserialize_at, parse_yaml, read_file};
 
 pub use topolvm_core::config::{ConfigError, parse_duration};
-pub use topolvm_runtime::tls::TlsFiles;
 use topolvm_runtime::http::split_listen;
+pub use topolvm_runtime::tls::TlsFiles;
 
 /// Where the extender listens when the file says nothing (TopoLVM's default).
 pub const DEFAULT_LISTEN: &str = ":8000";

@@ -7,18 +7,16 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::plain_state;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use topolvm_scheduler::config::{Config, TlsFiles};
 use topolvm_runtime::{http, tls};
 use topolvm_scheduler::app;
+use topolvm_scheduler::config::{Config, TlsFiles};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -119,17 +117,7 @@ async fn https_with_the_configured_certificate() {
         shutdown.clone(),
     ));
 
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = CertificateDer::from_pem_file(fixture("ca.pem")).expect("ca");
-    roots.add(ca).expect("root");
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connector = topolvm_e2e::pki::tls_connector(&fixture("ca.pem"));
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let stream = connector
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
