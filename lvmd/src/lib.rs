@@ -18,6 +18,7 @@ pub mod service;
 pub mod state;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -38,6 +39,10 @@ pub enum RunError {
     Server(#[from] topolvm_runtime::unix::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    MetricsListen(#[from] topolvm_runtime::http::BindError),
+    #[error("metrics endpoint: {0}")]
+    MetricsServe(#[from] std::io::Error),
 }
 
 /// Runs lvmd with `config` until `shutdown` is cancelled, then waits for running operations.
@@ -88,17 +93,9 @@ pub async fn run(
         shutdown.clone(),
     ));
     if let Some(addr) = config.metrics_listen {
-        let app = topolvm_runtime::endpoints::metrics_routes(metrics.registry().clone())
-            .merge(topolvm_runtime::endpoints::Health::new().routes());
-        let shutdown = shutdown.clone();
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         background.spawn(async move {
-            let served = match topolvm_runtime::http::bind(&addr.to_string()).await {
-                Ok(listener) => topolvm_runtime::http::serve(listener, None, app, shutdown)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(e) = served {
+            if let Err(e) = serve_metrics(addr, &metrics, shutdown).await {
                 error!(%addr, error = %e, "metrics endpoint failed");
             }
         });
@@ -114,6 +111,18 @@ pub async fn run(
     background.wait().await;
     info!("lvmd stopped");
     served.map_err(RunError::from)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let app = topolvm_runtime::endpoints::metrics_routes(metrics.registry().clone())
+        .merge(topolvm_runtime::endpoints::Health::new().routes());
+    let listener = topolvm_runtime::http::bind(&addr.to_string()).await?;
+    Ok(topolvm_runtime::http::serve(listener, None, app, shutdown).await?)
 }
 
 /// Keeps the capacity gauges in step with the cache.
