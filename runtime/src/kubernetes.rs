@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::config::{InferConfigError, KubeConfigOptions, KubeconfigError};
+use kube::config::{InClusterError, KubeConfigOptions, KubeconfigError};
 use kube::runtime::finalizer;
 use thiserror::Error as ThisError;
 
@@ -15,27 +15,46 @@ pub enum ClientError {
         path: PathBuf,
         source: KubeconfigError,
     },
-    #[error("no in-cluster configuration and no usable $KUBECONFIG or ~/.kube/config: {0}")]
-    Infer(#[from] InferConfigError),
+    #[error("no in-cluster configuration ({in_cluster}) and no usable ~/.kube/config ({kubeconfig})")]
+    NoConfig {
+        in_cluster: InClusterError,
+        kubeconfig: KubeconfigError,
+    },
     #[error("building the Kubernetes client: {0}")]
     Build(#[from] kube::Error),
 }
 
-/// A client from `kubeconfig` when given (its current context), otherwise the in-cluster
-/// configuration, then `$KUBECONFIG`, then `~/.kube/config`.
+/// A client configured as controller-runtime's binaries (TopoLVM's) find their configuration:
+/// the `kubeconfig` file when given (`--kubeconfig`), else the files in `$KUBECONFIG`, else the
+/// in-cluster service account, else `~/.kube/config`; the file's current context.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientError> {
-    let config = match kubeconfig {
-        Some(path) => {
+    let options = KubeConfigOptions::default();
+    let config = match (kubeconfig, std::env::var_os("KUBECONFIG")) {
+        (Some(path), _) => {
             let err = |source| ClientError::Kubeconfig {
                 path: path.to_owned(),
                 source,
             };
             let file = kube::config::Kubeconfig::read_from(path).map_err(err)?;
-            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(file, &options)
                 .await
                 .map_err(err)?
         }
-        None => kube::Config::infer().await?,
+        (None, Some(paths)) if !paths.is_empty() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|source| ClientError::Kubeconfig {
+                path: PathBuf::from(paths),
+                source,
+            })?,
+        (None, _) => match kube::Config::incluster() {
+            Ok(config) => config,
+            Err(in_cluster) => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|kubeconfig| ClientError::NoConfig {
+                    in_cluster,
+                    kubeconfig,
+                })?,
+        },
     };
     Ok(kube::Client::try_from(config)?)
 }

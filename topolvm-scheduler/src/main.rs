@@ -19,7 +19,8 @@ struct Args {
     /// provisioned yet counts (burst safety), and `nodeCacheCapable: true` works.
     #[arg(long)]
     watch_cluster: bool,
-    /// Kubeconfig for --watch-cluster (default: in-cluster configuration, then $KUBECONFIG).
+    /// Kubeconfig for --watch-cluster (default: $KUBECONFIG, then the in-cluster configuration,
+    /// then ~/.kube/config).
     #[arg(long, requires = "watch_cluster")]
     kubeconfig: Option<PathBuf>,
     /// Log as JSON lines instead of text.
