@@ -15,7 +15,9 @@ pub enum ClientError {
         path: PathBuf,
         source: KubeconfigError,
     },
-    #[error("no in-cluster configuration ({in_cluster}) and no usable ~/.kube/config ({kubeconfig})")]
+    #[error(
+        "no in-cluster configuration ({in_cluster}) and no usable ~/.kube/config ({kubeconfig})"
+    )]
     NoConfig {
         in_cluster: InClusterError,
         kubeconfig: KubeconfigError,
@@ -43,17 +45,19 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
         (None, Some(paths)) if !paths.is_empty() => kube::Config::from_kubeconfig(&options)
             .await
             .map_err(|source| ClientError::Kubeconfig {
-                path: PathBuf::from(paths),
-                source,
-            })?,
+            path: PathBuf::from(paths),
+            source,
+        })?,
         (None, _) => match kube::Config::incluster() {
             Ok(config) => config,
-            Err(in_cluster) => kube::Config::from_kubeconfig(&options)
-                .await
-                .map_err(|kubeconfig| ClientError::NoConfig {
-                    in_cluster,
-                    kubeconfig,
-                })?,
+            Err(in_cluster) => {
+                kube::Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|kubeconfig| ClientError::NoConfig {
+                        in_cluster,
+                        kubeconfig,
+                    })?
+            }
         },
     };
     Ok(kube::Client::try_from(config)?)
