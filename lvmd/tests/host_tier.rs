@@ -608,7 +608,7 @@ async fn non_root_peer_is_denied() {
 #[ignore = "run by non_root_peer_is_denied as uid 65534"]
 async fn non_root_client_helper() {
     let socket = std::env::var_os(SOCKET_ENV).expect("TOPOLVM_HOST_TIER_SOCKET is set");
-    let channel = topolvm_proto::unix::connect(std::path::Path::new(&socket))
+    let channel = topolvm_runtime::unix::connect(std::path::Path::new(&socket))
         .await
         .expect("connecting to lvmd");
     let result = VgServiceClient::new(channel)
@@ -1012,4 +1012,59 @@ async fn stale_socket_does_not_block_start() {
         lvmd.log().contains("removing stale socket"),
         "lvmd replaced the stale socket"
     );
+}
+
+/// Which gRPC clients can call lvmd, by the `:authority` they send over the socket. gRPC-Go
+/// (kubelet, TopoLVM's topolvm-node) and tonic send `localhost` and are served. gRPC C-core
+/// (Python, C++, Ruby) and grpc-java send the socket path (C-core 1.57 and later its
+/// percent-encoding) unless the channel sets `grpc.default_authority`; the HTTP/2 layer under
+/// tonic refuses those with PROTOCOL_ERROR before lvmd sees the call (lvmd/README.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sending_localhost_are_served_and_socket_paths_are_refused() {
+    use prost::Message;
+    use topolvm_e2e::raw_grpc::{self, Outcome, PROTOCOL_ERROR};
+
+    let env = LvmEnv::metadata_only();
+    let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
+    let lvmd = Lvmd::start(&env, one_thick_class(&vg));
+    let mut vgc = lvmd.vg_client().await;
+    let free = free_bytes(&mut vgc, "ssd").await;
+
+    let request = pb::GetFreeBytesRequest {
+        device_class: "ssd".into(),
+    }
+    .encode_to_vec();
+    let socket = lvmd.socket_path().to_owned();
+    let call = |authority: String| {
+        let (socket, request) = (socket.clone(), request.clone());
+        async move {
+            raw_grpc::unary_call(
+                &socket,
+                &authority,
+                "/proto.VGService/GetFreeBytes",
+                &request,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("calling with authority {authority:?}: {e}"))
+        }
+    };
+
+    let Outcome::Answered { messages } = call("localhost".to_owned()).await else {
+        panic!("a client sending `localhost` must be served");
+    };
+    let answer = pb::GetFreeBytesResponse::decode(messages.first().expect("an answer").as_slice())
+        .expect("decoding the answer");
+    assert_eq!(answer.free_bytes, free);
+
+    let path = socket.display().to_string();
+    let percent_encoded = path.replace('/', "%2F");
+    for authority in [path, percent_encoded] {
+        assert_eq!(
+            call(authority.clone()).await,
+            Outcome::Reset {
+                error_code: PROTOCOL_ERROR
+            },
+            "authority {authority:?}"
+        );
+    }
 }
