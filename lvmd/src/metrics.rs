@@ -45,7 +45,7 @@ impl Metrics {
         };
         let vg_available = gauge(
             "topolvm_volumegroup_available_bytes",
-            "Bytes new volumes of the device class may use.",
+            "Free bytes of the device class's volume group: less spare-gb for thick classes, raw for thin ones.",
         )?;
         let vg_size = gauge(
             "topolvm_volumegroup_size_bytes",
@@ -135,7 +135,9 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Sets the capacity gauges from a report.
+    /// Sets the capacity gauges from a report. As in TopoLVM, a class's available bytes are its
+    /// volume group's free bytes (less spare for thick classes, raw for thin ones); a thin class's
+    /// overprovision headroom has its own gauge.
     pub fn set_capacity(&self, report: &CapacityReport) {
         for class in &report.classes {
             let labels = [self.node.as_str(), class.device_class.as_str()];
@@ -144,7 +146,7 @@ impl Metrics {
                 .set(i64::from(class.available));
             self.vg_available
                 .with_label_values(&labels)
-                .set(class.free as f64);
+                .set(class.vg_free as f64);
             self.vg_size
                 .with_label_values(&labels)
                 .set(class.vg_size as f64);
@@ -189,9 +191,15 @@ impl CommandObserver for Metrics {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::service::{ClassCapacity, ThinPoolUsage};
 
+    /// The capacity gauges as TopoLVM's metrics exporter sets them from a Watch message
+    /// (`internal/runners/metrics_exporter.go`): `topolvm_volumegroup_available_bytes` is the
+    /// WatchItem's free bytes, i.e. VG free less spare for a thick class and the RAW VG free for a
+    /// thin class, never the thin pool's overprovision headroom, which has its own gauge.
     #[test]
     fn renders_topolvm_gauges_and_counters() {
         let m = Metrics::new("node1").expect("metrics");
@@ -211,7 +219,7 @@ mod tests {
                     available: true,
                     free: 30,
                     vg_free: 7,
-                    vg_size: 10,
+                    vg_size: 20,
                     thin: Some(ThinPoolUsage {
                         pool_size: 8,
                         data_percent: 12.5,
@@ -236,15 +244,31 @@ mod tests {
         );
         m.observe("lvcreate", "ok", Duration::from_millis(50));
         let text = m.render().expect("render");
-        for want in [
-            r#"topolvm_volumegroup_available_bytes{device_class="ssd",node="node1"} 5"#,
-            r#"topolvm_volumegroup_size_bytes{device_class="thin",node="node1"} 10"#,
-            r#"topolvm_thinpool_size_bytes{device_class="thin",node="node1"} 8"#,
+
+        let capacity: BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("topolvm_") || l.starts_with("lvmd_device_class_available"))
+            .collect();
+        let want: BTreeSet<&str> = [
+            r#"lvmd_device_class_available{device_class="gone"} 0"#,
+            r#"lvmd_device_class_available{device_class="ssd"} 1"#,
+            r#"lvmd_device_class_available{device_class="thin"} 1"#,
             r#"topolvm_thinpool_data_percent{device_class="thin",node="node1"} 12.5"#,
             r#"topolvm_thinpool_metadata_percent{device_class="thin",node="node1"} 1.5"#,
             r#"topolvm_thinpool_overprovisioned_available{device_class="thin",node="node1"} 30"#,
-            r#"lvmd_device_class_available{device_class="gone"} 0"#,
-            r#"lvmd_device_class_available{device_class="ssd"} 1"#,
+            r#"topolvm_thinpool_size_bytes{device_class="thin",node="node1"} 8"#,
+            r#"topolvm_volumegroup_available_bytes{device_class="gone",node="node1"} 0"#,
+            r#"topolvm_volumegroup_available_bytes{device_class="ssd",node="node1"} 5"#,
+            r#"topolvm_volumegroup_available_bytes{device_class="thin",node="node1"} 7"#,
+            r#"topolvm_volumegroup_size_bytes{device_class="gone",node="node1"} 0"#,
+            r#"topolvm_volumegroup_size_bytes{device_class="ssd",node="node1"} 10"#,
+            r#"topolvm_volumegroup_size_bytes{device_class="thin",node="node1"} 20"#,
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(capacity, want, "capacity gauges\n{text}");
+
+        for want in [
             r#"lvmd_grpc_requests_total{code="ResourceExhausted",method="CreateLV"} 1"#,
             r#"lvmd_lvm_commands_total{outcome="ok",subcommand="lvcreate"} 1"#,
             "lvmd_lvm_command_duration_seconds_bucket",
