@@ -138,6 +138,13 @@ fn base() -> Vg {
         .thin("thin1", 300 * MIB, "pool")
 }
 
+/// A 256 MiB thin pool with one 100 MiB thin volume, `thin1`.
+fn thin_pool_with_one_volume() -> Vg {
+    Vg::new("vg1", 1024 * MIB, 512 * MIB)
+        .pool("pool", 256 * MIB, "10.00")
+        .thin("thin1", 100 * MIB, "pool")
+}
+
 fn create(name: &str, class: &str, size: u64) -> CreateLv {
     CreateLv {
         name: name.into(),
@@ -646,11 +653,7 @@ async fn resize_grows_never_shrinks() {
 
 #[tokio::test]
 async fn snapshots_thin_and_thick() {
-    let small = || {
-        Vg::new("vg1", 1024 * MIB, 512 * MIB)
-            .pool("pool", 256 * MIB, "10.00")
-            .thin("thin1", 100 * MIB, "pool")
-    };
+    let small = thin_pool_with_one_volume;
     let (fake, lvmd) = lvmd_with(&report(&[&small()])).await;
     fake.set_report(&report(&[&small().lv(
         "ts",
@@ -793,4 +796,64 @@ async fn listing_separates_thick_and_thin_classes() {
     assert_eq!(thin, ["thin1"]);
     // 2.0 × 256 MiB − 300 MiB
     assert_eq!(lvmd.free_bytes("thin").expect("free"), 212 * MIB);
+}
+
+/// LVM's own message when `lvcreate` finds the name taken (captured from real lvm2).
+const LVCREATE_EXISTS: &str = include_str!("../../tests/fixtures/lvcreate-exists.stderr");
+
+/// A volume made behind lvmd's back after its cache was read (the `lvcreate` of an lvmd that was
+/// killed mid-request, running on): lvmd's own `lvcreate` then fails with "already exists", and
+/// lvmd answers from a fresh report as for an existing volume, of the same size or not.
+#[tokio::test]
+async fn create_that_lvm_finds_already_made_is_answered_as_an_existing_volume() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    fake.set_report(&report(&[&base().thick("raced", 8 * MIB)]));
+    fake.push_result(Err((5, LVCREATE_EXISTS.to_owned())));
+    let lv = lvmd
+        .create_lv(create("raced", "ssd", 8 * MIB))
+        .await
+        .expect("the volume made meanwhile is returned");
+    assert_eq!((lv.name.as_str(), lv.size), ("raced", 8 * MIB));
+    assert_eq!(fake.mutations().len(), 1, "{:?}", fake.mutations());
+
+    fake.set_report(&report(&[&base()
+        .thick("raced", 8 * MIB)
+        .thick("other", 40 * MIB)]));
+    fake.push_result(Err((5, LVCREATE_EXISTS.to_owned())));
+    let err = lvmd
+        .create_lv(create("other", "ssd", 8 * MIB))
+        .await
+        .expect_err("made meanwhile with another size");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
+    assert_eq!(fake.mutations().len(), 2, "{:?}", fake.mutations());
+}
+
+/// The same for snapshots: a snapshot of the requested source found made is returned, a volume
+/// of that name that is no such snapshot is refused as existing.
+#[tokio::test]
+async fn snapshot_that_lvm_finds_already_made_is_answered_as_an_existing_one() {
+    let small = thin_pool_with_one_volume;
+    let (fake, lvmd) = lvmd_with(&report(&[&small()])).await;
+    let req = |name: &str| CreateSnapshot {
+        name: name.into(),
+        device_class: "thin".into(),
+        source_volume: "thin1".into(),
+        access_type: "ro".into(),
+        ..Default::default()
+    };
+    let raced = || small().lv("ts", 100 * MIB, "Vri-a-tz-k", "pool", "thin1");
+    fake.set_report(&report(&[&raced()]));
+    fake.push_result(Err((5, LVCREATE_EXISTS.to_owned())));
+    let snap = lvmd.create_snapshot(req("ts")).await.expect("found made");
+    assert_eq!(snap.origin.as_deref(), Some("thin1"));
+    assert_eq!(fake.mutations().len(), 1, "{:?}", fake.mutations());
+
+    fake.set_report(&report(&[&raced().thin("plain", 100 * MIB, "pool")]));
+    fake.push_result(Err((5, LVCREATE_EXISTS.to_owned())));
+    let err = lvmd
+        .create_snapshot(req("plain"))
+        .await
+        .expect_err("not a snapshot of thin1");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
+    assert_eq!(fake.mutations().len(), 2, "{:?}", fake.mutations());
 }
