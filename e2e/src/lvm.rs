@@ -9,7 +9,10 @@
 //! - [`VolumeGroup`]: a uniquely named volume group that removes itself, its physical volumes and
 //!   then its disks when dropped, also when the test panics.
 //! - [`Lvmd`]: the real `lvmd` binary on its own config, socket and metrics port, with gRPC
-//!   clients over the Unix socket and process control (SIGKILL, SIGTERM, restart).
+//!   clients over the Unix socket and process control (SIGKILL of lvmd alone or, as a container
+//!   runtime does, together with the `lvm` it runs; SIGTERM; restart).
+//! - [`LvmWrapper`]: an `lvm-command-prefix` that shows a test when an `lvm` subcommand starts and
+//!   ends and can hold it back, to crash lvmd at a chosen point of a command.
 //!
 //! Failures panic with a message that says what was being done; these are test helpers.
 
@@ -26,7 +29,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -606,6 +609,7 @@ pub struct LvmdOptions {
     device_classes: String,
     extra: String,
     lvm_command_prefix: Option<Vec<String>>,
+    own_process_group: bool,
 }
 
 impl LvmdOptions {
@@ -618,6 +622,7 @@ impl LvmdOptions {
             device_classes: device_classes.into(),
             extra: String::new(),
             lvm_command_prefix: None,
+            own_process_group: false,
         }
     }
 
@@ -632,6 +637,15 @@ impl LvmdOptions {
     /// Replaces the default `lvm-command-prefix` (the absolute path of `lvm`).
     pub fn lvm_command_prefix(mut self, argv: Vec<String>) -> Self {
         self.lvm_command_prefix = Some(argv);
+        self
+    }
+
+    /// Starts each lvmd run as the leader of its own process group, which the `lvm` commands it
+    /// runs inherit, so that [`Lvmd::kill9_with_children`] can kill them all at once as a
+    /// container runtime does. Drop kills what is left in every such group. Off by default: in
+    /// the test binary's group, lvmd also gets a terminal's Ctrl-C.
+    pub fn own_process_group(mut self) -> Self {
+        self.own_process_group = true;
         self
     }
 }
@@ -653,6 +667,9 @@ pub struct Lvmd {
     log_path: PathBuf,
     metrics_addr: SocketAddr,
     binary: PathBuf,
+    own_process_group: bool,
+    /// The process group of every run, with [`LvmdOptions::own_process_group`].
+    process_groups: Vec<i32>,
     child: Option<Child>,
 }
 
@@ -719,6 +736,8 @@ impl Lvmd {
             log_path,
             metrics_addr,
             binary: options.binary,
+            own_process_group: options.own_process_group,
+            process_groups: Vec::new(),
             child: None,
         }
     }
@@ -747,7 +766,15 @@ impl Lvmd {
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
         self.env.apply(&mut cmd);
-        self.child = Some(cmd.spawn().expect("starting lvmd"));
+        if self.own_process_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
+        let child = cmd.spawn().expect("starting lvmd");
+        if self.own_process_group {
+            self.process_groups
+                .push(i32::try_from(child.id()).expect("pid fits i32"));
+        }
+        self.child = Some(child);
         self.wait_ready();
     }
 
@@ -899,12 +926,32 @@ impl Lvmd {
         Some(status)
     }
 
-    /// SIGKILL, as a crash would; waits until it is gone.
+    /// SIGKILL of lvmd alone, as a crash would; waits until it is gone. A command it was running
+    /// goes on without it.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGKILL of lvmd's whole process group, lvmd and every `lvm` it runs at once, as a
+    /// container runtime kills a container; waits until none of them is left. Needs
+    /// [`LvmdOptions::own_process_group`].
+    pub fn kill9_with_children(&mut self) {
+        assert!(
+            self.own_process_group,
+            "kill9_with_children needs LvmdOptions::own_process_group"
+        );
+        let mut child = self.child.take().expect("lvmd is not running");
+        let pgid = i32::try_from(child.id()).expect("pid fits i32");
+        // lvmd is not reaped yet, so the group cannot be anyone else's.
+        killpg(Pid::from_raw(pgid), Signal::SIGKILL).expect("killing lvmd's process group");
+        let _ = child.wait();
+        assert!(
+            wait_process_group_gone(pgid, Duration::from_secs(10)),
+            "processes of lvmd's group {pgid} outlived SIGKILL"
+        );
     }
 
     /// Starts lvmd again on the same config, socket and port (killing it first if it runs).
@@ -917,6 +964,16 @@ impl Lvmd {
 impl Drop for Lvmd {
     fn drop(&mut self) {
         self.kill9();
+        // Commands that outlived an lvmd killed alone. A group is killed only while a process is
+        // still in it, and the kernel does not hand out a group id that is in use.
+        for &pgid in &self.process_groups {
+            if process_group_alive(pgid) {
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                if !wait_process_group_gone(pgid, Duration::from_secs(10)) {
+                    eprintln!("warning: processes of lvmd's old group {pgid} survive SIGKILL");
+                }
+            }
+        }
         if std::thread::panicking() {
             eprintln!(
                 "----- lvmd log ({}) -----\n{}----- end of lvmd log -----",
@@ -994,4 +1051,258 @@ pub fn counter_by_label(metrics: &str, name: &str, label: &str) -> BTreeMap<Stri
         *sums.entry(label_value).or_insert(0) += value as u64;
     }
     sums
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process groups
+
+/// Whether a live process is in process group `pgid`. Zombies do not count: they are dead and
+/// only wait for a parent (or init) to reap them.
+pub fn process_group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(pgid) && state != Some("Z")
+    })
+}
+
+/// Waits up to `timeout` until no live process is left in group `pgid`; whether none is.
+pub fn wait_process_group_gone(pgid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while process_group_alive(pgid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+// ---------------------------------------------------------------------------------------------
+// LvmWrapper
+
+/// How long a held run of an [`LvmWrapper`] waits for its release before it gives up (exit 111),
+/// so a test that dies while holding one leaves nothing waiting forever.
+const HOLD_LIMIT_SECONDS: u32 = 120;
+
+/// An `lvm-command-prefix` that lets a test watch and steer one `lvm` subcommand, e.g. to crash
+/// lvmd at a chosen point of an `lvcreate`. Every other subcommand `exec`s `lvm` directly.
+///
+/// Each invocation of the subcommand is a *run*, named by the wrapper's pid. A run
+/// - if the wrapper is [holding](LvmWrapper::holding), first waits until the test
+///   [releases](LvmWrapper::release) it (a stand-in for an `lvm` that is slow to start);
+/// - starts `lvm` in the background and marks itself started the moment `lvm` exists;
+/// - records `lvm`'s exit code when it ends, then passes on its output and exit code.
+///
+/// `lvm`'s output goes to files and is passed on only after it exits. A caller that died (lvmd
+/// killed alone) has closed its end of the pipe, and `lvm` writing a message there would die of
+/// SIGPIPE; with activation off it warns before it commits and would never make the volume.
+/// Kept apart, an orphaned `lvm` runs to its end, as one that prints nothing before its commit
+/// does (in a container, `nsenter ... lvm` with real activation).
+pub struct LvmWrapper {
+    dir: TempDir,
+    script: PathBuf,
+    /// Runs the `next_*` methods have returned, per marker kind.
+    returned: Mutex<BTreeMap<&'static str, std::collections::BTreeSet<u32>>>,
+}
+
+impl fmt::Debug for LvmWrapper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LvmWrapper")
+            .field("script", &self.script)
+            .finish()
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl LvmWrapper {
+    /// Marks when each run of `subcommand` starts `lvm` and when `lvm` ends.
+    pub fn marking(env: &LvmEnv, subcommand: &str) -> Self {
+        Self::new(env, subcommand, false)
+    }
+
+    /// Like [`LvmWrapper::marking`], but each run first waits for [`LvmWrapper::release`].
+    pub fn holding(env: &LvmEnv, subcommand: &str) -> Self {
+        Self::new(env, subcommand, true)
+    }
+
+    fn new(env: &LvmEnv, subcommand: &str, hold: bool) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("topolvm-lvm-wrapper-")
+            .tempdir()
+            .expect("creating the wrapper's dir");
+        for sub in ["held", "release", "started", "exited", "output"] {
+            std::fs::create_dir(dir.path().join(sub)).expect("creating a marker dir");
+        }
+        let hold_step = if hold {
+            format!(
+                "mark held ''\n\
+                 n=0\n\
+                 while [ ! -e \"$dir/release/$run\" ]; do\n\
+                 \tn=$((n + 1)); [ \"$n\" -le {limit} ] || exit 111\n\
+                 \tsleep 0.01\n\
+                 done\n",
+                limit = HOLD_LIMIT_SECONDS * 100
+            )
+        } else {
+            String::new()
+        };
+        let script_text = format!(
+            "#!/bin/sh\n\
+             # lvm wrapper written by topolvm_e2e::lvm::LvmWrapper\n\
+             lvm={lvm}\n\
+             dir={dir}\n\
+             [ \"$1\" = {subcommand} ] || exec \"$lvm\" \"$@\"\n\
+             run=$$\n\
+             mark() {{ echo \"$2\" > \"$dir/$1/.$run\" && mv \"$dir/$1/.$run\" \"$dir/$1/$run\"; }}\n\
+             {hold_step}\
+             \"$lvm\" \"$@\" > \"$dir/output/$run.out\" 2> \"$dir/output/$run.err\" &\n\
+             child=$!\n\
+             mark started \"$child\"\n\
+             trap 'kill -TERM \"$child\" 2>/dev/null' TERM\n\
+             wait \"$child\"; rc=$?\n\
+             while kill -0 \"$child\" 2>/dev/null; do wait \"$child\"; rc=$?; done\n\
+             mark exited \"$rc\"\n\
+             cat \"$dir/output/$run.out\"\n\
+             cat \"$dir/output/$run.err\" >&2\n\
+             exit \"$rc\"\n",
+            lvm = shell_quote(&env.lvm_path().to_string_lossy()),
+            dir = shell_quote(&dir.path().to_string_lossy()),
+            subcommand = shell_quote(subcommand),
+        );
+        let script = dir.path().join("lvm");
+        std::fs::write(&script, script_text).expect("writing the wrapper");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the wrapper");
+        Self {
+            dir,
+            script,
+            returned: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The `lvm-command-prefix` that runs `lvm` through this wrapper.
+    pub fn prefix(&self) -> Vec<String> {
+        vec![self.script.to_string_lossy().into_owned()]
+    }
+
+    /// Runs with a `kind` marker (`held`, `started`, `exited`) and the marker's content.
+    fn markers(&self, kind: &str) -> Vec<(u32, String, std::time::SystemTime)> {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join(kind)) else {
+            return Vec::new();
+        };
+        let mut found: Vec<_> = entries
+            .flatten()
+            .filter_map(|e| {
+                let run = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let content = std::fs::read_to_string(e.path()).ok()?;
+                let written = e.metadata().and_then(|m| m.modified()).ok()?;
+                Some((run, content.trim().to_owned(), written))
+            })
+            .collect();
+        found.sort_by_key(|(_, _, written)| *written);
+        found
+    }
+
+    /// Waits for the earliest run with a `kind` marker that no `next_*` call returned yet.
+    async fn next(&self, kind: &'static str, timeout: Duration) -> u32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut returned = self.returned.lock().expect("wrapper lock");
+                let seen = returned.entry(kind).or_default();
+                if let Some((run, _, _)) = self
+                    .markers(kind)
+                    .into_iter()
+                    .find(|(run, _, _)| !seen.contains(run))
+                {
+                    seen.insert(run);
+                    return run;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no new {kind} run of the lvm wrapper within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Waits for a new run that is held (see [`LvmWrapper::holding`]); its name.
+    pub async fn next_held(&self, timeout: Duration) -> u32 {
+        self.next("held", timeout).await
+    }
+
+    /// Waits for a new run that has started `lvm`; its name. Polls every 2 ms.
+    pub async fn next_started(&self, timeout: Duration) -> u32 {
+        self.next("started", timeout).await
+    }
+
+    /// Counts every run so far as returned, so the `next_*` calls wait for later ones.
+    pub fn pass_over_runs_so_far(&self) {
+        let mut returned = self.returned.lock().expect("wrapper lock");
+        for kind in ["held", "started"] {
+            let runs = self.markers(kind).into_iter().map(|(run, _, _)| run);
+            returned.entry(kind).or_default().extend(runs);
+        }
+    }
+
+    /// Lets a held run start `lvm`.
+    pub fn release(&self, run: u32) {
+        std::fs::write(self.dir.path().join("release").join(run.to_string()), "")
+            .expect("releasing a held run");
+    }
+
+    /// The exit code of the `lvm` of `run`, once it has ended; `None` if it has not (yet).
+    pub fn exit_code(&self, run: u32) -> Option<i32> {
+        self.markers("exited")
+            .into_iter()
+            .find(|(r, _, _)| *r == run)
+            .map(|(_, code, _)| {
+                code.parse()
+                    .unwrap_or_else(|_| panic!("run {run} exited with {code:?}"))
+            })
+    }
+
+    /// Waits up to `timeout` for the `lvm` of `run` to end; its exit code.
+    pub async fn wait_exit_code(&self, run: u32, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(code) = self.exit_code(run) {
+                return code;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the lvm of run {run} did not end within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// What the `lvm` of `run` wrote to its standard error, once it has ended.
+    pub fn stderr(&self, run: u32) -> String {
+        std::fs::read_to_string(self.dir.path().join("output").join(format!("{run}.err")))
+            .unwrap_or_default()
+    }
 }

@@ -1068,3 +1068,257 @@ async fn clients_sending_localhost_are_served_and_socket_paths_are_refused() {
         );
     }
 }
+
+/// How long a crash test waits for a wrapper run, a command or a volume.
+const CRASH_WAIT: Duration = Duration::from_secs(30);
+
+/// Asserts what `lvs` itself shows: `vg` holds exactly one LV called `name`, whole (`size`
+/// bytes) and carrying lvmd's ownership tags; and `vgck` finds the volume group consistent.
+fn assert_one_whole_volume(env: &LvmEnv, vg: &str, name: &str, size: u64) {
+    let rows: Vec<common::ReportRow> = env
+        .lvs(vg, "lv_name,lv_size,lv_tags")
+        .into_iter()
+        .filter(|r| r.get("lv_name") == name)
+        .collect();
+    assert_eq!(rows.len(), 1, "one LV {name} in lvs: {rows:?}");
+    assert_whole(&rows[0], name, size);
+    assert_vgck(env, vg);
+}
+
+/// A whole volume made by lvmd: its full size and both ownership tags.
+fn assert_whole(row: &common::ReportRow, name: &str, size: u64) {
+    assert_eq!(row.get_u64("lv_size"), size, "size of {name}: {row:?}");
+    let tags = row.tags("lv_tags");
+    for want in [
+        LV_TAG_MANAGED.to_owned(),
+        format!("topolvm.io/volume={name}"),
+    ] {
+        assert!(tags.contains(&want), "{name} lacks tag {want}: {row:?}");
+    }
+}
+
+fn assert_vgck(env: &LvmEnv, vg: &str) {
+    if let Err(e) = env.try_lvm(&["vgck", vg]) {
+        panic!("vgck {vg} finds the volume group damaged: {e}");
+    }
+}
+
+/// A new volume group with one thick class `ssd`, and an lvmd in its own process group whose
+/// `lvcreate` runs through an [`common::LvmWrapper`] made by `wrapper`. Bind all four: dropped in
+/// reverse order, lvmd and what it left running go before the volume group.
+fn crash_bed(
+    wrapper: fn(&LvmEnv, &str) -> common::LvmWrapper,
+) -> (LvmEnv, VolumeGroup, common::LvmWrapper, Lvmd) {
+    let env = LvmEnv::metadata_only();
+    let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
+    let wrapper = wrapper(&env, "lvcreate");
+    let options = one_thick_class(&vg)
+        .lvm_command_prefix(wrapper.prefix())
+        .own_process_group();
+    let lvmd = Lvmd::start(&env, options);
+    (env, vg, wrapper, lvmd)
+}
+
+type CreateCall =
+    tokio::task::JoinHandle<Result<tonic::Response<pb::CreateLvResponse>, tonic::Status>>;
+
+/// Starts a CreateLV that goes on while the test steers `lvm` or kills lvmd.
+async fn spawn_create(lvmd: &Lvmd, request: pb::CreateLvRequest) -> CreateCall {
+    let mut lv = lvmd.lv_client().await;
+    tokio::spawn(async move { lv.create_lv(request).await })
+}
+
+/// The volume a spawned CreateLV returned; panics naming `what` if it failed.
+async fn created(call: CreateCall, what: &str) -> pb::LogicalVolume {
+    call.await
+        .expect("join")
+        .unwrap_or_else(|s| panic!("{what}: {s:?}"))
+        .into_inner()
+        .volume
+        .expect("CreateLV returns the volume")
+}
+
+/// What a released `lvcreate` run did.
+#[derive(Debug, PartialEq)]
+enum Made {
+    Volume,
+    /// It found the name taken ("already exists").
+    NameTaken,
+}
+
+/// Releases the held `lvcreate` run of `who` and asserts, once its `lvm` ended, what it did.
+async fn release_lvcreate(wrapper: &common::LvmWrapper, run: u32, want: Made, who: &str) {
+    wrapper.release(run);
+    let code = wrapper.wait_exit_code(run, CRASH_WAIT).await;
+    let stderr = wrapper.stderr(run);
+    let made = match code {
+        0 => Made::Volume,
+        _ if stderr.contains("already exists") => Made::NameTaken,
+        _ => panic!("lvcreate of {who} failed (exit {code}): {stderr}"),
+    };
+    assert_eq!(made, want, "lvcreate of {who}: {stderr}");
+}
+
+/// Where the `lvcreate` that a crashed lvmd left running ends, relative to the retry.
+#[derive(Debug, Clone, Copy)]
+enum OrphanEnds {
+    /// Before lvmd restarts: the new lvmd finds the volume in its first report.
+    BeforeRestart,
+    /// While the retry's own `lvcreate` waits to start: that one fails with "already exists".
+    WhileRetryWaits,
+    /// After the retry's `lvcreate` made the volume: the orphan's fails and changes nothing.
+    AfterRetry,
+}
+
+/// SIGKILL of lvmd alone while its `lvcreate` wrapper has not started `lvm` yet. The wrapper is
+/// orphaned, goes on and creates the volume behind the restarted lvmd's back, in each `order`
+/// against the retried CreateLV. The retry returns the volume, and `lvs` shows exactly one whole
+/// LV with lvmd's tags; nothing of the old lvmd's process group is left.
+async fn orphaned_lvcreate_and_retried_create_lv(order: OrphanEnds) {
+    let (env, vg, wrapper, mut lvmd) = crash_bed(common::LvmWrapper::holding);
+    let name = "orphaned";
+    let request = create_req(name, 8 * MIB);
+
+    let call = spawn_create(&lvmd, request.clone()).await;
+    let orphan = wrapper.next_held(CRASH_WAIT).await;
+    let old_group = i32::try_from(lvmd.pid().expect("running")).expect("pid");
+    lvmd.kill9();
+    assert!(
+        call.await.expect("join").is_err(),
+        "the CreateLV in flight dies with lvmd"
+    );
+
+    let retried = match order {
+        OrphanEnds::BeforeRestart => {
+            release_lvcreate(&wrapper, orphan, Made::Volume, "the orphan").await;
+            lvmd.spawn();
+            let retried = create(&mut lvmd.lv_client().await, request).await;
+            let counts = lvmd.lvm_command_counts().await;
+            assert!(
+                !counts.contains_key("lvcreate"),
+                "the retry is answered from the first report: {counts:?}"
+            );
+            retried
+        }
+        OrphanEnds::WhileRetryWaits => {
+            lvmd.spawn();
+            let call = spawn_create(&lvmd, request).await;
+            let own = wrapper.next_held(CRASH_WAIT).await;
+            release_lvcreate(&wrapper, orphan, Made::Volume, "the orphan").await;
+            release_lvcreate(&wrapper, own, Made::NameTaken, "the retry").await;
+            created(call, "retried CreateLV after lvcreate's \"already exists\"").await
+        }
+        OrphanEnds::AfterRetry => {
+            lvmd.spawn();
+            let call = spawn_create(&lvmd, request).await;
+            let own = wrapper.next_held(CRASH_WAIT).await;
+            release_lvcreate(&wrapper, own, Made::Volume, "the retry").await;
+            let retried = created(call, "retried CreateLV").await;
+            release_lvcreate(&wrapper, orphan, Made::NameTaken, "the orphan").await;
+            retried
+        }
+    };
+    assert_eq!(
+        (retried.name.as_str(), retried.size_bytes),
+        (name, 8 * MIB),
+        "{order:?}"
+    );
+    assert!(
+        common::wait_process_group_gone(old_group, CRASH_WAIT),
+        "the orphaned wrapper ended"
+    );
+    assert_one_whole_volume(&env, vg.name(), name, 8 << 20);
+    assert_eq!(env.lv_names(vg.name()), [name]);
+    let mut vgc = lvmd.vg_client().await;
+    let listed: Vec<String> = lv_list(&mut vgc, "ssd")
+        .await
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    assert_eq!(listed, [name], "GetLVList after {order:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_lvcreate_ending_before_restart_is_found_by_the_retry() {
+    orphaned_lvcreate_and_retried_create_lv(OrphanEnds::BeforeRestart).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_lvcreate_ending_under_the_retry_is_returned_by_it() {
+    orphaned_lvcreate_and_retried_create_lv(OrphanEnds::WhileRetryWaits).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_lvcreate_ending_after_the_retry_changes_nothing() {
+    orphaned_lvcreate_and_retried_create_lv(OrphanEnds::AfterRetry).await;
+}
+
+/// SIGKILL of lvmd together with its `lvm` (its whole process group, as a container runtime
+/// kills a container) at 0, 5, 10, ... ms after the `lvcreate` starts, each time on a new
+/// volume, until a kill comes after `lvcreate` committed. After each kill `lvs` shows either no
+/// LV of that name or one whole LV with lvmd's tags, and `vgck` passes; after the restart the
+/// retried CreateLV returns the volume and `lvs` shows exactly one whole LV. Both outcomes must
+/// occur, so the kills spanned the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_lvm_during_lvcreate_leaves_no_half_made_volume() {
+    let (env, vg, wrapper, mut lvmd) = crash_bed(common::LvmWrapper::marking);
+    // (delay after lvcreate started, whether the LV existed after the kill, lvm's exit code)
+    let mut outcomes: Vec<(Duration, bool, Option<i32>)> = Vec::new();
+    let mut delay = Duration::ZERO;
+    loop {
+        let name = format!("killed-{}ms", delay.as_millis());
+        wrapper.pass_over_runs_so_far();
+        let call = spawn_create(&lvmd, create_req(&name, 8 * MIB)).await;
+        let run = wrapper.next_started(CRASH_WAIT).await;
+        tokio::time::sleep(delay).await;
+        lvmd.kill9_with_children();
+        let _ = call.await.expect("join");
+        let lvm_exit = wrapper.exit_code(run);
+
+        let rows: Vec<common::ReportRow> = env
+            .lvs(vg.name(), "lv_name,lv_size,lv_tags")
+            .into_iter()
+            .filter(|r| r.get("lv_name") == name)
+            .collect();
+        assert!(rows.len() <= 1, "{name}: {rows:?}");
+        if let Some(row) = rows.first() {
+            assert_whole(row, &name, 8 << 20);
+        }
+        assert_vgck(&env, vg.name());
+        outcomes.push((delay, !rows.is_empty(), lvm_exit));
+
+        lvmd.spawn();
+        let retried = create(&mut lvmd.lv_client().await, create_req(&name, 8 * MIB)).await;
+        assert_eq!(
+            (retried.name.as_str(), retried.size_bytes),
+            (name.as_str(), 8 * MIB)
+        );
+        assert_one_whole_volume(&env, vg.name(), &name, 8 << 20);
+        let mut lv = lvmd.lv_client().await;
+        lv.remove_lv(pb::RemoveLvRequest {
+            name: name.clone(),
+            device_class: "ssd".into(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("RemoveLV {name}: {s:?}"));
+        assert!(env.lv_names(vg.name()).is_empty());
+
+        if !rows.is_empty() {
+            break;
+        }
+        assert!(
+            delay < Duration::from_secs(10),
+            "no kill came after lvcreate committed: {outcomes:?}"
+        );
+        delay = if delay < Duration::from_millis(100) {
+            delay + Duration::from_millis(5)
+        } else {
+            delay * 3 / 2
+        };
+    }
+    eprintln!("kills after lvcreate started (delay, LV existed, lvm exit code): {outcomes:?}");
+    assert!(
+        outcomes.iter().any(|(_, existed, _)| !existed),
+        "no kill came before lvcreate committed: {outcomes:?}"
+    );
+}
