@@ -48,11 +48,12 @@ fn real_vg(n: usize) -> (LvmEnv, VolumeGroup) {
     (env, vg)
 }
 
-fn thin_class(vg: &str, threshold: u32) -> String {
+/// A default thin class `thin` (pool `pool`, ratio 2.0) and a thick class `thick` on `vg`.
+fn thin_class(vg: &str, threshold: u32, thick_spare_gb: u64) -> String {
     format!(
         "- {{name: thin, volume-group: {vg}, default: true, type: thin, \
          thin-pool: {{name: pool, overprovision-ratio: 2.0, data-percent-threshold: {threshold}}}}}\n\
-         - {{name: thick, volume-group: {vg}, spare-gb: 0}}"
+         - {{name: thick, volume-group: {vg}, spare-gb: {thick_spare_gb}}}"
     )
 }
 
@@ -129,9 +130,11 @@ fn dev_numbers(dev: &Path) -> (u32, u32) {
 
 /// Thin volumes are real block devices whose numbers lvmd reports; Watch carries the pool's real
 /// data usage; once that usage passes the configured threshold new thin volumes are refused.
+/// `topolvm_volumegroup_available_bytes` is, as in TopoLVM, the volume group's free bytes as
+/// `vgs` reports them for the thin class, and those less spare-gb for the thick class.
 #[tokio::test]
 async fn thin_volumes_are_real_devices_and_the_usage_threshold_holds() {
-    let (env, vg) = real_vg(1);
+    let (env, vg) = real_vg(2);
     env.lvm(&[
         "lvcreate",
         "-q",
@@ -142,7 +145,7 @@ async fn thin_volumes_are_real_devices_and_the_usage_threshold_holds() {
     ]);
     let lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thin_class(vg.name(), 40))
+        LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thin_class(vg.name(), 40, 1))
             .extra("full-refresh-interval: 1s"),
     );
     let mut lv = lvmd.lv_client().await;
@@ -187,6 +190,24 @@ async fn thin_volumes_are_real_devices_and_the_usage_threshold_holds() {
     };
     assert!(usage < 60.0, "usage {usage}");
 
+    let vg_free = vg.sizes().get_u64("vg_free");
+    let available = common::counter_by_label(
+        &lvmd.metrics_text().await,
+        "topolvm_volumegroup_available_bytes",
+        "device_class",
+    );
+    assert_eq!(
+        available.get("thin"),
+        Some(&vg_free),
+        "thin class: the VG's raw free bytes, as vgs reports them"
+    );
+    assert!(vg_free > 1 << 30, "two 1 GiB disks less a 256 MiB pool");
+    assert_eq!(
+        available.get("thick"),
+        Some(&(vg_free - (1 << 30))),
+        "thick class: the VG's free bytes less spare-gb 1"
+    );
+
     let err = lv
         .create_lv(create_req("t2", "thin", 8 * MIB))
         .await
@@ -223,7 +244,7 @@ async fn thin_snapshots_keep_their_data() {
     ]);
     let lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thin_class(vg.name(), 95)),
+        LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thin_class(vg.name(), 95, 0)),
     );
     let mut lv = lvmd.lv_client().await;
     lv.create_lv(create_req("origin", "thin", 32 * MIB))
