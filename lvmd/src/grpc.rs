@@ -72,7 +72,7 @@ pub fn to_pb_watch(report: &CapacityReport) -> pb::WatchResponse {
             .iter()
             .map(|c| pb::WatchItem {
                 device_class: c.device_class.clone(),
-                free_bytes: c.vg_free,
+                free_bytes: c.vg_available_bytes,
                 size_bytes: c.vg_size,
                 thin_pool: c.thin.as_ref().map(|t| pb::ThinPoolItem {
                     data_percent: t.data_percent,

@@ -72,8 +72,8 @@ pub async fn run(
     }
     let lvmd = Arc::new(Lvmd::new(config.clone(), cache.clone(), runner));
     for class in lvmd.capacity_report(&cache.current()).classes {
-        if class.available {
-            info!(device_class = %class.device_class, free_bytes = class.free, "device class ready");
+        if class.usable {
+            info!(device_class = %class.device_class, free_bytes = class.new_volume_bytes, "device class ready");
         } else {
             warn!(device_class = %class.device_class, "device class unavailable: its volume group or thin pool is missing");
         }

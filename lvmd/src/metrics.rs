@@ -143,10 +143,10 @@ impl Metrics {
             let labels = [self.node.as_str(), class.device_class.as_str()];
             self.class_available
                 .with_label_values(&[class.device_class.as_str()])
-                .set(i64::from(class.available));
+                .set(i64::from(class.usable));
             self.vg_available
                 .with_label_values(&labels)
-                .set(class.vg_free as f64);
+                .set(class.vg_available_bytes as f64);
             self.vg_size
                 .with_label_values(&labels)
                 .set(class.vg_size as f64);
@@ -208,17 +208,17 @@ mod tests {
             classes: vec![
                 ClassCapacity {
                     device_class: "ssd".into(),
-                    available: true,
-                    free: 5,
-                    vg_free: 5,
+                    usable: true,
+                    new_volume_bytes: 5,
+                    vg_available_bytes: 5,
                     vg_size: 10,
                     thin: None,
                 },
                 ClassCapacity {
                     device_class: "thin".into(),
-                    available: true,
-                    free: 30,
-                    vg_free: 7,
+                    usable: true,
+                    new_volume_bytes: 30,
+                    vg_available_bytes: 7,
                     vg_size: 20,
                     thin: Some(ThinPoolUsage {
                         pool_size: 8,
@@ -229,9 +229,9 @@ mod tests {
                 },
                 ClassCapacity {
                     device_class: "gone".into(),
-                    available: false,
-                    free: 0,
-                    vg_free: 0,
+                    usable: false,
+                    new_volume_bytes: 0,
+                    vg_available_bytes: 0,
                     vg_size: 0,
                     thin: None,
                 },

@@ -125,12 +125,14 @@ pub struct ThinPoolUsage {
 pub struct ClassCapacity {
     pub device_class: String,
     /// Whether the class's volume group (and thin pool) exist.
-    pub available: bool,
+    pub usable: bool,
     /// What new volumes of this class may use: VG free less spare (thick) or the
-    /// overprovision headroom (thin).
-    pub free: u64,
-    /// Free bytes of the volume group (less spare for thick classes).
-    pub vg_free: u64,
+    /// overprovision headroom (thin). The capacity annotation and GetFreeBytes.
+    pub new_volume_bytes: u64,
+    /// The volume group's available bytes as TopoLVM reports them (WatchItem.free_bytes and
+    /// `topolvm_volumegroup_available_bytes`): VG free less spare for thick classes, the raw VG
+    /// free for thin ones.
+    pub vg_available_bytes: u64,
     pub vg_size: u64,
     pub thin: Option<ThinPoolUsage>,
 }
@@ -413,9 +415,9 @@ impl Lvmd {
         let Ok(vg) = self.class_vg(dc, snap) else {
             return ClassCapacity {
                 device_class: dc.name.clone(),
-                available: false,
-                free: 0,
-                vg_free: 0,
+                usable: false,
+                new_volume_bytes: 0,
+                vg_available_bytes: 0,
                 vg_size: 0,
                 thin: None,
             };
@@ -425,9 +427,9 @@ impl Lvmd {
                 let free = capacity::thick_free_bytes(vg.free, dc.spare_bytes);
                 ClassCapacity {
                     device_class: dc.name.clone(),
-                    available: true,
-                    free,
-                    vg_free: free,
+                    usable: true,
+                    new_volume_bytes: free,
+                    vg_available_bytes: free,
                     vg_size: vg.size,
                     thin: None,
                 }
@@ -444,9 +446,9 @@ impl Lvmd {
                     capacity::thin_free_bytes(pool.size, pool_cfg.overprovision_ratio, virtual_sum);
                 ClassCapacity {
                     device_class: dc.name.clone(),
-                    available: true,
-                    free: overprovision_free,
-                    vg_free: vg.free,
+                    usable: true,
+                    new_volume_bytes: overprovision_free,
+                    vg_available_bytes: vg.free,
                     vg_size: vg.size,
                     thin: Some(ThinPoolUsage {
                         pool_size: pool.size,
@@ -471,7 +473,7 @@ impl Lvmd {
         let default_free = classes
             .iter()
             .find(|c| &c.device_class == default_name)
-            .map_or(0, |c| c.free);
+            .map_or(0, |c| c.new_volume_bytes);
         CapacityReport {
             default_free,
             classes,
@@ -593,7 +595,7 @@ impl Lvmd {
         let dc = self.device_class(device_class)?;
         let snap = self.cache.current();
         self.class_vg(dc, &snap)?;
-        Ok(self.class_capacity(dc, &snap).free)
+        Ok(self.class_capacity(dc, &snap).new_volume_bytes)
     }
 
     /// Creates a volume; an existing volume of the same name and size is returned as it is.
@@ -637,10 +639,10 @@ impl Lvmd {
         }
 
         let cap = self.class_capacity(dc, &snap);
-        if needed > cap.free {
+        if needed > cap.new_volume_bytes {
             return Err(Error::NoSpace {
                 class: dc.name.clone(),
-                free: cap.free,
+                free: cap.new_volume_bytes,
                 wanted: needed,
             });
         }
@@ -850,10 +852,10 @@ impl Lvmd {
         }
         let cap = self.class_capacity(dc, &snap);
         let growth = needed - lv.size;
-        if growth > cap.free {
+        if growth > cap.new_volume_bytes {
             return Err(Error::NoSpace {
                 class: dc.name.clone(),
-                free: cap.free,
+                free: cap.new_volume_bytes,
                 wanted: growth,
             });
         }
@@ -937,10 +939,10 @@ impl Lvmd {
                     });
                 }
                 let desired = round_up(desired, granule(vg, 1))?;
-                if desired > cap.free {
+                if desired > cap.new_volume_bytes {
                     return Err(Error::NoSpace {
                         class: dc.name.clone(),
-                        free: cap.free,
+                        free: cap.new_volume_bytes,
                         wanted: desired,
                     });
                 }
@@ -1027,10 +1029,10 @@ impl Lvmd {
                 // The copy-on-write area holds changed blocks; sized like the origin it can never
                 // overflow, which is what an unspecified size asks for.
                 let cow = round_up(requested.unwrap_or(source.size), granule(vg, 1))?;
-                if cow > cap.free {
+                if cow > cap.new_volume_bytes {
                     return Err(Error::NoSpace {
                         class: dc.name.clone(),
-                        free: cap.free,
+                        free: cap.new_volume_bytes,
                         wanted: cow,
                     });
                 }

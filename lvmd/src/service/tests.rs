@@ -458,7 +458,7 @@ async fn a_missing_volume_group_makes_only_its_class_unavailable() {
         .iter()
         .find(|c| c.device_class == "missing")
         .expect("listed");
-    assert!(!missing.available);
+    assert!(!missing.usable);
     assert_eq!(report.default_free, 512 * MIB);
 }
 
