@@ -108,7 +108,9 @@ pub fn node_capacity_patch(
     let desired = node_capacity_annotations(watch, default_device_class);
     let remove = current
         .keys()
-        .filter(|key| capacity_annotation_device_class(key).is_some() && !desired.contains_key(*key))
+        .filter(|key| {
+            capacity_annotation_device_class(key).is_some() && !desired.contains_key(*key)
+        })
         .cloned()
         .collect();
     let set = desired

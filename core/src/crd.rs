@@ -312,8 +312,14 @@ mod tests {
         assert_eq!(access_type["enum"], json!(["ro", "rw"]));
         assert!(access_type.get("nullable").is_none());
         // NODE-CONTROLLER.md section 0: `accessType` (`ro`/`rw`).
-        assert_eq!(serde_json::to_value(AccessType::ReadOnly).expect("json"), json!("ro"));
-        assert_eq!(serde_json::to_value(AccessType::ReadWrite).expect("json"), json!("rw"));
+        assert_eq!(
+            serde_json::to_value(AccessType::ReadOnly).expect("json"),
+            json!("ro")
+        );
+        assert_eq!(
+            serde_json::to_value(AccessType::ReadWrite).expect("json"),
+            json!("rw")
+        );
         for access in [AccessType::ReadOnly, AccessType::ReadWrite] {
             assert_eq!(access.as_str().parse::<AccessType>(), Ok(access));
             assert_eq!(access.to_string(), access.as_str());

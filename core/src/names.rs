@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn capacity_key_of_the_default_class_in_both_spellings() {
-        assert_eq!(capacity_annotation_key(""), DEFAULT_CAPACITY_ANNOTATION_KEY);
+        assert_eq!(capacity_annotation_key(""), "capacity.topolvm.io/00default");
         assert_eq!(
             capacity_annotation_key("00default"),
             "capacity.topolvm.io/00default"

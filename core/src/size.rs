@@ -339,10 +339,7 @@ mod tests {
     #[test]
     fn huge_minimum_saturates() {
         assert_eq!(raise_to_minimum(1, u64::MAX), i64::MAX);
-        assert_eq!(
-            create_volume_size(0, 0, u64::MAX),
-            Err(SizeError::Overflow)
-        );
+        assert_eq!(create_volume_size(0, 0, u64::MAX), Err(SizeError::Overflow));
     }
 
     proptest! {

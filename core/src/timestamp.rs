@@ -88,9 +88,7 @@ pub fn parse_rfc3339_nano(s: &str) -> Result<Timestamp, TimestampError> {
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
             return Err(invalid());
         }
-        Ok(digits
-            .iter()
-            .fold(0, |n, d| n * 10 + i64::from(d - b'0')))
+        Ok(digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
     };
     let expect = |at: usize, c: u8| -> Result<(), TimestampError> {
         (b.get(at) == Some(&c)).then_some(()).ok_or_else(invalid)
@@ -110,7 +108,10 @@ pub fn parse_rfc3339_nano(s: &str) -> Result<Timestamp, TimestampError> {
     let mut at = 19;
     let mut nanos: i64 = 0;
     if b.get(at) == Some(&b'.') {
-        let digits = b[at + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let digits = b[at + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
         if digits == 0 {
             return Err(invalid());
         }
@@ -162,9 +163,18 @@ mod tests {
         let cases = [
             ("2025-01-02T03:04:05Z", "2025-01-02 03:04:05 +0000 UTC"),
             ("2025-01-02T03:04:05.1Z", "2025-01-02 03:04:05.1 +0000 UTC"),
-            ("2025-01-02T03:04:05.000000001Z", "2025-01-02 03:04:05.000000001 +0000 UTC"),
-            ("2025-01-02T03:04:05.120Z", "2025-01-02 03:04:05.12 +0000 UTC"),
-            ("1999-12-31T23:59:59.999999999Z", "1999-12-31 23:59:59.999999999 +0000 UTC"),
+            (
+                "2025-01-02T03:04:05.000000001Z",
+                "2025-01-02 03:04:05.000000001 +0000 UTC",
+            ),
+            (
+                "2025-01-02T03:04:05.120Z",
+                "2025-01-02 03:04:05.12 +0000 UTC",
+            ),
+            (
+                "1999-12-31T23:59:59.999999999Z",
+                "1999-12-31 23:59:59.999999999 +0000 UTC",
+            ),
             // A time in another offset is printed in UTC.
             ("2025-01-02T03:04:05+09:00", "2025-01-01 18:04:05 +0000 UTC"),
         ];
@@ -189,7 +199,10 @@ mod tests {
             "2024-02-29T00:00:00.5Z",
             "1970-01-01T00:00:00Z",
         ] {
-            assert_eq!(format_rfc3339_nano(parse_rfc3339_nano(input).expect(input)), input);
+            assert_eq!(
+                format_rfc3339_nano(parse_rfc3339_nano(input).expect(input)),
+                input
+            );
         }
     }
 
@@ -198,7 +211,10 @@ mod tests {
         let ok = [
             ("2025-01-02T03:04:05+01:30", "2025-01-02T01:34:05Z"),
             ("2025-01-02T03:04:05-00:30", "2025-01-02T03:34:05Z"),
-            ("2025-01-02T03:04:05.1234567891234Z", "2025-01-02T03:04:05.123456789Z"),
+            (
+                "2025-01-02T03:04:05.1234567891234Z",
+                "2025-01-02T03:04:05.123456789Z",
+            ),
             ("2025-01-02T03:04:05.1+00:00", "2025-01-02T03:04:05.1Z"),
         ];
         for (input, expected) in ok {
