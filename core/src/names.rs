@@ -231,6 +231,16 @@ pub fn is_valid_label_value(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Returns true when `name` can be a device class name: it becomes the name part of the
+/// annotation key `capacity.topolvm.io/<name>`, which Kubernetes limits to 1 to 63 characters
+/// from `A-Z a-z 0-9 - _ .`, starting and ending with a letter or digit (the same rule as a
+/// non-empty label value).
+///
+/// TopoLVM checks nothing here and fails later, when the node cannot write the annotation.
+pub fn is_valid_device_class_name(name: &str) -> bool {
+    !name.is_empty() && is_valid_label_value(name)
+}
+
 /// Returns the value of [`LOGICAL_VOLUME_NODE_LABEL`] for a node, or `None` when the node's
 /// name cannot be a label value (node names may be up to 253 characters long, label values
 /// only 63). For such nodes the label is left off and the node agent has to watch all
@@ -330,6 +340,26 @@ mod tests {
         assert!(!is_valid_label_value("a/b"));
         assert!(is_valid_label_value(&"a".repeat(63)));
         assert!(!is_valid_label_value(&"a".repeat(64)));
+    }
+
+    /// Kubernetes' qualified-name rule for the name part of an annotation key
+    /// (`apimachinery/pkg/util/validation`: `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at
+    /// most 63 characters).
+    #[test]
+    fn device_class_names_must_fit_an_annotation_key() {
+        for ok in [
+            "ssd",
+            "hdd-1",
+            "a",
+            "nvme_0.fast",
+            "00default",
+            &"a".repeat(63),
+        ] {
+            assert!(is_valid_device_class_name(ok), "{ok:?}");
+        }
+        for bad in ["", "-ssd", "ssd-", ".a", "a b", "a/b", "ü", &"a".repeat(64)] {
+            assert!(!is_valid_device_class_name(bad), "{bad:?}");
+        }
     }
 
     #[test]
