@@ -14,6 +14,10 @@
 //! Unlike TopoLVM (issue 293), keys of device classes that lvmd no longer reports are removed:
 //! [`node_capacity_patch`] compares the desired keys with the Node's current annotations.
 //!
+//! **Pods (the pod webhook, NODE-CONTROLLER.md B.6).** A pod's `capacity.topolvm.io/<class>`
+//! is the sum of the bytes its unbound TopoLVM claims ask for, per class
+//! ([`webhook_device_class`], [`webhook_claim_bytes`]).
+//!
 //! **Reading.** The readers parse the values with different Go functions, and a value that one
 //! accepts another may refuse; [`parse_go_uint`] and [`parse_go_int`] reproduce Go's rules:
 //! - topolvm-scheduler, Node values: `strconv.ParseUint` (the filter refuses a node whose value
@@ -26,9 +30,14 @@ use std::collections::BTreeMap;
 
 use topolvm_proto::lvmd::{WatchItem, WatchResponse};
 
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
 use crate::names::{
-    DEFAULT_CAPACITY_ANNOTATION_KEY, capacity_annotation_device_class, capacity_annotation_key,
+    DEFAULT_CAPACITY_ANNOTATION_KEY, DEFAULT_DEVICE_CLASS_ANNOTATION_NAME, DEVICE_CLASS_PARAMETER,
+    capacity_annotation_device_class, capacity_annotation_key,
 };
+use crate::quantity::{QuantityError, quantity_bytes};
+use crate::size::DEFAULT_VOLUME_SIZE;
 
 /// The bytes a device class can still give out, as its capacity annotation states them:
 /// `thin_pool.overprovision_bytes` for a thin class, `free_bytes` (VG free less spare) for a
@@ -118,6 +127,28 @@ pub fn node_capacity_patch(
         .filter(|(key, value)| current.get(key) != Some(value))
         .collect();
     NodeAnnotationPatch { set, remove }
+}
+
+/// The class under which the pod webhook counts a claim of a StorageClass with these
+/// parameters: the `topolvm.io/device-class` parameter when the key is present, `00default`
+/// when it is absent. `None` when the parameter is present but empty: TopoLVM then skips the
+/// volume silently (and we keep its behaviour so pods are annotated alike).
+pub fn webhook_device_class(parameters: &BTreeMap<String, String>) -> Option<&str> {
+    match parameters.get(DEVICE_CLASS_PARAMETER) {
+        None => Some(DEFAULT_DEVICE_CLASS_ANNOTATION_NAME),
+        Some(class) if class.is_empty() => None,
+        Some(class) => Some(class),
+    }
+}
+
+/// The bytes the pod webhook counts for a claim: its `spec.resources.requests.storage` as a
+/// byte count (a fraction of a byte rounds up, like Go's `Quantity.Value()`), and
+/// [`DEFAULT_VOLUME_SIZE`] (1 GiB) when there is no request or it is 0.
+pub fn webhook_claim_bytes(storage_request: Option<&Quantity>) -> Result<u64, QuantityError> {
+    match storage_request.map(quantity_bytes).transpose()? {
+        None | Some(0) => Ok(DEFAULT_VOLUME_SIZE),
+        Some(bytes) => Ok(bytes),
+    }
 }
 
 /// Why Go's `strconv.ParseUint(s, 10, 64)` or `ParseInt(s, 10, 64)` refused a string.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use topolvm_core::capacity::DEFAULT_SPARE_GB;
 use topolvm_core::capacity_annotation::{
     GoParseError, NodeCapacityError, controller_node_capacity, node_capacity_annotations,
-    node_capacity_patch, parse_go_int, parse_go_uint,
+    node_capacity_patch, parse_go_int, parse_go_uint, webhook_claim_bytes, webhook_device_class,
 };
 use topolvm_core::names;
 use topolvm_core::size::{
@@ -488,4 +488,27 @@ fn readers_parse_like_topolvm() {
     let missing = controller_node_capacity(&node, "hdd").expect_err("missing");
     assert_eq!(missing, NodeCapacityError::Missing);
     assert_eq!(missing.ignored_value(), 0);
+}
+
+/// NODE-CONTROLLER.md B.6 handler: "size = `spec.resources.requests.storage` as a byte value;
+/// absent or 0 -> 1 GiB"; "dc = the StorageClass parameter `topolvm.io/device-class` if the key
+/// is present, else `00default`. A present-but-empty value gives dc "", and such volumes are
+/// silently skipped."
+#[test]
+fn pod_webhook_counts_claims_per_b6() {
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    assert_eq!(webhook_claim_bytes(None), Ok(1_073_741_824));
+    assert_eq!(
+        webhook_claim_bytes(Some(&Quantity("0".into()))),
+        Ok(1_073_741_824)
+    );
+    assert_eq!(
+        webhook_claim_bytes(Some(&Quantity("5Gi".into()))),
+        Ok(5_368_709_120)
+    );
+
+    assert_eq!(webhook_device_class(&BTreeMap::new()), Some("00default"));
+    let with = |value: &str| annotations(&[("topolvm.io/device-class", value)]);
+    assert_eq!(webhook_device_class(&with("ssd")), Some("ssd"));
+    assert_eq!(webhook_device_class(&with("")), None);
 }
