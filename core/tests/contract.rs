@@ -213,6 +213,9 @@ fn numbers_are_topolvms() {
     }
 }
 
+/// Name, required_bytes, limit_bytes, minimum allocation, expected size.
+type SizeCase = (&'static str, i64, i64, u64, Result<u64, SizeError>);
+
 /// NODE-CONTROLLER.md B.2 CreateVolume steps 2 and 4, with TopoLVM's default minimums.
 #[test]
 fn create_volume_sizes_follow_b2() {
@@ -221,7 +224,7 @@ fn create_volume_sizes_follow_b2() {
     let block = minimums.for_access(VolumeAccess::Block);
     let gib = GI as u64;
     let mib = MI as u64;
-    let cases: Vec<(&str, i64, i64, u64, Result<u64, SizeError>)> = vec![
+    let cases: Vec<SizeCase> = vec![
         // Step 2 note: "with ext4 and no request, the result is 32Mi, not 1Gi".
         ("ext4, nothing asked", 0, 0, mount("ext4"), Ok(32 * mib)),
         ("xfs, nothing asked", 0, 0, mount("xfs"), Ok(300 * mib)),

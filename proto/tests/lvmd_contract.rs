@@ -19,6 +19,12 @@ use topolvm_proto::lvmd;
 /// full name, as descriptors name them.
 type Field = (&'static str, i32, &'static str, bool, bool);
 
+/// [`Field`] with owned strings, for comparing with what protoc made.
+type OwnedField = (String, i32, String, bool, bool);
+
+/// Message name to its fields, sorted by number.
+type Messages = BTreeMap<String, Vec<OwnedField>>;
+
 const NO: bool = false;
 const REPEATED: bool = true;
 const DEPRECATED: bool = true;
@@ -226,7 +232,7 @@ fn package_is_topolvms() {
 
 #[test]
 fn messages_match_topolvm_field_by_field() {
-    let ours: BTreeMap<String, Vec<(String, i32, String, bool, bool)>> = our_descriptor()
+    let ours: Messages = our_descriptor()
         .message_type
         .iter()
         .map(|message| {
@@ -247,7 +253,7 @@ fn messages_match_topolvm_field_by_field() {
             (message.name().to_owned(), fields)
         })
         .collect();
-    let expected: BTreeMap<String, Vec<(String, i32, String, bool, bool)>> = topolvm_messages()
+    let expected: Messages = topolvm_messages()
         .into_iter()
         .map(|(name, mut fields)| {
             fields.sort_by_key(|f| f.1);
