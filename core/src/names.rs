@@ -2,7 +2,8 @@
 //!
 //! A cluster that runs TopoLVM must be able to switch to topolvm-rs by swapping binaries, so
 //! these strings are a wire contract: changing one breaks existing PVs, StorageClasses, node
-//! annotations or LogicalVolume objects. Tests pin each value.
+//! annotations or LogicalVolume objects. `tests/contract.rs` checks each one against TopoLVM's
+//! value as the reference documents state it.
 
 /// CSI plugin name and provisioner name of StorageClasses (`topolvm.io`).
 pub const PLUGIN_NAME: &str = "topolvm.io";
