@@ -37,6 +37,23 @@ fn logical_volume(name: &str, node: &str, size: &str) -> LogicalVolume {
     lv
 }
 
+/// Creates a LogicalVolume from raw JSON, so objects the Rust type cannot express reach the
+/// API server's validation.
+async fn create_raw(
+    cluster: &Cluster,
+    object: &serde_json::Value,
+) -> Result<serde_json::Value, kube::Error> {
+    cluster
+        .client()
+        .request::<serde_json::Value>(
+            http::Request::post("/apis/topolvm.io/v1/logicalvolumes")
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(object).expect("json"))
+                .expect("request"),
+        )
+        .await
+}
+
 /// The CRD generated from the Rust type is accepted by the API server, and objects round-trip
 /// through it: spec through the main resource, status only through the status subresource.
 #[tokio::test]
@@ -91,14 +108,7 @@ async fn logical_volume_crd_round_trips_with_status_subresource() {
     // Bad objects are refused by the schema.
     let bad = serde_json::json!({"apiVersion": "topolvm.io/v1", "kind": "LogicalVolume",
         "metadata": {"name": "bad"}, "spec": {"name": "x", "nodeName": "n", "size": "lots"}});
-    let err = cluster
-        .client()
-        .request::<serde_json::Value>(
-            http::Request::post("/apis/topolvm.io/v1/logicalvolumes")
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&bad).expect("json"))
-                .expect("request"),
-        )
+    let err = create_raw(&cluster, &bad)
         .await
         .expect_err("a size that is not a quantity");
     assert!(err.to_string().contains("size"), "{err}");
@@ -118,14 +128,7 @@ async fn logical_volume_crd_round_trips_with_status_subresource() {
     let bad = serde_json::json!({"apiVersion": "topolvm.io/v1", "kind": "LogicalVolume",
         "metadata": {"name": "bad"},
         "spec": {"name": "x", "nodeName": "n", "size": "1Gi", "accessType": "wr"}});
-    let err = cluster
-        .client()
-        .request::<serde_json::Value>(
-            http::Request::post("/apis/topolvm.io/v1/logicalvolumes")
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&bad).expect("json"))
-                .expect("request"),
-        )
+    let err = create_raw(&cluster, &bad)
         .await
         .expect_err("an access type that is neither ro nor rw");
     assert!(err.to_string().contains("accessType"), "{err}");
