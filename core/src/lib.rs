@@ -14,8 +14,7 @@
 //!   required/limit);
 //! - [`quantity`]: exact conversion between Kubernetes quantities and bytes;
 //! - [`capacity`]: free-space math of lvmd and the scheduler extender's score;
-//! - [`config`]: the configuration error type, key-path-aware YAML decoding, durations;
-//! - [`logging`]: the binaries' tracing set-up.
+//! - [`config`]: the configuration error type, key-path-aware YAML decoding, durations.
 //!
 //! Each module has its own error type.
 #![forbid(unsafe_code)]
@@ -24,7 +23,6 @@ pub mod capacity;
 pub mod capacity_annotation;
 pub mod config;
 pub mod crd;
-pub mod logging;
 pub mod names;
 pub mod quantity;
 pub mod size;

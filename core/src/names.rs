@@ -149,6 +149,11 @@ pub const LV_TAG_MANAGED: &str = "topolvm.io/managed";
 /// which is also the LV's name) on LVs our lvmd creates.
 pub const LV_TAG_VOLUME_ID_PREFIX: &str = "topolvm.io/volume=";
 
+/// Prefix of the LVM tag that records the device class an LV was created for, on LVs our lvmd
+/// creates: two classes may share a volume group, and lvmd acts on a volume only through its own
+/// class.
+pub const LV_TAG_DEVICE_CLASS_PREFIX: &str = "topolvm.io/device-class=";
+
 /// Longest LVM tag LVM accepts.
 pub const LVM_TAG_MAX_LEN: usize = 1024;
 
@@ -201,6 +206,19 @@ pub fn lv_tag_volume_id(volume_id: &str) -> String {
 pub fn parse_lv_tag_volume_id(tag: &str) -> Option<&str> {
     tag.strip_prefix(LV_TAG_VOLUME_ID_PREFIX)
         .filter(|id| !id.is_empty())
+}
+
+/// Returns the LVM tag that records the device class of an LV
+/// (`topolvm.io/device-class=<device_class>`).
+pub fn lv_tag_device_class(device_class: &str) -> String {
+    format!("{LV_TAG_DEVICE_CLASS_PREFIX}{device_class}")
+}
+
+/// Returns the device class recorded by a tag made with [`lv_tag_device_class`], or `None` for
+/// any other tag.
+pub fn parse_lv_tag_device_class(tag: &str) -> Option<&str> {
+    tag.strip_prefix(LV_TAG_DEVICE_CLASS_PREFIX)
+        .filter(|class| !class.is_empty())
 }
 
 /// Returns true when LVM accepts `tag` as a tag: 1 to [`LVM_TAG_MAX_LEN`] characters from

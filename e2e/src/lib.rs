@@ -9,6 +9,8 @@
 //!   lvmd's host tier, VM tier (inside `scripts/vm/run.sh`) and benchmark.
 //! - [`pki`]: the test bed's CA and certificates.
 //! - [`process`]: child processes that never outlive the test.
+//! - [`raw_grpc`]: a frame-by-frame gRPC client that sends any `:authority`, as other gRPC
+//!   implementations do over Unix sockets.
 //!
 //! The tests in `tests/` need the `e2e` feature (see README.md); this library itself is plain
 //! code that builds everywhere.
@@ -17,5 +19,6 @@ pub mod cluster;
 pub mod lvm;
 pub mod pki;
 pub mod process;
+pub mod raw_grpc;
 
 pub use cluster::{Cluster, ClusterOptions};

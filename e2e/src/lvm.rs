@@ -804,7 +804,7 @@ impl Lvmd {
 
     /// A gRPC channel over the Unix socket.
     pub async fn channel(&self) -> Channel {
-        topolvm_proto::unix::connect(&self.socket_path)
+        topolvm_runtime::unix::connect(&self.socket_path)
             .await
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.socket_path.display()))
     }

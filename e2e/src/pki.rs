@@ -126,6 +126,25 @@ impl Pki {
     }
 }
 
+/// A TLS client that trusts only the CA certificate in `ca_file` (PEM).
+pub fn tls_connector(ca_file: &Path) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = CertificateDer::from_pem_file(ca_file)
+        .unwrap_or_else(|e| panic!("reading the CA {ca_file:?}: {e}"));
+    roots.add(ca).expect("a usable CA certificate");
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(client))
+}
+
 /// Writes a kubeconfig for `server` that authenticates with `client`.
 pub fn write_kubeconfig(path: &Path, server: &str, ca: &Path, client: &CertFiles, user: &str) {
     let config = serde_json::json!({

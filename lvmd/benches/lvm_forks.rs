@@ -97,6 +97,8 @@ async fn main() {
         .expect("CreateLV");
         create.samples.push(t.elapsed());
     }
+    // Let the confirming reports of the burst run before counting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let forks_mid = lvmd.lvm_command_count().await;
     for i in 0..iterations {
         let t = Instant::now();
@@ -108,6 +110,7 @@ async fn main() {
         .expect("RemoveLV");
         remove.samples.push(t.elapsed());
     }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let forks_after = lvmd.lvm_command_count().await;
 
     let mut reads = Stats::new();
@@ -164,7 +167,14 @@ async fn main() {
     remove.row("RemoveLV via lvmd", (forks_after - forks_mid) as f64 / n);
     bare_remove.row("bare lvremove", 1.0);
     reads.row("GetFreeBytes + GetLVList", forks_reads as f64 / (n * 10.0));
+    let ratio =
+        |a: &Stats, b: &Stats| a.percentile(0.5).as_secs_f64() / b.percentile(0.5).as_secs_f64();
     println!();
+    println!(
+        "p50 through lvmd / p50 bare: CreateLV {:.2}x, RemoveLV {:.2}x (target <= 1.1x)",
+        ratio(&create, &bare_create),
+        ratio(&remove, &bare_remove)
+    );
     println!(
         "idle: {idle_forks} lvm forks in {}s (change detection reads PV headers; full-refresh-interval 60s)",
         idle_window.as_secs()

@@ -30,13 +30,19 @@ pub fn status_of(error: service::Error) -> Status {
     let code = match &error {
         E::InvalidArgument(_) => Code::InvalidArgument,
         // TopoLVM answers NotFound for an unknown device class; callers rely on it.
-        E::UnknownDeviceClass(_) | E::NotFound(_) => Code::NotFound,
+        E::UnknownDeviceClass(_) | E::VolumeNotFound { .. } | E::NotInClass { .. } => {
+            Code::NotFound
+        }
         E::Unavailable { .. } => Code::Unavailable,
-        E::AlreadyExists(_) => Code::AlreadyExists,
-        E::OutOfRange(_) => Code::OutOfRange,
-        E::NoSpace(_) => Code::ResourceExhausted,
-        E::FailedPrecondition(_) => Code::FailedPrecondition,
-        E::Internal(_) => Code::Internal,
+        E::Exists { .. } => Code::AlreadyExists,
+        E::Shrink { .. } | E::SmallerThanSource { .. } => Code::OutOfRange,
+        E::NoSpace { .. } | E::ThinPoolFull { .. } => Code::ResourceExhausted,
+        E::Lvm(e) if e.is_insufficient_space() => Code::ResourceExhausted,
+        E::NotOwned { .. }
+        | E::HasThickSnapshots { .. }
+        | E::ThickSnapshotResize { .. }
+        | E::UnsuitableSource { .. } => Code::FailedPrecondition,
+        E::Vanished { .. } => Code::Internal,
         E::Lvm(LvmError::TimedOut { .. }) => Code::DeadlineExceeded,
         E::Lvm(_) => Code::Internal,
     };
@@ -302,5 +308,37 @@ impl pb::vg_service_server::VgService for LvmdGrpc {
             Ok(watch_stream(self.lvmd.clone(), rx, self.shutdown.clone()))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The codes topolvm-node acts on, as TopoLVM's lvmd answers them (NODE-CONTROLLER.md A.2:
+    /// "ResourceExhausted for no enough space left on VG ... NotFound for an unknown device
+    /// class"): ResourceExhausted is what makes external-provisioner reschedule a pod.
+    #[test]
+    fn topolvm_codes_for_space_and_unknown_classes() {
+        let no_space = service::Error::NoSpace {
+            class: "ssd".into(),
+            free: 1,
+            wanted: 2,
+        };
+        assert_eq!(status_of(no_space).code(), Code::ResourceExhausted);
+        let lvm_no_space = service::Error::Lvm(LvmError::Failed {
+            subcommand: "lvcreate".into(),
+            exit_code: Some(5),
+            stderr: include_str!("../tests/fixtures/lvcreate-nospace.stderr").into(),
+        });
+        assert_eq!(status_of(lvm_no_space).code(), Code::ResourceExhausted);
+        let unknown = service::Error::UnknownDeviceClass("nvme".into());
+        assert_eq!(status_of(unknown).code(), Code::NotFound);
+        let other_failure = service::Error::Lvm(LvmError::Failed {
+            subcommand: "lvcreate".into(),
+            exit_code: Some(5),
+            stderr: "  Internal error".into(),
+        });
+        assert_eq!(status_of(other_failure).code(), Code::Internal);
     }
 }

@@ -18,6 +18,7 @@ pub mod service;
 pub mod state;
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -35,9 +36,13 @@ use crate::state::{RefreshReason, StateCache};
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error(transparent)]
-    Server(#[from] server::ServerError),
+    Server(#[from] topolvm_runtime::unix::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    MetricsListen(#[from] topolvm_runtime::http::BindError),
+    #[error("metrics endpoint: {0}")]
+    MetricsServe(#[from] std::io::Error),
 }
 
 /// Runs lvmd with `config` until `shutdown` is cancelled, then waits for running operations.
@@ -55,7 +60,12 @@ pub async fn run(
         )
         .with_observer(metrics.clone()),
     );
-    let cache = Arc::new(StateCache::new(runner.clone()));
+    let volume_groups: BTreeSet<String> = config
+        .device_classes
+        .iter()
+        .map(|dc| dc.volume_group.clone())
+        .collect();
+    let cache = Arc::new(StateCache::new(runner.clone(), volume_groups));
     if let Err(e) = cache.refresh(RefreshReason::Startup).await {
         // Keep serving: the periodic refresh retries, and every class reports itself unavailable.
         error!(error = %e, "cannot read LVM state; all device classes are unavailable until it can");
@@ -70,14 +80,8 @@ pub async fn run(
     }
 
     let background = TaskTracker::new();
-    let volume_groups: BTreeSet<String> = config
-        .device_classes
-        .iter()
-        .map(|dc| dc.volume_group.clone())
-        .collect();
     background.spawn(monitor::run(
         cache.clone(),
-        volume_groups,
         config.change_poll_interval,
         config.full_refresh_interval,
         shutdown.clone(),
@@ -90,7 +94,7 @@ pub async fn run(
     if let Some(addr) = config.metrics_listen {
         let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
         background.spawn(async move {
-            if let Err(e) = metrics::serve(metrics, addr, shutdown).await {
+            if let Err(e) = serve_metrics(addr, &metrics, shutdown).await {
                 error!(%addr, error = %e, "metrics endpoint failed");
             }
         });
@@ -98,8 +102,7 @@ pub async fn run(
 
     let operations = TaskTracker::new();
     let grpc = grpc::LvmdGrpc::new(lvmd, metrics, operations.clone(), shutdown.clone());
-    let listener = server::bind(&config.socket_name).await?;
-    let served = server::serve(listener, &config.socket_name, grpc, shutdown.clone()).await;
+    let served = server::serve(&config.socket_name, grpc, shutdown.clone()).await;
     shutdown.cancel();
     operations.close();
     operations.wait().await;
@@ -107,6 +110,18 @@ pub async fn run(
     background.wait().await;
     info!("lvmd stopped");
     served.map_err(RunError::from)
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: &Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let app = topolvm_runtime::endpoints::metrics_routes(metrics.registry().clone())
+        .merge(topolvm_runtime::endpoints::Health::new().routes());
+    let listener = topolvm_runtime::http::bind(&addr.to_string()).await?;
+    Ok(topolvm_runtime::http::serve(listener, None, app, shutdown).await?)
 }
 
 /// Keeps the capacity gauges in step with the cache.

@@ -2,8 +2,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 
 /// lvmd manages LVM logical volumes for topolvm-rs over gRPC on a Unix socket.
 #[derive(Debug, Parser)]
@@ -23,7 +21,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    topolvm_core::logging::init(args.log_json);
+    topolvm_runtime::logging::init(args.log_json);
 
     let config = lvmd::config::Config::load(&args.config)
         .with_context(|| format!("invalid configuration {}", args.config.display()))?;
@@ -35,18 +33,8 @@ async fn main() -> anyhow::Result<()> {
             .into_owned(),
     };
 
-    let shutdown = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing running operations, then stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing running operations, then stopping"),
-        }
-        on_signal.cancel();
-    });
-
+    let shutdown = topolvm_runtime::shutdown::cancel_on_signals()
+        .context("installing the SIGTERM and SIGINT handlers")?;
     lvmd::run(config, &node_name, shutdown).await?;
     Ok(())
 }

@@ -1,20 +1,11 @@
 //! Prometheus metrics: TopoLVM's volume group and thin pool gauges, plus request and `lvm`
-//! command counters and latencies.
+//! command counters and latencies. Served at `/metrics` by [`topolvm_runtime::endpoints`].
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::lvm::CommandObserver;
 use crate::service::CapacityReport;
@@ -174,11 +165,14 @@ impl Metrics {
         }
     }
 
+    /// The registry every lvmd metric is in.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
-        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        topolvm_runtime::endpoints::render(&self.registry)
     }
 }
 
@@ -191,38 +185,6 @@ impl CommandObserver for Metrics {
             .with_label_values(&[subcommand])
             .observe(elapsed.as_secs_f64());
     }
-}
-
-async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    match metrics.render() {
-        Ok(body) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            body,
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-/// The `/metrics` endpoint.
-pub fn router(metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .with_state(metrics)
-}
-
-/// Serves `/metrics` on `addr` until `shutdown`.
-pub async fn serve(
-    metrics: Arc<Metrics>,
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving metrics");
-    axum::serve(listener, router(metrics))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 #[cfg(test)]

@@ -2,10 +2,19 @@
 //!
 //! Every mutation validates its input, takes the lock of its volume group, decides from the
 //! cached state whether it can succeed (answering without any `lvm` call when the cache already
-//! shows the result), runs exactly one `lvm` command, and refreshes the cache once. Reads only
-//! look at the cache.
+//! shows the result), and runs exactly one `lvm` command. Where lvmd knows that command's outcome
+//! exactly it records the change in the cache and answers at once, leaving the report that
+//! confirms it to run in the background; otherwise it waits for that report. Reads only look at
+//! the cache.
+//!
+//! Ownership: lvmd removes, resizes, snapshots or returns a volume only when it belongs to the
+//! named device class (thick or thin pool alike, and the class recorded in its tags) and carries
+//! lvmd's tags (`topolvm.io/managed` and `topolvm.io/volume=<its name>`). A volume without any of
+//! lvmd's tags whose name is a Kubernetes UID (how TopoLVM names the volumes it makes) is adopted
+//! by a CreateLV or CreateLVSnapshot that asks for it exactly: lvmd tags it and returns it.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -14,31 +23,63 @@ use topolvm_core::{capacity, names};
 use tracing::{info, instrument, warn};
 
 use crate::config::{Config, DeviceClass, Target};
-use crate::lvm::report::{LogicalVolume, VolumeGroup};
+use crate::lvm::metadata::device_numbers;
+use crate::lvm::report::{LogicalVolume, VolumeGroup, VolumeKind, predicted_attr};
 use crate::lvm::{LvmError, LvmRunner, args, validate};
-use crate::state::{RefreshReason, Snapshot, StateCache};
+use crate::state::{Change, RefreshReason, Snapshot, StateCache};
 
 /// Why a request failed. The gRPC layer maps each kind to one status code.
 #[derive(Debug, Error)]
 pub enum Error {
+    /// The request itself is malformed (names, sizes, tags, access type, option class).
     #[error("{0}")]
     InvalidArgument(String),
     #[error("device class {0:?} is not configured")]
     UnknownDeviceClass(String),
     #[error("device class {class:?} is unavailable: {reason}")]
     Unavailable { class: String, reason: String },
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    OutOfRange(String),
-    #[error("{0}")]
-    NoSpace(String),
-    #[error("{0}")]
-    FailedPrecondition(String),
-    #[error("{0}")]
-    Internal(String),
+    #[error("{what} {name:?} not found")]
+    VolumeNotFound { what: &'static str, name: String },
+    #[error("logical volume {name:?} is not in device class {class:?}")]
+    NotInClass { name: String, class: String },
+    #[error("logical volume {name:?} is not lvmd's to change: {reason}")]
+    NotOwned { name: String, reason: String },
+    #[error(
+        "{name:?} has thick snapshots; remove them first (removing the origin would destroy them)"
+    )]
+    HasThickSnapshots { name: String },
+    #[error("{name:?} is a thick snapshot; it always reads as big as its origin")]
+    ThickSnapshotResize { name: String },
+    #[error("source volume {name:?} cannot be snapshotted here: {reason}")]
+    UnsuitableSource { name: String, reason: String },
+    #[error("logical volume {name:?} already exists: {reason}")]
+    Exists { name: String, reason: String },
+    #[error(
+        "logical volume {name:?} has {current} bytes; shrinking to {requested} is not supported"
+    )]
+    Shrink {
+        name: String,
+        current: u64,
+        requested: u64,
+    },
+    #[error("requested size {requested} is smaller than the source volume's {source_size} bytes")]
+    SmallerThanSource { requested: u64, source_size: u64 },
+    #[error("not enough space in device class {class:?}: {free} bytes free, {wanted} requested")]
+    NoSpace {
+        class: String,
+        free: u64,
+        wanted: u64,
+    },
+    #[error("thin pool {pool} is {percent:.2}% full, above the threshold of {threshold}%")]
+    ThinPoolFull {
+        pool: String,
+        percent: f64,
+        threshold: f64,
+    },
+    #[error("{name} was made but is not in the LVM report")]
+    Vanished { name: String },
+    /// `lvm` itself failed; it may have said there is not enough space
+    /// ([`LvmError::is_insufficient_space`]).
     #[error(transparent)]
     Lvm(#[from] LvmError),
 }
@@ -139,15 +180,27 @@ fn invalid(e: validate::InvalidName) -> Error {
     Error::InvalidArgument(e.to_string())
 }
 
-/// Checks the caller's tags and adds the ones that mark the volume as ours.
-fn volume_tags(name: &str, requested: &[String]) -> Result<Vec<String>> {
-    let mut tags = vec![
+/// The tags that mark a volume of `device_class` named `name` as lvmd's.
+fn ownership_tags(name: &str, device_class: &str) -> Vec<String> {
+    vec![
         names::LV_TAG_MANAGED.to_owned(),
         names::lv_tag_volume_id(name),
-    ];
+        names::lv_tag_device_class(device_class),
+    ]
+}
+
+fn is_ownership_tag(tag: &str) -> bool {
+    tag == names::LV_TAG_MANAGED
+        || names::parse_lv_tag_volume_id(tag).is_some()
+        || names::parse_lv_tag_device_class(tag).is_some()
+}
+
+/// Checks the caller's tags and adds the ones that mark the volume as ours.
+fn volume_tags(name: &str, device_class: &str, requested: &[String]) -> Result<Vec<String>> {
+    let mut tags = ownership_tags(name, device_class);
     for tag in requested {
         validate::tag(tag).map_err(invalid)?;
-        if tag == names::LV_TAG_MANAGED || names::parse_lv_tag_volume_id(tag).is_some() {
+        if is_ownership_tag(tag) {
             return Err(Error::InvalidArgument(format!(
                 "tag {tag:?} is reserved for lvmd's own bookkeeping"
             )));
@@ -162,6 +215,135 @@ fn volume_tags(name: &str, requested: &[String]) -> Result<Vec<String>> {
 /// The granule LVM rounds a volume's size to.
 fn granule(vg: &VolumeGroup, stripes: u32) -> u64 {
     vg.extent_size.saturating_mul(u64::from(stripes.max(1)))
+}
+
+/// Whether `name` has the form of a Kubernetes object UID (RFC 4122, lower-case), the name
+/// TopoLVM gives every volume it creates.
+fn is_kubernetes_uid(name: &str) -> bool {
+    let groups: Vec<&str> = name.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, len)| {
+            g.len() == len && g.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+}
+
+/// Where an existing volume stands with a device class.
+#[derive(Debug)]
+enum Standing<'a> {
+    /// In the class and carrying lvmd's tags.
+    Owned(&'a LogicalVolume),
+    /// In the class, without any of lvmd's tags.
+    Untagged(&'a LogicalVolume),
+    /// In the volume group, but a thin pool, or tagged as some other volume.
+    Foreign(&'a LogicalVolume, &'static str),
+    /// In the volume group but not in this class (another thin pool, thick against thin, or
+    /// tagged with another class).
+    OtherClass(&'a LogicalVolume),
+}
+
+/// The one ownership rule every operation on an existing volume passes through.
+fn standing<'a>(dc: &DeviceClass, lv: &'a LogicalVolume) -> Standing<'a> {
+    if lv.is_thin_pool() {
+        return Standing::Foreign(lv, "it is a thin pool, not a volume");
+    }
+    let in_layout = match &dc.target {
+        Target::Thick => !lv.is_thin_volume(),
+        Target::Thin(pool) => lv.pool_lv.as_deref() == Some(pool.name.as_str()),
+    };
+    let tagged_class = lv
+        .tags
+        .iter()
+        .find_map(|t| names::parse_lv_tag_device_class(t));
+    if !in_layout || tagged_class.is_some_and(|c| c != dc.name) {
+        return Standing::OtherClass(lv);
+    }
+    let managed = lv.tags.iter().any(|t| t == names::LV_TAG_MANAGED);
+    let volume_tags: Vec<&str> = lv
+        .tags
+        .iter()
+        .filter_map(|t| names::parse_lv_tag_volume_id(t))
+        .collect();
+    if !managed && volume_tags.is_empty() && tagged_class.is_none() {
+        return Standing::Untagged(lv);
+    }
+    if managed && volume_tags == [lv.name.as_str()] {
+        Standing::Owned(lv)
+    } else {
+        Standing::Foreign(lv, "its tags do not mark it as this lvmd volume")
+    }
+}
+
+impl<'a> Standing<'a> {
+    /// The volume, when lvmd may remove, resize or snapshot it.
+    fn owned(self, dc: &DeviceClass) -> Result<&'a LogicalVolume> {
+        match self {
+            Self::Owned(lv) => Ok(lv),
+            Self::Untagged(lv) => Err(Error::NotOwned {
+                name: lv.name.clone(),
+                reason: format!(
+                    "it does not carry the tag {:?} (a volume TopoLVM made is adopted by a CreateLV \
+                     of the same name and size)",
+                    names::LV_TAG_MANAGED
+                ),
+            }),
+            Self::Foreign(lv, why) => Err(Error::NotOwned {
+                name: lv.name.clone(),
+                reason: why.to_owned(),
+            }),
+            Self::OtherClass(lv) => Err(Error::NotInClass {
+                name: lv.name.clone(),
+                class: dc.name.clone(),
+            }),
+        }
+    }
+}
+
+/// The volume `args` just made, as LVM will report it; `None` for a field LVM has not told.
+struct NewVolume<'a> {
+    vg: &'a VolumeGroup,
+    name: &'a str,
+    size: u64,
+    kind: VolumeKind,
+    writable: bool,
+    tags: &'a [String],
+    stripes: u32,
+    pool: Option<&'a str>,
+    origin: Option<&'a str>,
+    cow_size: Option<u64>,
+}
+
+impl NewVolume<'_> {
+    /// Reads the device numbers of the new volume's device node, if it has one.
+    fn predict(self) -> LogicalVolume {
+        let path = format!("/dev/{}/{}", self.vg.name, self.name);
+        let numbers = device_numbers(Path::new(&path));
+        LogicalVolume {
+            name: self.name.to_owned(),
+            uuid: String::new(),
+            vg_name: self.vg.name.clone(),
+            size: self.size,
+            attr: predicted_attr(self.kind, self.writable, numbers.is_some()),
+            tags: self.tags.to_vec(),
+            path,
+            kernel_major: numbers.map(|n| n.0),
+            kernel_minor: numbers.map(|n| n.1),
+            pool_lv: self.pool.map(str::to_owned),
+            origin: self.origin.map(str::to_owned),
+            data_percent: None,
+            metadata_percent: None,
+            stripes: self.stripes,
+            plain_allocation: !matches!(self.kind, VolumeKind::Thin { .. }),
+            cow_size: self.cow_size,
+        }
+    }
+}
+
+/// The zeroing flag of a thin pool, which its thin volumes show as their 8th attribute.
+fn pool_zeroing(vg: &VolumeGroup, pool: &str) -> char {
+    vg.lvs
+        .get(pool)
+        .and_then(|p| p.attr.chars().nth(7))
+        .unwrap_or('-')
 }
 
 impl Lvmd {
@@ -301,32 +483,96 @@ impl Lvmd {
         if let (Target::Thin(pool), Some(usage)) = (&dc.target, &cap.thin)
             && usage.data_percent > pool.data_percent_threshold
         {
-            return Err(Error::NoSpace(format!(
-                "thin pool {}/{} is {:.2}% full, above the threshold of {}%",
-                dc.volume_group, pool.name, usage.data_percent, pool.data_percent_threshold
-            )));
+            return Err(Error::ThinPoolFull {
+                pool: format!("{}/{}", dc.volume_group, pool.name),
+                percent: usage.data_percent,
+                threshold: pool.data_percent_threshold,
+            });
         }
         Ok(())
     }
 
-    /// Runs one mutating `lvm` command and refreshes the cache once, whatever the outcome.
-    async fn mutate(&self, args: Vec<String>) -> Result<Arc<Snapshot>> {
-        let result = self.runner.run(args).await;
-        let refreshed = self.cache.refresh(RefreshReason::Mutation).await;
-        match result {
-            Err(e) if e.is_insufficient_space() => Err(Error::NoSpace(e.to_string())),
-            Err(e) => Err(e.into()),
-            Ok(_) => Ok(refreshed?),
+    /// Runs one mutating `lvm` command. On success, `predict` says what it changed when lvmd knows
+    /// that exactly: the change is recorded and the confirming report runs in the background;
+    /// otherwise the report is awaited. A failed command (which may have changed something before
+    /// failing) is followed by a report before the error is returned.
+    async fn mutate(
+        &self,
+        args: Vec<String>,
+        predict: impl FnOnce() -> Option<Change>,
+    ) -> Result<Arc<Snapshot>> {
+        let busy = self.cache.busy();
+        let outcome = {
+            let _running = self.cache.command_running();
+            self.runner.run(args).await
+        };
+        match outcome {
+            Ok(_) => match predict() {
+                Some(change) => {
+                    let snap = self.cache.record(change);
+                    self.cache.confirm_in_background(busy);
+                    Ok(snap)
+                }
+                None => Ok(self.cache.refresh(RefreshReason::Mutation).await?),
+            },
+            Err(e) => {
+                self.cache.refresh_or_warn(RefreshReason::Mutation).await;
+                Err(e.into())
+            }
         }
     }
 
-    /// The volume a mutation just made, from the snapshot taken after it.
+    /// The volume a mutation just made, from the snapshot published after it.
     fn created(snap: &Snapshot, vg: &str, name: &str) -> Result<LogicalVolume> {
         snap.vgs
             .get(vg)
             .and_then(|vg| vg.lvs.get(name))
             .cloned()
-            .ok_or_else(|| Error::Internal(format!("{name} was made but is not in the LVM report")))
+            .ok_or_else(|| Error::Vanished {
+                name: name.to_owned(),
+            })
+    }
+
+    /// The volume an `lvcreate` found already made although the cache did not show it — typically
+    /// by the command of an lvmd killed while its child ran on — from the report that followed
+    /// the failed command.
+    fn found_made(&self, vg: &str, name: &str, error: LvmError) -> Result<LogicalVolume> {
+        warn!(
+            name,
+            "lvcreate found the volume already made behind lvmd's back"
+        );
+        self.cache
+            .current()
+            .vgs
+            .get(vg)
+            .and_then(|vg| vg.lvs.get(name))
+            .cloned()
+            .ok_or(Error::Lvm(error))
+    }
+
+    /// Tags an untagged volume as lvmd's (TopoLVM made it), and returns it as LVM reports it.
+    async fn adopt(
+        &self,
+        dc: &DeviceClass,
+        lv: &LogicalVolume,
+        requested_tags: &[String],
+    ) -> Result<LogicalVolume> {
+        if !is_kubernetes_uid(&lv.name) {
+            return Err(Error::Exists {
+                name: lv.name.clone(),
+                reason:
+                    "it has no lvmd tags, and lvmd adopts only volumes named by a Kubernetes UID, \
+                         as TopoLVM names them"
+                        .to_owned(),
+            });
+        }
+        let tags = volume_tags(&lv.name, &dc.name, requested_tags)?;
+        let snap = self
+            .mutate(args::add_tags(&dc.volume_group, &lv.name, &tags), || None)
+            .await?;
+        let adopted = Self::created(&snap, &dc.volume_group, &lv.name)?;
+        info!(name = %lv.name, device_class = %dc.name, "adopted a volume made without lvmd's tags");
+        Ok(adopted)
     }
 
     /// Lists the volumes of a device class.
@@ -337,10 +583,7 @@ impl Lvmd {
         Ok(vg
             .lvs
             .values()
-            .filter(|lv| match &dc.target {
-                Target::Thick => !lv.is_thin_volume() && !lv.is_thin_pool(),
-                Target::Thin(pool) => lv.pool_lv.as_deref() == Some(pool.name.as_str()),
-            })
+            .filter(|lv| !lv.is_thin_pool() && !matches!(standing(dc, lv), Standing::OtherClass(_)))
             .cloned()
             .collect())
     }
@@ -359,8 +602,8 @@ impl Lvmd {
         validate::logical_volume_name(&req.name).map_err(invalid)?;
         let size = size_from(req.size_bytes, req.size_gb, "size_bytes")?
             .ok_or_else(|| Error::InvalidArgument("size_bytes must be positive".to_owned()))?;
-        let tags = volume_tags(&req.name, &req.tags)?;
         let dc = self.device_class(&req.device_class)?;
+        let tags = volume_tags(&req.name, &dc.name, &req.tags)?;
         let option_class = if req.lvcreate_option_class.is_empty() {
             None
         } else {
@@ -388,19 +631,23 @@ impl Lvmd {
         let needed = round_up(size, granule)?;
 
         if let Some(existing) = vg.lvs.get(&req.name) {
-            return self.existing_matches(dc, existing, size, needed);
+            return self
+                .existing_matches(dc, existing, size, needed, &req.tags)
+                .await;
         }
 
         let cap = self.class_capacity(dc, &snap);
         if needed > cap.free {
-            return Err(Error::NoSpace(format!(
-                "not enough space in device class {:?}: {} bytes free, {needed} requested",
-                dc.name, cap.free
-            )));
+            return Err(Error::NoSpace {
+                class: dc.name.clone(),
+                free: cap.free,
+                wanted: needed,
+            });
         }
         self.check_thin_pool_usage(dc, &cap)?;
 
-        let argv = match &dc.target {
+        let options = option_class.map_or(&dc.lvcreate_options, |oc| &oc.options);
+        let (argv, kind, pool, allocated) = match &dc.target {
             Target::Thick => {
                 let layout = match option_class {
                     Some(oc) => args::Layout {
@@ -413,51 +660,97 @@ impl Lvmd {
                         options: &dc.lvcreate_options,
                     },
                 };
-                args::create_thick(&dc.volume_group, &req.name, size, &tags, &layout)
+                let argv = args::create_thick(&dc.volume_group, &req.name, size, &tags, &layout);
+                (argv, VolumeKind::Plain, None, needed)
             }
             Target::Thin(pool) => {
-                let options = option_class.map_or(&dc.lvcreate_options, |oc| &oc.options);
-                args::create_thin(
+                let argv = args::create_thin(
                     &dc.volume_group,
                     &pool.name,
                     &req.name,
                     size,
                     &tags,
                     options,
-                )
+                );
+                let kind = VolumeKind::Thin {
+                    zeroing: pool_zeroing(vg, &pool.name),
+                };
+                (argv, kind, Some(pool.name.as_str()), 0)
             }
         };
-        let snap = self.mutate(argv).await?;
+        // Extra lvcreate options may change the layout (RAID, mirrors): then only a report can
+        // tell what the volume took.
+        let exact = options.is_empty();
+        let result = self
+            .mutate(argv, || {
+                exact.then(|| Change::Created {
+                    lv: NewVolume {
+                        vg,
+                        name: &req.name,
+                        size: needed,
+                        kind,
+                        writable: true,
+                        tags: &tags,
+                        stripes,
+                        pool,
+                        origin: None,
+                        cow_size: None,
+                    }
+                    .predict()
+                    .into(),
+                    allocated,
+                })
+            })
+            .await;
+        let snap = match result {
+            Ok(snap) => snap,
+            Err(Error::Lvm(e)) if e.is_already_exists() => {
+                let existing = self.found_made(&dc.volume_group, &req.name, e)?;
+                return self
+                    .existing_matches(dc, &existing, size, needed, &req.tags)
+                    .await;
+            }
+            Err(e) => return Err(e),
+        };
         let lv = Self::created(&snap, &dc.volume_group, &req.name)?;
         info!(size = lv.size, "created logical volume");
         Ok(lv)
     }
 
-    /// Decides whether an existing volume satisfies a repeated create.
-    fn existing_matches(
+    /// Decides whether an existing volume satisfies a repeated create; adopts an untagged one.
+    async fn existing_matches(
         &self,
         dc: &DeviceClass,
         existing: &LogicalVolume,
         size: u64,
         needed: u64,
+        requested_tags: &[String],
     ) -> Result<LogicalVolume> {
-        let in_class = match &dc.target {
-            Target::Thick => !existing.is_thin_volume() && !existing.is_thin_pool(),
-            Target::Thin(pool) => existing.pool_lv.as_deref() == Some(pool.name.as_str()),
+        let lv = match standing(dc, existing) {
+            Standing::Owned(lv) | Standing::Untagged(lv) => lv,
+            Standing::OtherClass(lv) => {
+                return Err(Error::Exists {
+                    name: lv.name.clone(),
+                    reason: format!("it is outside device class {:?}", dc.name),
+                });
+            }
+            Standing::Foreign(lv, why) => {
+                return Err(Error::Exists {
+                    name: lv.name.clone(),
+                    reason: format!("it is not lvmd's: {why}"),
+                });
+            }
         };
-        if !in_class {
-            return Err(Error::AlreadyExists(format!(
-                "logical volume {:?} already exists in volume group {:?} outside device class {:?}",
-                existing.name, dc.volume_group, dc.name
-            )));
+        if lv.is_thick_snapshot() || lv.size < size || lv.size > needed {
+            return Err(Error::Exists {
+                name: lv.name.clone(),
+                reason: format!("it has {} bytes; {size} bytes were requested", lv.size),
+            });
         }
-        if existing.size >= size && existing.size <= needed {
-            return Ok(existing.clone());
+        match standing(dc, lv) {
+            Standing::Untagged(lv) => self.adopt(dc, lv, requested_tags).await,
+            _ => Ok(lv.clone()),
         }
-        Err(Error::AlreadyExists(format!(
-            "logical volume {:?} already exists with {} bytes; {size} bytes were requested",
-            existing.name, existing.size
-        )))
     }
 
     /// Removes a volume; a volume that does not exist is already removed.
@@ -477,17 +770,28 @@ impl Lvmd {
         let Some(lv) = vg.lvs.get(name) else {
             return Ok(());
         };
-        if lv.is_thin_pool() {
-            return Err(Error::FailedPrecondition(format!(
-                "{name:?} is a thin pool, not a volume"
-            )));
+        let lv = standing(dc, lv).owned(dc)?;
+        // The snapshots themselves, not the origin's `o` attribute: a snapshot just removed is
+        // gone from the cache before the report that clears the attribute.
+        let has_thick_snapshots = vg
+            .lvs
+            .values()
+            .any(|s| s.is_thick_snapshot() && s.origin.as_deref() == Some(name));
+        if has_thick_snapshots {
+            return Err(Error::HasThickSnapshots {
+                name: name.to_owned(),
+            });
         }
-        if lv.is_thick_origin() {
-            return Err(Error::FailedPrecondition(format!(
-                "{name:?} has thick snapshots; remove them first (removing the origin would destroy them)"
-            )));
-        }
-        let result = self.mutate(args::remove(&dc.volume_group, name)).await;
+        let freed = lv.allocated_bytes().unwrap_or(0);
+        let result = self
+            .mutate(args::remove(&dc.volume_group, name), || {
+                Some(Change::Removed {
+                    vg: dc.volume_group.clone(),
+                    name: name.to_owned(),
+                    freed,
+                })
+            })
+            .await;
         match result {
             Ok(_) => {
                 info!("removed logical volume");
@@ -521,14 +825,15 @@ impl Lvmd {
         let _lock = self.lock_vg(&dc.volume_group).await;
         let snap = self.cache.current();
         let vg = self.class_vg(dc, &snap)?;
-        let lv = vg
-            .lvs
-            .get(name)
-            .ok_or_else(|| Error::NotFound(format!("logical volume {name:?} not found")))?;
+        let lv = vg.lvs.get(name).ok_or_else(|| Error::VolumeNotFound {
+            what: "logical volume",
+            name: name.to_owned(),
+        })?;
+        let lv = standing(dc, lv).owned(dc)?;
         if lv.is_thick_snapshot() {
-            return Err(Error::FailedPrecondition(format!(
-                "{name:?} is a thick snapshot; it always reads as big as its origin"
-            )));
+            return Err(Error::ThickSnapshotResize {
+                name: name.to_owned(),
+            });
         }
         let needed = round_up(size, granule(vg, lv.stripes))?;
         if needed <= lv.size {
@@ -536,22 +841,37 @@ impl Lvmd {
             return if size > lv.size.saturating_sub(granule(vg, lv.stripes)) {
                 Ok(lv.size)
             } else {
-                Err(Error::OutOfRange(format!(
-                    "logical volume {name:?} has {} bytes; shrinking to {size} is not supported",
-                    lv.size
-                )))
+                Err(Error::Shrink {
+                    name: name.to_owned(),
+                    current: lv.size,
+                    requested: size,
+                })
             };
         }
         let cap = self.class_capacity(dc, &snap);
         let growth = needed - lv.size;
         if growth > cap.free {
-            return Err(Error::NoSpace(format!(
-                "not enough space in device class {:?} to grow {name:?} by {growth} bytes: {} free",
-                dc.name, cap.free
-            )));
+            return Err(Error::NoSpace {
+                class: dc.name.clone(),
+                free: cap.free,
+                wanted: growth,
+            });
         }
+        // What the growth takes from the volume group is exact for thin and plain volumes.
+        let allocated = if lv.is_thin_volume() {
+            Some(0)
+        } else {
+            lv.allocated_bytes().map(|_| growth)
+        };
         let snap = self
-            .mutate(args::extend(&dc.volume_group, name, size))
+            .mutate(args::extend(&dc.volume_group, name, size), || {
+                allocated.map(|allocated| Change::Resized {
+                    vg: dc.volume_group.clone(),
+                    name: name.to_owned(),
+                    size: needed,
+                    allocated,
+                })
+            })
             .await?;
         let new_size = Self::created(&snap, &dc.volume_group, name)?.size;
         info!(new_size, "resized logical volume");
@@ -573,48 +893,56 @@ impl Lvmd {
                 )));
             }
         };
+        let writable = permission == args::Permission::ReadWrite;
         let requested = size_from(req.size_bytes, req.size_gb, "size_bytes")?;
-        let tags = volume_tags(&req.name, &req.tags)?;
         let dc = self.device_class(&req.device_class)?;
+        let tags = volume_tags(&req.name, &dc.name, &req.tags)?;
 
         let _lock = self.lock_vg(&dc.volume_group).await;
         let snap = self.cache.current();
         let vg = self.class_vg(dc, &snap)?;
         if let Some(existing) = vg.lvs.get(&req.name) {
-            if existing.origin.as_deref() == Some(req.source_volume.as_str()) {
-                return Ok(existing.clone());
-            }
-            return Err(Error::AlreadyExists(format!(
-                "logical volume {:?} already exists and is not a snapshot of {:?}",
-                req.name, req.source_volume
-            )));
+            return self.existing_snapshot(dc, existing, &req).await;
         }
-        let source = vg.lvs.get(&req.source_volume).ok_or_else(|| {
-            Error::NotFound(format!("source volume {:?} not found", req.source_volume))
-        })?;
+        let source = vg
+            .lvs
+            .get(&req.source_volume)
+            .ok_or_else(|| Error::VolumeNotFound {
+                what: "source volume",
+                name: req.source_volume.clone(),
+            })?;
+        let source = match standing(dc, source) {
+            // A volume TopoLVM made may be snapshotted before topolvm-node adopted it.
+            Standing::Untagged(lv) if is_kubernetes_uid(&lv.name) => lv,
+            other => other.owned(dc)?,
+        };
         let cap = self.class_capacity(dc, &snap);
 
         let created = match &dc.target {
             Target::Thin(pool) => {
                 if source.pool_lv.as_deref() != Some(pool.name.as_str()) {
-                    return Err(Error::FailedPrecondition(format!(
-                        "source volume {:?} is not a thin volume of pool {}/{}",
-                        req.source_volume, dc.volume_group, pool.name
-                    )));
+                    return Err(Error::UnsuitableSource {
+                        name: req.source_volume.clone(),
+                        reason: format!(
+                            "not a thin volume of pool {}/{}",
+                            dc.volume_group, pool.name
+                        ),
+                    });
                 }
                 let desired = requested.unwrap_or(source.size);
                 if desired < source.size {
-                    return Err(Error::OutOfRange(format!(
-                        "requested size {desired} is smaller than the source volume's {} bytes",
-                        source.size
-                    )));
+                    return Err(Error::SmallerThanSource {
+                        requested: desired,
+                        source_size: source.size,
+                    });
                 }
                 let desired = round_up(desired, granule(vg, 1))?;
                 if desired > cap.free {
-                    return Err(Error::NoSpace(format!(
-                        "not enough space in device class {:?}: {} bytes free, {desired} requested",
-                        dc.name, cap.free
-                    )));
+                    return Err(Error::NoSpace {
+                        class: dc.name.clone(),
+                        free: cap.free,
+                        wanted: desired,
+                    });
                 }
                 self.check_thin_pool_usage(dc, &cap)?;
                 let argv = args::create_thin_snapshot(
@@ -624,18 +952,62 @@ impl Lvmd {
                     &tags,
                     permission,
                 );
-                let mut snap = self.mutate(argv).await?;
+                let new = || {
+                    Some(Change::Created {
+                        lv: NewVolume {
+                            vg,
+                            name: &req.name,
+                            size: source.size,
+                            kind: VolumeKind::Thin {
+                                zeroing: pool_zeroing(vg, &pool.name),
+                            },
+                            writable,
+                            tags: &tags,
+                            stripes: 1,
+                            pool: Some(&pool.name),
+                            origin: Some(&req.source_volume),
+                            cow_size: None,
+                        }
+                        .predict()
+                        .into(),
+                        allocated: 0,
+                    })
+                };
+                let mut snap = match self.mutate(argv, new).await {
+                    Ok(snap) => snap,
+                    Err(Error::Lvm(e)) if e.is_already_exists() => {
+                        let existing = self.found_made(&dc.volume_group, &req.name, e)?;
+                        return self.existing_snapshot(dc, &existing, &req).await;
+                    }
+                    Err(e) => return Err(e),
+                };
                 if desired > source.size {
                     // A thin snapshot starts at its origin's size; growing it is a second step.
+                    let grown = || {
+                        Some(Change::Resized {
+                            vg: dc.volume_group.clone(),
+                            name: req.name.clone(),
+                            size: desired,
+                            allocated: 0,
+                        })
+                    };
                     match self
-                        .mutate(args::extend(&dc.volume_group, &req.name, desired))
+                        .mutate(args::extend(&dc.volume_group, &req.name, desired), grown)
                         .await
                     {
                         Ok(s) => snap = s,
                         Err(e) => {
                             warn!(error = %e, "growing the new snapshot failed; removing it");
-                            if let Err(e) =
-                                self.mutate(args::remove(&dc.volume_group, &req.name)).await
+                            let removed = || {
+                                Some(Change::Removed {
+                                    vg: dc.volume_group.clone(),
+                                    name: req.name.clone(),
+                                    freed: 0,
+                                })
+                            };
+                            if let Err(e) = self
+                                .mutate(args::remove(&dc.volume_group, &req.name), removed)
+                                .await
                             {
                                 warn!(error = %e, "removing the half-made snapshot failed");
                             }
@@ -647,19 +1019,20 @@ impl Lvmd {
             }
             Target::Thick => {
                 if source.is_thin_volume() || source.is_thin_pool() || source.is_thick_snapshot() {
-                    return Err(Error::FailedPrecondition(format!(
-                        "source volume {:?} cannot have a thick snapshot (only plain thick volumes can)",
-                        req.source_volume
-                    )));
+                    return Err(Error::UnsuitableSource {
+                        name: req.source_volume.clone(),
+                        reason: "only plain thick volumes can have thick snapshots".to_owned(),
+                    });
                 }
                 // The copy-on-write area holds changed blocks; sized like the origin it can never
                 // overflow, which is what an unspecified size asks for.
                 let cow = round_up(requested.unwrap_or(source.size), granule(vg, 1))?;
                 if cow > cap.free {
-                    return Err(Error::NoSpace(format!(
-                        "not enough space in device class {:?} for a {cow}-byte snapshot area: {} bytes free",
-                        dc.name, cap.free
-                    )));
+                    return Err(Error::NoSpace {
+                        class: dc.name.clone(),
+                        free: cap.free,
+                        wanted: cow,
+                    });
                 }
                 let argv = args::create_thick_snapshot(
                     &dc.volume_group,
@@ -669,12 +1042,61 @@ impl Lvmd {
                     &tags,
                     permission,
                 );
-                self.mutate(argv).await?
+                let new = || {
+                    Some(Change::Created {
+                        lv: NewVolume {
+                            vg,
+                            name: &req.name,
+                            size: source.size,
+                            kind: VolumeKind::ThickSnapshot,
+                            writable,
+                            tags: &tags,
+                            stripes: 1,
+                            pool: None,
+                            origin: Some(&req.source_volume),
+                            cow_size: Some(cow),
+                        }
+                        .predict()
+                        .into(),
+                        allocated: cow,
+                    })
+                };
+                match self.mutate(argv, new).await {
+                    Ok(snap) => snap,
+                    Err(Error::Lvm(e)) if e.is_already_exists() => {
+                        let existing = self.found_made(&dc.volume_group, &req.name, e)?;
+                        return self.existing_snapshot(dc, &existing, &req).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
         let lv = Self::created(&created, &dc.volume_group, &req.name)?;
         info!(size = lv.size, "created snapshot");
         Ok(lv)
+    }
+
+    /// Decides whether an existing volume satisfies a repeated snapshot request.
+    async fn existing_snapshot(
+        &self,
+        dc: &DeviceClass,
+        existing: &LogicalVolume,
+        req: &CreateSnapshot,
+    ) -> Result<LogicalVolume> {
+        if existing.origin.as_deref() != Some(req.source_volume.as_str()) {
+            return Err(Error::Exists {
+                name: req.name.clone(),
+                reason: format!("it is not a snapshot of {:?}", req.source_volume),
+            });
+        }
+        match standing(dc, existing) {
+            Standing::Owned(lv) => Ok(lv.clone()),
+            Standing::Untagged(lv) => self.adopt(dc, lv, &req.tags).await,
+            Standing::OtherClass(_) | Standing::Foreign(..) => Err(Error::Exists {
+                name: req.name.clone(),
+                reason: format!("it is not lvmd's volume of device class {:?}", dc.name),
+            }),
+        }
     }
 }
 

@@ -188,11 +188,16 @@ async fn create_list_resize_remove_round_trip() {
     assert!(env.lv_names(vg.name()).is_empty());
     assert!(lv_list(&mut vgc, "ssd").await.is_empty());
     assert_eq!(free_bytes(&mut vgc, "ssd").await, free0);
+
+    // Each answer came before its confirming report; every report agreed with what lvmd recorded.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = lvmd.log();
+    assert!(!log.contains("disagrees"), "{log}");
 }
 
-/// Each mutation costs exactly one `lvm` fork for the change plus at most one state refresh
-/// (`fullreport`), and reads (GetLVList, GetFreeBytes) and an idempotent repeat of CreateLV cost
-/// none: lvmd answers them from its cache.
+/// Each mutation costs exactly one `lvm` fork for the change on the request path plus one state
+/// refresh (`fullreport`) that confirms it in the background, and reads (GetLVList,
+/// GetFreeBytes) and an idempotent repeat of CreateLV cost none: lvmd answers them from its cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_mutation_forks_lvm_at_most_twice_and_reads_never() {
     let env = LvmEnv::metadata_only();
@@ -207,7 +212,7 @@ async fn each_mutation_forks_lvm_at_most_twice_and_reads_never() {
         "the start-up refresh is counted: {before:?}"
     );
     create(&mut lv, create_req("forks", 8 * MIB)).await;
-    let after_create = lvmd.lvm_command_counts().await;
+    let after_create = settled_counts(&lvmd, &before).await;
     assert_one_change_and_one_refresh("CreateLV", "lvcreate", &before, &after_create);
 
     lv_list(&mut vgc, "ssd").await;
@@ -227,7 +232,7 @@ async fn each_mutation_forks_lvm_at_most_twice_and_reads_never() {
     })
     .await
     .expect("ResizeLV");
-    let after_resize = lvmd.lvm_command_counts().await;
+    let after_resize = settled_counts(&lvmd, &after_create).await;
     assert_one_change_and_one_refresh("ResizeLV", "lvextend", &after_create, &after_resize);
 
     lv.remove_lv(pb::RemoveLvRequest {
@@ -236,8 +241,25 @@ async fn each_mutation_forks_lvm_at_most_twice_and_reads_never() {
     })
     .await
     .expect("RemoveLV");
-    let after_remove = lvmd.lvm_command_counts().await;
+    let after_remove = settled_counts(&lvmd, &after_resize).await;
     assert_one_change_and_one_refresh("RemoveLV", "lvremove", &after_resize, &after_remove);
+}
+
+/// The `lvm` command counts once the background refresh after a mutation has run: waits (up to
+/// 5 s) for one more `fullreport` than in `before`, then 300 ms more for anything that follows.
+async fn settled_counts(lvmd: &Lvmd, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let reports_before = before.get("fullreport").copied().unwrap_or(0);
+    eventually(
+        Duration::from_secs(5),
+        "the confirming fullreport",
+        || async {
+            let counts = lvmd.lvm_command_counts().await;
+            (counts.get("fullreport").copied().unwrap_or(0) > reports_before).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lvmd.lvm_command_counts().await
 }
 
 /// Asserts that between two `lvm_command_counts` exactly one `subcommand` and at most one
@@ -586,7 +608,7 @@ async fn non_root_peer_is_denied() {
 #[ignore = "run by non_root_peer_is_denied as uid 65534"]
 async fn non_root_client_helper() {
     let socket = std::env::var_os(SOCKET_ENV).expect("TOPOLVM_HOST_TIER_SOCKET is set");
-    let channel = topolvm_proto::unix::connect(std::path::Path::new(&socket))
+    let channel = topolvm_runtime::unix::connect(std::path::Path::new(&socket))
         .await
         .expect("connecting to lvmd");
     let result = VgServiceClient::new(channel)
@@ -665,6 +687,148 @@ async fn outside_changes_reach_watch_within_two_seconds() {
     })
     .await;
     assert_eq!(item(&grown).size_bytes, vg.sizes().get_u64("vg_size"));
+}
+
+/// lvmd defect 2: a change made behind lvmd's back right after one of its own mutations (whose
+/// refresh reads the metadata headers too) reaches Watch within 2 s, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_change_right_after_a_mutation_reaches_watch() {
+    let env = LvmEnv::metadata_only();
+    let vg = VolumeGroup::create(&env, vec![Disk::loop_device(4 * DEFAULT_LOOP_SIZE)]);
+    let lvmd = Lvmd::start(&env, one_thick_class(&vg));
+    let mut lv = lvmd.lv_client().await;
+    let mut vgc = lvmd.vg_client().await;
+    let mut watch = vgc.watch(pb::Empty {}).await.expect("Watch").into_inner();
+    let ssd_free = |m: &pb::WatchResponse| {
+        m.items
+            .iter()
+            .find(|i| i.device_class == "ssd")
+            .map(|i| i.free_bytes)
+            .expect("ssd in Watch")
+    };
+    let start = ssd_free(&watch.message().await.expect("Watch").expect("open"));
+    for round in 0..20u64 {
+        create(&mut lv, create_req(&format!("mine-{round}"), 4 * MIB)).await;
+        let outside = format!("outside-{round}");
+        env.lvm(&[
+            "lvcreate",
+            "-q",
+            "-y",
+            "-n",
+            &outside,
+            "-L",
+            "4m",
+            vg.name(),
+        ]);
+        let want = start - (round + 1) * (8 << 20);
+        next_watch_message(
+            &mut watch,
+            Duration::from_secs(2),
+            &format!("round {round}: free bytes {want} (both volumes)"),
+            |m| ssd_free(m) == want,
+        )
+        .await;
+        assert_eq!(want, vg.sizes().get_u64("vg_free"), "what LVM itself says");
+    }
+}
+
+/// lvmd defect 1: RemoveLV and ResizeLV act only on lvmd's own volumes of the named class. A
+/// volume made by hand is FAILED_PRECONDITION, one of another class on the same volume group is
+/// NOT_FOUND, and `lvs` shows both untouched; a hand-made volume named by a Kubernetes UID (as
+/// TopoLVM names its volumes) is adopted by a CreateLV of its name and size, after which lvmd
+/// removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_lvmd_volumes_of_the_named_class_are_changed() {
+    const UID: &str = "9d0c3f0e-5a7b-4c2d-9e1f-3a4b5c6d7e8f";
+    let env = LvmEnv::metadata_only();
+    let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
+    let classes = format!(
+        "{}\n- {{name: other, volume-group: {}, spare-gb: 0}}",
+        common::thick_default_class("ssd", vg.name()),
+        vg.name()
+    );
+    let lvmd = Lvmd::start(
+        &env,
+        LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), classes).extra("full-refresh-interval: 10m"),
+    );
+    let mut lv = lvmd.lv_client().await;
+    let mut other = create_req("theirs", 8 * MIB);
+    other.device_class = "other".into();
+    create(&mut lv, other).await;
+    for name in ["handmade", UID] {
+        env.lvm(&["lvcreate", "-q", "-y", "-n", name, "-L", "8m", vg.name()]);
+    }
+    // Wait until lvmd has seen the hand-made volumes.
+    let vgc = lvmd.vg_client().await;
+    eventually(
+        Duration::from_secs(3),
+        "the hand-made volumes in GetLVList",
+        || {
+            let mut vgc = vgc.clone();
+            async move { (lv_list(&mut vgc, "ssd").await.len() == 2).then_some(()) }
+        },
+    )
+    .await;
+    let before = lvs_sizes(&env, vg.name());
+
+    let remove = |name: &str| pb::RemoveLvRequest {
+        name: name.into(),
+        device_class: "ssd".into(),
+    };
+    let resize = |name: &str| pb::ResizeLvRequest {
+        name: name.into(),
+        device_class: "ssd".into(),
+        size_bytes: 16 * MIB,
+        ..Default::default()
+    };
+    for (name, want) in [
+        ("handmade", Code::FailedPrecondition),
+        (UID, Code::FailedPrecondition),
+        ("theirs", Code::NotFound),
+    ] {
+        assert_eq!(
+            code(lv.remove_lv(remove(name)).await),
+            want,
+            "RemoveLV {name}"
+        );
+        assert_eq!(
+            code(lv.resize_lv(resize(name)).await),
+            want,
+            "ResizeLV {name}"
+        );
+    }
+    assert_eq!(
+        code(lv.create_lv(create_req("handmade", 8 * MIB)).await),
+        Code::AlreadyExists,
+        "an untagged volume not named by a UID is never adopted"
+    );
+    assert_eq!(lvs_sizes(&env, vg.name()), before, "nothing was touched");
+
+    let adopted = create(&mut lv, create_req(UID, 8 * MIB)).await;
+    assert_eq!(adopted.size_bytes, 8 * MIB);
+    let row = env
+        .lvs(vg.name(), "lv_name,lv_tags")
+        .into_iter()
+        .find(|r| r.get("lv_name") == UID)
+        .expect("adopted volume");
+    let volume_tag = format!("topolvm.io/volume={UID}");
+    for want in [
+        LV_TAG_MANAGED,
+        volume_tag.as_str(),
+        "topolvm.io/device-class=ssd",
+    ] {
+        assert!(
+            row.tags("lv_tags").iter().any(|t| t == want),
+            "{row:?} lacks {want}"
+        );
+    }
+    lv.remove_lv(remove(UID))
+        .await
+        .expect("adopted volumes are lvmd's");
+    let mut theirs = remove("theirs");
+    theirs.device_class = "other".into();
+    lv.remove_lv(theirs).await.expect("through its own class");
+    assert_eq!(env.lv_names(vg.name()), ["handmade"]);
 }
 
 /// A crash (SIGKILL) loses nothing and invents nothing: after a restart on the same config,
@@ -848,4 +1012,59 @@ async fn stale_socket_does_not_block_start() {
         lvmd.log().contains("removing stale socket"),
         "lvmd replaced the stale socket"
     );
+}
+
+/// Which gRPC clients can call lvmd, by the `:authority` they send over the socket. gRPC-Go
+/// (kubelet, TopoLVM's topolvm-node) and tonic send `localhost` and are served. gRPC C-core
+/// (Python, C++, Ruby) and grpc-java send the socket path (C-core 1.57 and later its
+/// percent-encoding) unless the channel sets `grpc.default_authority`; the HTTP/2 layer under
+/// tonic refuses those with PROTOCOL_ERROR before lvmd sees the call (lvmd/README.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_sending_localhost_are_served_and_socket_paths_are_refused() {
+    use prost::Message;
+    use topolvm_e2e::raw_grpc::{self, Outcome, PROTOCOL_ERROR};
+
+    let env = LvmEnv::metadata_only();
+    let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
+    let lvmd = Lvmd::start(&env, one_thick_class(&vg));
+    let mut vgc = lvmd.vg_client().await;
+    let free = free_bytes(&mut vgc, "ssd").await;
+
+    let request = pb::GetFreeBytesRequest {
+        device_class: "ssd".into(),
+    }
+    .encode_to_vec();
+    let socket = lvmd.socket_path().to_owned();
+    let call = |authority: String| {
+        let (socket, request) = (socket.clone(), request.clone());
+        async move {
+            raw_grpc::unary_call(
+                &socket,
+                &authority,
+                "/proto.VGService/GetFreeBytes",
+                &request,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("calling with authority {authority:?}: {e}"))
+        }
+    };
+
+    let Outcome::Answered { messages } = call("localhost".to_owned()).await else {
+        panic!("a client sending `localhost` must be served");
+    };
+    let answer = pb::GetFreeBytesResponse::decode(messages.first().expect("an answer").as_slice())
+        .expect("decoding the answer");
+    assert_eq!(answer.free_bytes, free);
+
+    let path = socket.display().to_string();
+    let percent_encoded = path.replace('/', "%2F");
+    for authority in [path, percent_encoded] {
+        assert_eq!(
+            call(authority.clone()).await,
+            Outcome::Reset {
+                error_code: PROTOCOL_ERROR
+            },
+            "authority {authority:?}"
+        );
+    }
 }

@@ -296,6 +296,7 @@ async fn thin_snapshots_keep_their_data() {
         .expect("idempotent")
         .into_inner();
     assert_eq!(again.snapshot.expect("snapshot").name, "snap-ro");
+    assert_reports_agreed(&lvmd).await;
 }
 
 /// Thick copy-on-write snapshots (which TopoLVM lacks): sized by the request, reading as big as
@@ -368,6 +369,15 @@ async fn thick_snapshots_keep_their_data() {
     .await
     .expect("remove origin");
     assert!(env.lv_names(vg.name()).is_empty());
+    assert_reports_agreed(&lvmd).await;
+}
+
+/// Every answer came before its confirming report, and every report agreed with the change lvmd
+/// recorded (real activation: device numbers, thin and snapshot sizes, copy-on-write areas).
+async fn assert_reports_agreed(lvmd: &Lvmd) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = lvmd.log();
+    assert!(!log.contains("disagrees"), "{log}");
 }
 
 /// A filesystem on a volume lvmd made, grown online after ResizeLV: what topolvm-node will do.

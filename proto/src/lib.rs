@@ -4,9 +4,8 @@
 //! - [`csi`]: the Container Storage Interface, protobuf package `csi.v1` (CSI spec v1.12.0):
 //!   the Identity, Controller, GroupController, SnapshotMetadata and Node services, with
 //!   tonic clients (`*_client`) and server traits (`*_server`).
-//! - [`unix`]: connecting a gRPC client to a Unix socket (how clients reach lvmd).
-
-pub mod unix;
+//!
+//! Connecting over a Unix socket is `topolvm_runtime::unix::connect`.
 
 /// lvmd's gRPC API (protobuf package `proto`).
 #[allow(missing_debug_implementations, deprecated, clippy::all)]

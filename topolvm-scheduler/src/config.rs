@@ -13,6 +13,8 @@ use serde::Deserialize;
 use topolvm_core::config::{deserialize_at, parse_yaml, read_file};
 
 pub use topolvm_core::config::{ConfigError, parse_duration};
+use topolvm_runtime::http::split_listen;
+pub use topolvm_runtime::tls::TlsFiles;
 
 /// Where the extender listens when the file says nothing (TopoLVM's default).
 pub const DEFAULT_LISTEN: &str = ":8000";
@@ -62,13 +64,6 @@ impl Scoring {
             .copied()
             .unwrap_or(self.default_divisor)
     }
-}
-
-/// PEM files of the serving certificate (with its chain) and its private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
 }
 
 impl Default for Config {
@@ -221,21 +216,6 @@ impl RawConfig {
     }
 }
 
-/// Splits a Go-style listen address into host (empty for "every interface") and port.
-pub fn split_listen(listen: &str) -> Result<(&str, u16), String> {
-    let (host, port) = listen.rsplit_once(':').ok_or_else(|| {
-        format!("{listen:?} is not an address like :8000, 127.0.0.1:8000 or [::1]:8000")
-    })?;
-    let port = port
-        .parse::<u16>()
-        .map_err(|_| format!("{listen:?} has no valid port number"))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    Ok((host, port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,16 +323,6 @@ mod tests {
         let (location, message) = invalid("listen: [unclosed");
         assert_eq!(location, "scheduler-config.yaml");
         assert!(message.contains("not valid YAML"), "{message}");
-    }
-
-    #[test]
-    fn listen_forms() {
-        assert_eq!(split_listen(":8000"), Ok(("", 8000)));
-        assert_eq!(split_listen("127.0.0.1:9251"), Ok(("127.0.0.1", 9251)));
-        assert_eq!(split_listen("[::1]:9251"), Ok(("::1", 9251)));
-        assert_eq!(split_listen("localhost:1"), Ok(("localhost", 1)));
-        assert!(split_listen("localhost").is_err());
-        assert!(split_listen("localhost:99999").is_err());
     }
 
     #[test]

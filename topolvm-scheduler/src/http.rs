@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use thiserror::Error;
+use topolvm_runtime::endpoints;
 use tracing::{instrument, warn};
 
 use crate::extender::Extender;
@@ -124,7 +125,8 @@ pub fn app(state: AppState) -> Router {
         .route("/predicate", post(predicate))
         .route("/prioritize", post(prioritize))
         .route("/status", get(status))
-        .route("/metrics", get(metrics))
+        .merge(endpoints::metrics_routes(state.metrics.registry().clone()))
+        .merge(endpoints::Health::new().routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -185,22 +187,6 @@ async fn decide(
 
 async fn status() -> &'static str {
     "ok"
-}
-
-async fn metrics(State(state): State<AppState>) -> Result<Response, AppError> {
-    let text = state
-        .metrics
-        .render()
-        .map_err(|e| AppError::Internal(e.to_string()))?;
-    Ok((
-        StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        )],
-        text,
-    )
-        .into_response())
 }
 
 async fn not_found(req: Request<Body>) -> AppError {

@@ -12,7 +12,8 @@
 //! - [`accounting`] and [`cluster`]: capacity promised to pods whose volumes do not exist yet
 //!   (with `--watch-cluster`);
 //! - [`extender`]: the two verbs over a request body;
-//! - [`http`] and [`server`]: routes, errors as responses, metrics, TLS, shutdown.
+//! - [`http`]: routes, errors as responses, request metrics (served by
+//!   [`topolvm_runtime::http`], which does TLS and shutdown).
 #![forbid(unsafe_code)]
 
 pub mod accounting;
@@ -22,7 +23,6 @@ pub mod decision;
 pub mod extender;
 pub mod http;
 pub mod metrics;
-pub mod server;
 pub mod wire;
 
 use std::sync::Arc;
@@ -39,7 +39,9 @@ pub use crate::http::{AppState, app};
 #[derive(Debug, Error)]
 pub enum RunError {
     #[error(transparent)]
-    Serve(#[from] server::ServeError),
+    Bind(#[from] topolvm_runtime::http::BindError),
+    #[error(transparent)]
+    Tls(#[from] topolvm_runtime::tls::TlsError),
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("metrics: {0}")]
@@ -70,8 +72,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let metrics = Arc::new(metrics::Metrics::new()?);
-    let tls = config.tls.as_ref().map(server::tls_acceptor).transpose()?;
-    let listener = server::bind(&config.listen).await?;
+    let tls = config
+        .tls
+        .as_ref()
+        .map(topolvm_runtime::tls::acceptor)
+        .transpose()?;
+    let listener = topolvm_runtime::http::bind(&config.listen).await?;
 
     let background = TaskTracker::new();
     let cluster = client.map(|client| {
@@ -94,7 +100,8 @@ pub async fn run(
     }
 
     let app = app(state(&config, metrics, cluster));
-    let served = server::serve(listener, tls, app, shutdown.clone()).await;
+    info!(listen = %config.listen, "serving the scheduler extender");
+    let served = topolvm_runtime::http::serve(listener, tls, app, shutdown.clone()).await;
     shutdown.cancel();
     background.close();
     background.wait().await;

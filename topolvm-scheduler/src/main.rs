@@ -2,8 +2,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
 
 /// Default path of the configuration file.
 const DEFAULT_CONFIG: &str = "/etc/topolvm/scheduler-config.yaml";
@@ -21,7 +19,8 @@ struct Args {
     /// provisioned yet counts (burst safety), and `nodeCacheCapable: true` works.
     #[arg(long)]
     watch_cluster: bool,
-    /// Kubeconfig for --watch-cluster (default: in-cluster configuration, then $KUBECONFIG).
+    /// Kubeconfig for --watch-cluster (default: $KUBECONFIG, then the in-cluster configuration,
+    /// then ~/.kube/config).
     #[arg(long, requires = "watch_cluster")]
     kubeconfig: Option<PathBuf>,
     /// Log as JSON lines instead of text.
@@ -32,7 +31,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    topolvm_core::logging::init(args.log_json);
+    topolvm_runtime::logging::init(args.log_json);
 
     let config = match &args.config {
         Some(path) => topolvm_scheduler::Config::load(path)
@@ -50,35 +49,17 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let client = if args.watch_cluster {
-        let kube_config = match &args.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                    .await
-                    .with_context(|| format!("using kubeconfig {}", path.display()))?
-            }
-            None => kube::Config::infer()
+        Some(
+            topolvm_runtime::kubernetes::client(args.kubeconfig.as_deref())
                 .await
-                .context("no in-cluster configuration or kubeconfig for --watch-cluster")?,
-        };
-        Some(kube::Client::try_from(kube_config).context("building the Kubernetes client")?)
+                .context("a Kubernetes client for --watch-cluster")?,
+        )
     } else {
         None
     };
 
-    let shutdown = CancellationToken::new();
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: finishing requests in flight, then stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: finishing requests in flight, then stopping"),
-        }
-        on_signal.cancel();
-    });
-
+    let shutdown = topolvm_runtime::shutdown::cancel_on_signals()
+        .context("installing the SIGTERM and SIGINT handlers")?;
     topolvm_scheduler::run(config, client, shutdown).await?;
     Ok(())
 }

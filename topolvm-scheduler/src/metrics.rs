@@ -2,9 +2,7 @@
 
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Latency buckets from 100 µs (a handful of nodes) to seconds (thousands of full nodes).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -97,11 +95,14 @@ impl Metrics {
             .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
+    /// The registry every extender metric is in (served at `/metrics`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> Result<String, prometheus::Error> {
-        let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
-        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        topolvm_runtime::endpoints::render(&self.registry)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The real server on a loopback socket: plain HTTP, HTTPS, and graceful shutdown.
+//! The extender on the real server (`topolvm_runtime::http`) on a loopback socket: plain HTTP,
+//! HTTPS, and graceful shutdown.
 //!
 //! The certificate in `tests/fixtures/tls` (CA and a server certificate for localhost and
 //! 127.0.0.1, valid for 100 years) was made with openssl for these tests only.
@@ -6,17 +7,16 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::plain_state;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use topolvm_runtime::{http, tls};
+use topolvm_scheduler::app;
 use topolvm_scheduler::config::{Config, TlsFiles};
-use topolvm_scheduler::{app, server};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,10 +36,10 @@ const STATUS: &str = "GET /status HTTP/1.1\r\nhost: localhost\r\nconnection: clo
 
 #[tokio::test]
 async fn plain_http_and_graceful_shutdown() {
-    let listener = server::bind("127.0.0.1:0").await.expect("bind");
+    let listener = http::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(server::serve(
+    let server = tokio::spawn(http::serve(
         listener,
         None,
         app(plain_state(&Config::default())),
@@ -102,32 +102,22 @@ async fn plain_http_and_graceful_shutdown() {
 
 #[tokio::test]
 async fn https_with_the_configured_certificate() {
-    let tls = server::tls_acceptor(&TlsFiles {
+    let tls = tls::acceptor(&TlsFiles {
         cert_file: fixture("server.pem"),
         key_file: fixture("server.key"),
     })
     .expect("acceptor");
-    let listener = server::bind("127.0.0.1:0").await.expect("bind");
+    let listener = http::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(server::serve(
+    let server = tokio::spawn(http::serve(
         listener,
         Some(tls),
         app(plain_state(&Config::default())),
         shutdown.clone(),
     ));
 
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = CertificateDer::from_pem_file(fixture("ca.pem")).expect("ca");
-    roots.add(ca).expect("root");
-    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let connector = topolvm_e2e::pki::tls_connector(&fixture("ca.pem"));
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let stream = connector
         .connect(ServerName::try_from("localhost").expect("name"), tcp)
@@ -152,43 +142,4 @@ async fn https_with_the_configured_certificate() {
         .expect("stops promptly")
         .expect("task")
         .expect("served");
-}
-
-#[test]
-fn bad_tls_files_are_named() {
-    let Err(err) = server::tls_acceptor(&TlsFiles {
-        cert_file: fixture("missing.pem"),
-        key_file: fixture("server.key"),
-    }) else {
-        panic!("a missing file must be refused")
-    };
-    assert!(err.to_string().contains("missing.pem"), "{err}");
-    let Err(err) = server::tls_acceptor(&TlsFiles {
-        cert_file: fixture("server.key"),
-        key_file: fixture("server.key"),
-    }) else {
-        panic!("a key is no certificate")
-    };
-    assert!(err.to_string().contains("certificate"), "{err}");
-}
-
-#[tokio::test]
-async fn listen_addresses_in_gos_forms() {
-    let localhost = server::bind("localhost:0").await.expect("localhost");
-    assert!(localhost.local_addr().expect("addr").ip().is_loopback());
-    assert!(
-        localhost.local_addr().expect("addr").is_ipv4(),
-        "IPv4 first, as Go"
-    );
-    let any = server::bind(":0").await.expect("every interface");
-    assert!(any.local_addr().expect("addr").ip().is_unspecified());
-}
-
-#[tokio::test]
-async fn bad_listen_addresses_are_refused() {
-    assert!(server::bind("nonsense").await.is_err());
-    let taken = server::bind("127.0.0.1:0").await.expect("bind");
-    let addr = taken.local_addr().expect("addr");
-    let err = server::bind(&addr.to_string()).await.expect_err("in use");
-    assert!(err.to_string().contains(&addr.to_string()), "{err}");
 }

@@ -76,7 +76,7 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let channel = topolvm_proto::unix::connect(&args.socket)
+    let channel = topolvm_runtime::unix::connect(&args.socket)
         .await
         .with_context(|| format!("connecting to {}", args.socket.display()))?;
     let mut lv = LvServiceClient::new(channel.clone());

@@ -149,6 +149,14 @@ pub fn extend(vg: &str, name: &str, size: u64) -> Vec<String> {
     owned(&["lvextend", "-L", &bytes(size), &format!("{vg}/{name}")])
 }
 
+/// `lvchange` adding `tags` to `vg/name`.
+pub fn add_tags(vg: &str, name: &str, tags: &[String]) -> Vec<String> {
+    let mut args = owned(&["lvchange"]);
+    push_tags(&mut args, tags);
+    args.push(format!("{vg}/{name}"));
+    args
+}
+
 /// `lvremove` of `vg/name`.
 pub fn remove(vg: &str, name: &str) -> Vec<String> {
     owned(&["lvremove", "-y", &format!("{vg}/{name}")])
@@ -239,5 +247,16 @@ mod tests {
             ["lvextend", "-L", "4096b", "vg/v1"]
         );
         assert_eq!(remove("vg", "v1"), ["lvremove", "-y", "vg/v1"]);
+        assert_eq!(
+            add_tags("vg", "v1", &tags()),
+            [
+                "lvchange",
+                "--addtag",
+                "topolvm.io/managed",
+                "--addtag",
+                "topolvm.io/volume=v1",
+                "vg/v1"
+            ]
+        );
     }
 }

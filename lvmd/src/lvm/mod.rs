@@ -7,6 +7,7 @@
 //! metadata, then SIGKILL after a grace period.
 
 pub mod args;
+pub mod metadata;
 pub mod report;
 pub mod validate;
 

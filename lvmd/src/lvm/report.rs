@@ -103,6 +103,9 @@ pub struct LogicalVolume {
     pub metadata_percent: Option<f64>,
     /// The largest stripe count over the volume's segments (1 for linear volumes).
     pub stripes: u32,
+    /// Every segment is `linear` or `striped`, so the volume takes exactly its size from the
+    /// volume group (false for RAID, mirrors, thin, cache and snapshot volumes).
+    pub plain_allocation: bool,
     /// For a thick snapshot: the size of its copy-on-write area. LVM reports that as the
     /// snapshot's `lv_size`; [`LogicalVolume::size`] is the size readers see, the origin's.
     pub cow_size: Option<u64>,
@@ -132,6 +135,57 @@ impl LogicalVolume {
     pub fn is_thick_origin(&self) -> bool {
         self.volume_type() == 'o'
     }
+
+    /// The bytes of the volume group this volume holds, where that is exactly known: a thin
+    /// volume holds none (its pool does), a thick snapshot its copy-on-write area, a linear or
+    /// striped volume its size. `None` for thin pools, RAID, mirrors and the like.
+    pub fn allocated_bytes(&self) -> Option<u64> {
+        if self.is_thin_volume() {
+            Some(0)
+        } else if !self.plain_allocation || self.is_thin_pool() {
+            None
+        } else if self.is_thick_snapshot() {
+            self.cow_size
+        } else {
+            Some(self.size)
+        }
+    }
+}
+
+/// What kind of volume an `lv_attr` is predicted for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeKind {
+    /// Linear or striped.
+    Plain,
+    /// A thin volume or thin snapshot; carries the pool's zeroing flag (`z` or `-`).
+    Thin { zeroing: char },
+    /// A thick copy-on-write snapshot.
+    ThickSnapshot,
+}
+
+/// The `lv_attr` LVM reports for a volume lvmd has just created, before a report confirms it
+/// (see lvs(8), "lv_attr bits"): type, permission, inherited allocation, no fixed minor, active
+/// or not, not open, target type, zeroing, healthy, no activation skip.
+pub fn predicted_attr(kind: VolumeKind, writable: bool, active: bool) -> String {
+    let (volume_type, target, zero) = match kind {
+        VolumeKind::Plain => ('-', '-', '-'),
+        VolumeKind::Thin { zeroing } => ('V', 't', zeroing),
+        VolumeKind::ThickSnapshot => ('s', 's', '-'),
+    };
+    [
+        volume_type,
+        if writable { 'w' } else { 'r' },
+        'i',
+        '-',
+        if active { 'a' } else { '-' },
+        '-',
+        target,
+        zero,
+        '-',
+        '-',
+    ]
+    .iter()
+    .collect()
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +250,8 @@ struct RawLv {
 #[derive(Debug, Deserialize)]
 struct RawSeg {
     lv_uuid: String,
+    #[serde(default)]
+    segtype: String,
     #[serde(default)]
     stripes: String,
 }
@@ -276,12 +332,15 @@ pub fn parse_fullreport(json: &str) -> Result<BTreeMap<String, VolumeGroup>, Rep
         };
         let obj = format!("volume group {}", rvg.vg_name);
         let mut stripes_by_lv: BTreeMap<String, u32> = BTreeMap::new();
+        let mut plain_by_lv: BTreeMap<String, bool> = BTreeMap::new();
         for seg in section.seg {
             let n: u32 = if seg.stripes.trim().is_empty() {
                 1
             } else {
                 number(&obj, "stripes", &seg.stripes)?
             };
+            let plain = matches!(seg.segtype.as_str(), "linear" | "striped");
+            *plain_by_lv.entry(seg.lv_uuid.clone()).or_insert(true) &= plain;
             let entry = stripes_by_lv.entry(seg.lv_uuid).or_insert(1);
             *entry = (*entry).max(n);
         }
@@ -298,6 +357,7 @@ pub fn parse_fullreport(json: &str) -> Result<BTreeMap<String, VolumeGroup>, Rep
                 data_percent: percent(&lobj, "data_percent", &rlv.data_percent)?,
                 metadata_percent: percent(&lobj, "metadata_percent", &rlv.metadata_percent)?,
                 stripes: stripes_by_lv.get(&rlv.lv_uuid).copied().unwrap_or(1),
+                plain_allocation: plain_by_lv.get(&rlv.lv_uuid).copied().unwrap_or(false),
                 cow_size: None,
                 tags: tags(&rlv.lv_tags),
                 pool_lv: non_empty(rlv.pool_lv),
@@ -364,9 +424,14 @@ mod tests {
         assert_eq!(lv1.tags, ["topolvm.io/managed", "topolvm.io/volume=lv1"]);
         assert_eq!((lv1.kernel_major, lv1.kernel_minor), (None, None));
         assert_eq!(lv1.stripes, 2);
+        assert!(lv1.plain_allocation, "striped and linear segments");
         assert_eq!(lv1.data_percent, None);
         let thin = &vg.lvs["thin"];
         assert!(thin.is_thin_volume());
+        assert!(
+            !thin.plain_allocation,
+            "no segment reported: not known to be plain"
+        );
         assert_eq!(thin.pool_lv.as_deref(), Some("pool"));
         assert_eq!(thin.data_percent, Some(12.5));
         assert_eq!((thin.kernel_major, thin.kernel_minor), (Some(253), Some(4)));
@@ -453,6 +518,39 @@ mod tests {
             "a snapshot reads as big as its origin"
         );
         assert!(cow.cow_size.is_some_and(|c| c < origin.size), "{cow:?}");
+        assert_eq!(
+            cow.allocated_bytes(),
+            cow.cow_size,
+            "a snapshot holds its COW area"
+        );
+        assert_eq!(origin.allocated_bytes(), Some(origin.size));
+        assert_eq!(
+            pool.allocated_bytes(),
+            None,
+            "a pool's hidden volumes are not counted"
+        );
+        assert!(thin.iter().all(|lv| lv.allocated_bytes() == Some(0)));
+    }
+
+    /// The predictions match the attributes real LVM reported for active volumes in the VM.
+    #[test]
+    fn predicted_attributes_match_captured_ones() {
+        let vgs = parse_fullreport(include_str!("../../tests/fixtures/fullreport-vm-thin.json"))
+            .expect("parses");
+        let vg = vgs.values().next().expect("one volume group");
+        assert_eq!(
+            predicted_attr(VolumeKind::Thin { zeroing: 'z' }, true, true),
+            vg.lvs["thin1"].attr
+        );
+        assert_eq!(
+            predicted_attr(VolumeKind::ThickSnapshot, true, true),
+            vg.lvs["thick1-snap"].attr
+        );
+        assert_eq!(predicted_attr(VolumeKind::Plain, true, true), "-wi-a-----");
+        assert_eq!(
+            predicted_attr(VolumeKind::Plain, false, false),
+            "-ri-------"
+        );
     }
 
     #[test]

@@ -32,11 +32,25 @@ impl Vg {
         }
     }
 
-    fn lv(mut self, name: &str, size: u64, attr: &str, pool: &str, origin: &str) -> Self {
+    /// A volume carrying lvmd's tags (as versions before the device-class tag made them).
+    fn lv(self, name: &str, size: u64, attr: &str, pool: &str, origin: &str) -> Self {
+        let tags = format!("topolvm.io/managed,topolvm.io/volume={name}");
+        self.tagged_lv(name, size, attr, pool, origin, &tags)
+    }
+
+    fn tagged_lv(
+        mut self,
+        name: &str,
+        size: u64,
+        attr: &str,
+        pool: &str,
+        origin: &str,
+        tags: &str,
+    ) -> Self {
         let uuid = format!("uuid-{name}");
         self.lvs.push(json!({
             "lv_name": name, "lv_uuid": uuid, "lv_full_name": format!("{}/{name}", self.name),
-            "lv_size": size.to_string(), "lv_attr": attr, "lv_tags": "",
+            "lv_size": size.to_string(), "lv_attr": attr, "lv_tags": tags,
             "lv_path": format!("/dev/{}/{name}", self.name),
             "lv_kernel_major": "-1", "lv_kernel_minor": "-1", "pool_lv": pool, "origin": origin,
             "data_percent": if attr.starts_with('t') { "10.00" } else { "" }, "metadata_percent": ""
@@ -52,7 +66,7 @@ impl Vg {
     }
 
     fn pool(self, name: &str, size: u64, data_percent: &str) -> Self {
-        let mut vg = self.lv(name, size, "twi-aotz--", "", "");
+        let mut vg = self.tagged_lv(name, size, "twi-aotz--", "", "", "");
         if let Some(last) = vg.lvs.last_mut() {
             last["data_percent"] = json!(data_percent);
         }
@@ -107,7 +121,7 @@ lvcreate-option-classes:
 
 async fn lvmd_with(report_json: &str) -> (Arc<FakeLvm>, Lvmd) {
     let fake = Arc::new(FakeLvm::with_report(report_json));
-    let cache = Arc::new(StateCache::new(fake.clone()));
+    let cache = Arc::new(StateCache::new(fake.clone(), Default::default()));
     cache
         .refresh(RefreshReason::Startup)
         .await
@@ -133,22 +147,45 @@ fn create(name: &str, class: &str, size: u64) -> CreateLv {
     }
 }
 
+/// Waits (bounded) until the fake has run `n` state reports in all.
+async fn reports_run(fake: &FakeLvm, n: usize) {
+    for _ in 0..200 {
+        let reports = fake.calls().iter().filter(|c| c[0] == "fullreport").count();
+        if reports >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the confirming report never ran: {:?}", fake.calls());
+}
+
 #[tokio::test]
-async fn create_runs_one_lvcreate_with_ownership_tags_then_one_refresh() {
+async fn create_answers_after_one_lvcreate_and_confirms_in_the_background() {
     let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
-    fake.set_report(&report(&[&base().thick("v1", 8 * MIB)]));
+    let free_before = lvmd.free_bytes("ssd").expect("free");
+    let after = Vg::new("vg1", 1024 * MIB, 504 * MIB)
+        .thick("existing", 100 * MIB)
+        .pool("pool", 256 * MIB, "10.00")
+        .thin("thin1", 300 * MIB, "pool")
+        .thick("v1", 8 * MIB);
+    fake.set_report(&report(&[&after]));
     let calls_before = fake.calls().len();
 
     let lv = lvmd
         .create_lv(create("v1", "", 5 * MIB))
         .await
         .expect("created");
-    assert_eq!(lv.size, 8 * MIB);
-
-    let calls = &fake.calls()[calls_before..];
-    assert_eq!(calls.len(), 2, "one lvcreate and one refresh: {calls:?}");
+    assert_eq!(lv.size, 8 * MIB, "5 MiB rounded up to two 4 MiB extents");
     assert_eq!(
-        calls[0],
+        lv.tags,
+        [
+            "topolvm.io/managed",
+            "topolvm.io/volume=v1",
+            "topolvm.io/device-class=ssd"
+        ]
+    );
+    assert_eq!(
+        fake.calls()[calls_before],
         [
             "lvcreate",
             "-n",
@@ -162,10 +199,69 @@ async fn create_runs_one_lvcreate_with_ownership_tags_then_one_refresh() {
             "topolvm.io/managed",
             "--addtag",
             "topolvm.io/volume=v1",
+            "--addtag",
+            "topolvm.io/device-class=ssd",
             "vg1"
         ]
     );
-    assert_eq!(calls[1][0], "fullreport");
+    // Readers see the new volume and the space it took at once, report or not.
+    assert!(
+        lvmd.list_lvs("ssd")
+            .expect("list")
+            .iter()
+            .any(|l| l.name == "v1")
+    );
+    assert_eq!(lvmd.free_bytes("ssd").expect("free"), free_before - 8 * MIB);
+
+    reports_run(&fake, 2).await;
+    let calls = &fake.calls()[calls_before..];
+    assert_eq!(calls.len(), 2, "one lvcreate and one report: {calls:?}");
+    assert_eq!(lvmd.free_bytes("ssd").expect("free"), free_before - 8 * MIB);
+}
+
+/// When the report that follows a command disagrees with what lvmd recorded, the report wins.
+#[tokio::test]
+async fn a_report_that_disagrees_with_the_recorded_change_wins() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    // LVM says the lvcreate worked, but its report has no such volume.
+    let lv = lvmd
+        .create_lv(create("ghost", "ssd", 8 * MIB))
+        .await
+        .expect("created");
+    assert_eq!(lv.name, "ghost");
+    reports_run(&fake, 2).await;
+    for _ in 0..200 {
+        if lvmd
+            .list_lvs("ssd")
+            .expect("list")
+            .iter()
+            .all(|l| l.name != "ghost")
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("the report without the volume did not replace the recorded change");
+}
+
+/// Volumes with extra lvcreate options (RAID, mirrors) take more than their size: lvmd waits for
+/// the report instead of guessing.
+#[tokio::test]
+async fn creates_with_extra_options_wait_for_the_report() {
+    let (fake, lvmd) = lvmd_with(&report(&[&base()])).await;
+    let raid = Vg::new("vg1", 1024 * MIB, 400 * MIB)
+        .thick("existing", 100 * MIB)
+        .pool("pool", 256 * MIB, "10.00")
+        .thin("thin1", 300 * MIB, "pool")
+        .thick("r1", 8 * MIB);
+    fake.set_report(&report(&[&raid]));
+    let mut req = create("r1", "ssd", 8 * MIB);
+    req.lvcreate_option_class = "raid1".into();
+    lvmd.create_lv(req).await.expect("created");
+    // The answer came after the report: free space is LVM's figure, not a guess.
+    assert_eq!(lvmd.free_bytes("ssd").expect("free"), 400 * MIB);
+    let reports = fake.calls().iter().filter(|c| c[0] == "fullreport").count();
+    assert_eq!(reports, 2);
 }
 
 #[tokio::test]
@@ -188,12 +284,12 @@ async fn repeated_create_of_the_same_size_is_answered_from_the_cache() {
         .create_lv(create("existing", "ssd", 200 * MIB))
         .await
         .expect_err("other size");
-    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
     let err = lvmd
         .create_lv(create("existing", "thin", 100 * MIB))
         .await
         .expect_err("other class");
-    assert!(matches!(err, Error::AlreadyExists(_)), "{err:?}");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
 }
 
 #[tokio::test]
@@ -204,13 +300,13 @@ async fn no_space_is_refused_before_any_lvm_call() {
         .create_lv(create("big", "ssd", 600 * MIB))
         .await
         .expect_err("too big");
-    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
     // thin: ratio 2.0 × 256 MiB pool = 512 MiB, 300 MiB promised already.
     let err = lvmd
         .create_lv(create("big", "thin", 213 * MIB))
         .await
         .expect_err("overprovisioned");
-    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
     assert_eq!(fake.calls().len(), before);
 }
 
@@ -225,7 +321,14 @@ async fn lvm_reporting_no_space_maps_to_no_space() {
         .create_lv(create("v2", "ssd", 8 * MIB))
         .await
         .expect_err("lvm said no");
-    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(
+        matches!(&err, Error::Lvm(e) if e.is_insufficient_space()),
+        "{err:?}"
+    );
+    assert_eq!(
+        crate::grpc::status_of(err).code(),
+        tonic::Code::ResourceExhausted
+    );
 }
 
 #[tokio::test]
@@ -283,7 +386,7 @@ async fn thin_create_uses_the_pool_and_respects_the_usage_threshold() {
         .await
         .expect_err("pool too full");
     assert!(
-        matches!(&err, Error::NoSpace(m) if m.contains("85.50%")),
+        matches!(&err, Error::ThinPoolFull { percent, .. } if *percent == 85.5),
         "{err:?}"
     );
     assert!(fake.mutations().is_empty());
@@ -374,15 +477,124 @@ async fn remove_is_idempotent_and_protects_pools_and_origins() {
 
     assert!(matches!(
         lvmd.remove_lv("pool", "thin").await,
-        Err(Error::FailedPrecondition(_))
+        Err(Error::NotOwned { .. })
     ));
     assert!(matches!(
         lvmd.remove_lv("origin", "ssd").await,
-        Err(Error::FailedPrecondition(_))
+        Err(Error::HasThickSnapshots { .. })
     ));
 
     lvmd.remove_lv("existing", "ssd").await.expect("removed");
     assert_eq!(fake.mutations(), [["lvremove", "-y", "vg1/existing"]]);
+}
+
+/// A thick LV made by hand, one of another thick class sharing the volume group, a thin volume
+/// of another pool, and one whose tags name another volume: RemoveLV and ResizeLV refuse them
+/// all without running `lvm` (FAILED_PRECONDITION, or NOT_FOUND outside the class), and act on
+/// the other class's volume through that class.
+#[tokio::test]
+async fn remove_and_resize_act_only_on_owned_volumes_of_the_class() {
+    let vg = base()
+        .tagged_lv("handmade", 8 * MIB, "-wi-a-----", "", "", "")
+        .tagged_lv(
+            "striped1",
+            8 * MIB,
+            "-wi-a-----",
+            "",
+            "",
+            "topolvm.io/managed,topolvm.io/volume=striped1,topolvm.io/device-class=striped",
+        )
+        .pool("pool2", 64 * MIB, "1.00")
+        .thin("otherpool", 8 * MIB, "pool2")
+        .tagged_lv(
+            "renamed",
+            8 * MIB,
+            "-wi-a-----",
+            "",
+            "",
+            "topolvm.io/managed,topolvm.io/volume=original",
+        );
+    let (fake, lvmd) = lvmd_with(&report(&[&vg])).await;
+    type Expectation = fn(&Error) -> bool;
+    let precondition: Expectation = |e| matches!(e, Error::NotOwned { .. });
+    let not_found: Expectation = |e| matches!(e, Error::NotInClass { .. });
+    for (name, class, want) in [
+        ("handmade", "ssd", precondition),
+        ("renamed", "ssd", precondition),
+        ("pool2", "thin", precondition),
+        ("striped1", "ssd", not_found),
+        ("otherpool", "thin", not_found),
+        ("existing", "thin", not_found),
+    ] {
+        let err = lvmd
+            .remove_lv(name, class)
+            .await
+            .expect_err("remove refused");
+        assert!(want(&err), "RemoveLV {name} via {class}: {err:?}");
+        let err = lvmd
+            .resize_lv(name, class, (64 * MIB) as i64, 0)
+            .await
+            .expect_err("resize refused");
+        assert!(want(&err), "ResizeLV {name} via {class}: {err:?}");
+    }
+    assert!(fake.mutations().is_empty(), "{:?}", fake.mutations());
+
+    lvmd.remove_lv("striped1", "striped")
+        .await
+        .expect("through its own class");
+    assert_eq!(fake.mutations(), [["lvremove", "-y", "vg1/striped1"]]);
+}
+
+/// TopoLVM's volumes carry no tags and are named by a Kubernetes UID: a CreateLV of the same
+/// name and size adopts one (one `lvchange --addtag`), after which it can be removed; an
+/// untagged volume with any other name, or of another size, is never adopted.
+#[tokio::test]
+async fn untagged_volumes_named_by_a_uid_are_adopted_by_an_exact_create() {
+    const UID: &str = "4b9e6a2c-93c1-4c5e-8d4e-2f1a0b7c6d5e";
+    let untagged = || {
+        base()
+            .tagged_lv(UID, 100 * MIB, "-wi-a-----", "", "", "")
+            .tagged_lv("admin-data", 100 * MIB, "-wi-a-----", "", "", "")
+    };
+    let (fake, lvmd) = lvmd_with(&report(&[&untagged()])).await;
+    let err = lvmd
+        .create_lv(create(UID, "ssd", 200 * MIB))
+        .await
+        .expect_err("other size");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
+    let err = lvmd
+        .create_lv(create("admin-data", "ssd", 100 * MIB))
+        .await
+        .expect_err("not a UID");
+    assert!(matches!(err, Error::Exists { .. }), "{err:?}");
+    let err = lvmd.remove_lv(UID, "ssd").await.expect_err("not yet ours");
+    assert!(matches!(err, Error::NotOwned { .. }), "{err:?}");
+    assert!(fake.mutations().is_empty());
+
+    let tags = format!("topolvm.io/managed,topolvm.io/volume={UID},topolvm.io/device-class=ssd");
+    fake.set_report(&report(&[&base()
+        .tagged_lv(UID, 100 * MIB, "-wi-a-----", "", "", &tags)
+        .tagged_lv("admin-data", 100 * MIB, "-wi-a-----", "", "", "")]));
+    let adopted = lvmd
+        .create_lv(create(UID, "ssd", 100 * MIB))
+        .await
+        .expect("adopted");
+    assert!(adopted.tags.iter().any(|t| t == "topolvm.io/managed"));
+    let volume_tag = format!("topolvm.io/volume={UID}");
+    assert_eq!(
+        fake.mutations(),
+        [vec![
+            "lvchange",
+            "--addtag",
+            "topolvm.io/managed",
+            "--addtag",
+            volume_tag.as_str(),
+            "--addtag",
+            "topolvm.io/device-class=ssd",
+            &format!("vg1/{UID}"),
+        ]]
+    );
+    lvmd.remove_lv(UID, "ssd").await.expect("ours now");
 }
 
 #[tokio::test]
@@ -406,15 +618,15 @@ async fn resize_grows_never_shrinks() {
         .resize_lv("existing", "ssd", (50 * MIB) as i64, 0)
         .await
         .expect_err("shrink");
-    assert!(matches!(err, Error::OutOfRange(_)), "{err:?}");
+    assert!(matches!(err, Error::Shrink { .. }), "{err:?}");
     let err = lvmd
         .resize_lv("existing", "ssd", (700 * MIB) as i64, 0)
         .await
         .expect_err("too big");
-    assert!(matches!(err, Error::NoSpace(_)), "{err:?}");
+    assert!(matches!(err, Error::NoSpace { .. }), "{err:?}");
     assert!(matches!(
         lvmd.resize_lv("nope", "ssd", MIB as i64, 0).await,
-        Err(Error::NotFound(_))
+        Err(Error::VolumeNotFound { .. })
     ));
 
     fake.set_report(&report(&[
@@ -474,6 +686,8 @@ async fn snapshots_thin_and_thick() {
             "topolvm.io/managed",
             "--addtag",
             "topolvm.io/volume=ts",
+            "--addtag",
+            "topolvm.io/device-class=thin",
             "vg1/thin1"
         ]
     );
@@ -532,22 +746,22 @@ async fn snapshot_refusals() {
             matches!(e, Error::InvalidArgument(_))
         }),
         (snap("s", "thin", "nope", "ro", 0), |e| {
-            matches!(e, Error::NotFound(_))
+            matches!(e, Error::VolumeNotFound { .. })
         }),
         (snap("s", "thin", "existing", "ro", 0), |e| {
-            matches!(e, Error::FailedPrecondition(_))
+            matches!(e, Error::NotInClass { .. })
         }),
         (snap("s", "ssd", "thin1", "ro", 0), |e| {
-            matches!(e, Error::FailedPrecondition(_))
+            matches!(e, Error::NotInClass { .. })
         }),
         (snap("s", "thin", "thin1", "ro", MIB), |e| {
-            matches!(e, Error::OutOfRange(_))
+            matches!(e, Error::SmallerThanSource { .. })
         }),
         (snap("s", "ssd", "existing", "ro", 600 * MIB), |e| {
-            matches!(e, Error::NoSpace(_))
+            matches!(e, Error::NoSpace { .. })
         }),
         (snap("existing", "ssd", "thin1", "ro", 0), |e| {
-            matches!(e, Error::AlreadyExists(_))
+            matches!(e, Error::Exists { .. })
         }),
     ];
     for (req, want) in cases {

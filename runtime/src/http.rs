@@ -1,54 +1,59 @@
-//! Serving the router over plain HTTP or HTTPS (HTTP/1.1 and HTTP/2), with graceful shutdown.
+//! Serving an axum router over plain HTTP or HTTPS (HTTP/1.1 and HTTP/2) on a TCP listener
+//! given in Go's `host:port` form, with graceful shutdown: metrics, health, the scheduler
+//! extender and admission webhooks all run on this.
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::{TlsFiles, split_listen};
-
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests in flight may take to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Why a listen address could not be bound.
 #[derive(Debug, Error)]
-pub enum ServeError {
+pub enum BindError {
     #[error("cannot listen on {listen}: {source}")]
     Bind { listen: String, source: io::Error },
     #[error("bad listen address {listen:?}: {message}")]
     Listen { listen: String, message: String },
-    #[error("cannot load TLS {what} from {path}: {message}")]
-    TlsFile {
-        what: &'static str,
-        path: String,
-        message: String,
-    },
-    #[error("bad TLS certificate or key: {0}")]
-    Tls(#[from] rustls::Error),
+}
+
+/// Splits a Go-style listen address into host (empty for "every interface") and port:
+/// `:8000`, `127.0.0.1:8000`, `[::1]:8000`, `localhost:8000`.
+pub fn split_listen(listen: &str) -> Result<(&str, u16), String> {
+    let (host, port) = listen.rsplit_once(':').ok_or_else(|| {
+        format!("{listen:?} is not an address like :8000, 127.0.0.1:8000 or [::1]:8000")
+    })?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{listen:?} has no valid port number"))?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Ok((host, port))
 }
 
 /// Binds a Go-style listen address (`:8000` listens on every interface, IPv6 and IPv4).
-pub async fn bind(listen: &str) -> Result<TcpListener, ServeError> {
-    let (host, port) = split_listen(listen).map_err(|message| ServeError::Listen {
+pub async fn bind(listen: &str) -> Result<TcpListener, BindError> {
+    let (host, port) = split_listen(listen).map_err(|message| BindError::Listen {
         listen: listen.to_owned(),
         message,
     })?;
-    let bind_err = |source| ServeError::Bind {
+    let bind_err = |source| BindError::Bind {
         listen: listen.to_owned(),
         source,
     };
@@ -76,38 +81,9 @@ pub async fn bind(listen: &str) -> Result<TcpListener, ServeError> {
     Err(bind_err(last_err))
 }
 
-/// Loads the certificate chain and key into a TLS acceptor that offers HTTP/2 and HTTP/1.1.
-pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ServeError> {
-    let file_err =
-        |what: &'static str, path: &Path, e: &dyn std::fmt::Display| ServeError::TlsFile {
-            what,
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert_file)
-        .map_err(|e| file_err("certificate", &files.cert_file, &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err("certificate", &files.cert_file, &e))?;
-    if certs.is_empty() {
-        return Err(file_err(
-            "certificate",
-            &files.cert_file,
-            &"no PEM certificate in the file",
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key_file)
-        .map_err(|e| file_err("private key", &files.key_file, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
 /// Serves `app` on `listener` until `shutdown`, then lets requests in flight finish (up to a
-/// grace period).
+/// grace period). With `tls`, every connection is HTTPS (see [`crate::tls`] for certificates
+/// that follow their files).
 pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -115,7 +91,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
-    info!(address = %local, tls = tls.is_some(), "serving the scheduler extender");
+    info!(address = %local, tls = tls.is_some(), "serving HTTP");
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -142,9 +118,9 @@ pub async fn serve(
     }
     drop(listener);
     tokio::select! {
-        _ = graceful.shutdown() => info!("all connections closed"),
+        _ = graceful.shutdown() => info!(address = %local, "all connections closed"),
         _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
-            warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
+            warn!(address = %local, grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them");
         }
     }
     Ok(())
@@ -155,7 +131,7 @@ async fn serve_connection(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     app: Router,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let service = TowerToHyperService::new(app);
     let builder = Builder::new(TokioExecutor::new());
@@ -171,5 +147,41 @@ async fn serve_connection(
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             watcher.watch(conn.into_owned()).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(split_listen(":8000"), Ok(("", 8000)));
+        assert_eq!(split_listen("127.0.0.1:9251"), Ok(("127.0.0.1", 9251)));
+        assert_eq!(split_listen("[::1]:9251"), Ok(("::1", 9251)));
+        assert_eq!(split_listen("localhost:1"), Ok(("localhost", 1)));
+        assert!(split_listen("localhost").is_err());
+        assert!(split_listen("localhost:99999").is_err());
+    }
+
+    #[tokio::test]
+    async fn listen_addresses_in_gos_forms() {
+        let localhost = bind("localhost:0").await.expect("localhost");
+        assert!(localhost.local_addr().expect("addr").ip().is_loopback());
+        assert!(
+            localhost.local_addr().expect("addr").is_ipv4(),
+            "IPv4 first, as Go"
+        );
+        let any = bind(":0").await.expect("every interface");
+        assert!(any.local_addr().expect("addr").ip().is_unspecified());
+    }
+
+    #[tokio::test]
+    async fn bad_listen_addresses_are_refused() {
+        assert!(bind("nonsense").await.is_err());
+        let taken = bind("127.0.0.1:0").await.expect("bind");
+        let addr = taken.local_addr().expect("addr");
+        let err = bind(&addr.to_string()).await.expect_err("in use");
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
     }
 }

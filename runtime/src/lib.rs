@@ -1,0 +1,22 @@
+//! What every topolvm-rs binary runs on, in one place, so lvmd, topolvm-scheduler, topolvm-node
+//! and topolvm-controller start, serve and stop the same way:
+//!
+//! - [`shutdown`]: SIGTERM/SIGINT cancel a token; a second signal exits at once;
+//! - [`unix`]: gRPC on a Unix socket (stale-socket removal, mode 0600, peer credentials,
+//!   graceful shutdown) and the client connector;
+//! - [`http`]: an HTTP or HTTPS server for metrics, health and webhooks, with Go-style listen
+//!   addresses and graceful shutdown; [`tls`]: certificates re-read when their files change;
+//! - [`endpoints`]: `/metrics` from a Prometheus registry, `/healthz` and `/readyz`;
+//! - [`kubernetes`]: building the client, and the one error type of Kubernetes-side work;
+//! - [`logging`]: the tracing subscriber (text or JSON lines).
+//!
+//! Each module has its own error type.
+#![forbid(unsafe_code)]
+
+pub mod endpoints;
+pub mod http;
+pub mod kubernetes;
+pub mod logging;
+pub mod shutdown;
+pub mod tls;
+pub mod unix;
