@@ -10,6 +10,8 @@
 //! - `capacity.topolvm.io/00default`: the same value as the default class's own key (TopoLVM
 //!   issue 622; lvmd puts it into `WatchResponse.free_bytes`).
 //! - Values are decimal byte counts.
+//! - The same patch adds the Node finalizer `topolvm.io/node`; that part is the agent's (a merge
+//!   patch replaces the whole finalizer list, so it needs the Node's current list).
 //!
 //! Unlike TopoLVM (issue 293), keys of device classes that lvmd no longer reports are removed:
 //! [`node_capacity_patch`] compares the desired keys with the Node's current annotations.
