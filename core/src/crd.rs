@@ -16,11 +16,50 @@ use serde::{Deserialize, Serialize};
 
 use crate::quantity::{QuantityError, quantity_bytes};
 
-/// Value of `spec.accessType` for a read-only snapshot.
-pub const ACCESS_TYPE_READ_ONLY: &str = "ro";
+/// `spec.accessType` of a LogicalVolume made from another (`spec.source`), and the
+/// `access_type` of lvmd's CreateLVSnapshot: how the new volume will be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AccessType {
+    /// `ro`: a snapshot (CreateSnapshot).
+    #[serde(rename = "ro")]
+    ReadOnly,
+    /// `rw`: a volume restored from a snapshot or cloned from a volume.
+    #[serde(rename = "rw")]
+    ReadWrite,
+}
 
-/// Value of `spec.accessType` for a writable restore or clone.
-pub const ACCESS_TYPE_READ_WRITE: &str = "rw";
+/// A string that is neither `ro` nor `rw`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("access type must be \"ro\" or \"rw\", got {0:?}")]
+pub struct InvalidAccessType(pub String);
+
+impl AccessType {
+    /// The wire spelling: `ro` or `rw`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessType::ReadOnly => "ro",
+            AccessType::ReadWrite => "rw",
+        }
+    }
+}
+
+impl std::str::FromStr for AccessType {
+    type Err = InvalidAccessType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ro" => Ok(AccessType::ReadOnly),
+            "rw" => Ok(AccessType::ReadWrite),
+            other => Err(InvalidAccessType(other.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for AccessType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Desired state of a logical volume.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -32,14 +71,9 @@ pub const ACCESS_TYPE_READ_WRITE: &str = "rw";
     singular = "logicalvolume",
     status = "LogicalVolumeStatus",
     derive = "PartialEq",
-    doc = "LogicalVolume is a logical volume that TopoLVM keeps on one node's volume group",
-    // Raw JSON rather than `printcolumn(name = ..)`: clippy reads repeated `type_ = "string"`
-    // arguments as duplicated attributes.
-    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
-    printcolumn = r#"{"name":"DeviceClass","type":"string","jsonPath":".spec.deviceClass"}"#,
-    printcolumn = r#"{"name":"Size","type":"string","jsonPath":".spec.size"}"#,
-    printcolumn = r#"{"name":"VolumeID","type":"string","jsonPath":".status.volumeID"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    // No printer columns: TopoLVM's CRD has none, so `kubectl get logicalvolumes` looks the
+    // same with either.
+    doc = "LogicalVolume is a logical volume that TopoLVM keeps on one node's volume group"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LogicalVolumeSpec {
@@ -65,10 +99,21 @@ pub struct LogicalVolumeSpec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub source: String,
 
-    /// For a snapshot or clone: `ro` for a snapshot, `rw` for a restore or clone (see
-    /// `ACCESS_TYPE_READ_ONLY` and `ACCESS_TYPE_READ_WRITE`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub access_type: String,
+    /// For a snapshot or clone: `ro` for a snapshot, `rw` for a restore or clone.
+    // TopoLVM's schema takes any string here (its node refuses other values when it acts on the
+    // object); ours lists the two values, so the API server refuses others up front.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "access_type_schema")]
+    pub access_type: Option<AccessType>,
+}
+
+/// `type: string` with the two values, and no `nullable` (Go writes no `null` here; an absent
+/// field is `None`).
+fn access_type_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": [AccessType::ReadOnly.as_str(), AccessType::ReadWrite.as_str()],
+    })
 }
 
 /// Observed state of a logical volume, written by the node agent.
@@ -214,6 +259,8 @@ mod tests {
         &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     }
 
+    /// Values from TopoLVM's `config/crd/bases/topolvm.io_logicalvolumes.yaml` (44c31e33) and
+    /// REFERENCE.md "LogicalVolume custom resource".
     #[test]
     fn crd_identity_matches_topolvm() {
         let crd = crd_json();
@@ -243,32 +290,49 @@ mod tests {
         assert_eq!(LogicalVolume::api_version(&()), "topolvm.io/v1");
     }
 
+    /// TopoLVM's CRD (`config/crd/bases/topolvm.io_logicalvolumes.yaml` at 44c31e33, and the
+    /// chart's copy) declares no `additionalPrinterColumns`.
     #[test]
-    fn printer_columns() {
+    fn no_printer_columns_like_topolvm() {
         let crd = crd_json();
-        let columns: Vec<(&str, &str)> = crd["spec"]["versions"][0]["additionalPrinterColumns"]
-            .as_array()
-            .expect("printer columns")
-            .iter()
-            .map(|c| {
-                (
-                    c["name"].as_str().expect("name"),
-                    c["jsonPath"].as_str().expect("jsonPath"),
-                )
-            })
-            .collect();
-        assert_eq!(
-            columns,
-            vec![
-                ("Node", ".spec.nodeName"),
-                ("DeviceClass", ".spec.deviceClass"),
-                ("Size", ".spec.size"),
-                ("VolumeID", ".status.volumeID"),
-                ("Age", ".metadata.creationTimestamp"),
-            ]
+        assert!(
+            crd["spec"]["versions"][0]
+                .get("additionalPrinterColumns")
+                .is_none(),
+            "{}",
+            crd["spec"]["versions"][0]
         );
     }
 
+    #[test]
+    fn access_type_is_ro_or_rw() {
+        let crd = crd_json();
+        let access_type = &version_schema(&crd)["properties"]["spec"]["properties"]["accessType"];
+        assert_eq!(access_type["type"], "string");
+        assert_eq!(access_type["enum"], json!(["ro", "rw"]));
+        assert!(access_type.get("nullable").is_none());
+        // NODE-CONTROLLER.md section 0: `accessType` (`ro`/`rw`).
+        assert_eq!(
+            serde_json::to_value(AccessType::ReadOnly).expect("json"),
+            json!("ro")
+        );
+        assert_eq!(
+            serde_json::to_value(AccessType::ReadWrite).expect("json"),
+            json!("rw")
+        );
+        for access in [AccessType::ReadOnly, AccessType::ReadWrite] {
+            assert_eq!(access.as_str().parse::<AccessType>(), Ok(access));
+            assert_eq!(access.to_string(), access.as_str());
+        }
+        assert_eq!(
+            "RO".parse::<AccessType>(),
+            Err(InvalidAccessType("RO".to_owned()))
+        );
+        assert!(serde_json::from_value::<AccessType>(json!("")).is_err());
+    }
+
+    /// Field names, types and the required list of TopoLVM's CRD (44c31e33); REFERENCE.md
+    /// "LogicalVolume custom resource".
     #[test]
     fn schema_fields_and_required_lists_match_topolvm() {
         let crd = crd_json();
@@ -405,7 +469,7 @@ mod tests {
         assert_eq!(lv.spec.node_name, "worker-1");
         assert_eq!(lv.spec.size_bytes(), Ok(2 << 30));
         assert_eq!(lv.spec.lvcreate_option_class, "raid1");
-        assert_eq!(lv.spec.access_type, ACCESS_TYPE_READ_WRITE);
+        assert_eq!(lv.spec.access_type, Some(AccessType::ReadWrite));
         let status = lv.status.as_ref().expect("status");
         assert_eq!(status.volume_id, "a1b2c3d4-e5f6-4789-abcd-ef0123456789");
         assert_eq!(status.code, 8);

@@ -2,7 +2,8 @@
 //!
 //! A cluster that runs TopoLVM must be able to switch to topolvm-rs by swapping binaries, so
 //! these strings are a wire contract: changing one breaks existing PVs, StorageClasses, node
-//! annotations or LogicalVolume objects. Tests pin each value.
+//! annotations or LogicalVolume objects. `tests/contract.rs` checks each one against TopoLVM's
+//! value as the reference documents state it.
 
 /// CSI plugin name and provisioner name of StorageClasses (`topolvm.io`).
 pub const PLUGIN_NAME: &str = "topolvm.io";
@@ -56,12 +57,61 @@ pub const NODE_FINALIZER: &str = "topolvm.io/node";
 /// Finalizer on LogicalVolume objects: the node agent removes it after removing the LV.
 pub const LOGICAL_VOLUME_FINALIZER: &str = "topolvm.io/logicalvolume";
 
-/// LogicalVolume annotation set when `spec.size` is raised; the node agent resizes the LV
-/// when it sees the annotation and removes it afterwards.
+/// LogicalVolume annotation the controller sets, to the time of the request, whenever it raises
+/// `spec.size`, so that every attempt is a real change of the object (and so an event) even when
+/// the size asked for is the same as before. The value is Go's `time.Time.String()` of a UTC
+/// time: see [`crate::timestamp::format_go_utc`]. The node agent never reads or clears it.
 pub const RESIZE_REQUESTED_AT_ANNOTATION: &str = "topolvm.io/resize-requested-at";
 
-/// LogicalVolume annotation that marks a volume whose deletion is pending.
+/// LogicalVolume annotation that marks a volume whose deletion is pending: the controller sets
+/// it (to [`PENDING_DELETION_VALUE`]) when it removes the finalizer of a dead node's volume, and
+/// the node agent then leaves the object alone instead of adding the finalizer again.
 pub const PENDING_DELETION_ANNOTATION: &str = "topolvm.io/pendingdeletion";
+
+/// Value of [`PENDING_DELETION_ANNOTATION`].
+pub const PENDING_DELETION_VALUE: &str = "true";
+
+/// Pod annotation the controller sets to nudge kubelet into expanding a filesystem whose PVC
+/// has the `FileSystemResizePending` condition. The value is RFC 3339 with nanoseconds: see
+/// [`crate::timestamp::format_rfc3339_nano`] and [`crate::timestamp::parse_rfc3339_nano`].
+/// TopoLVM uses this name even in legacy mode.
+pub const LAST_RESIZE_FS_REQUESTED_AT_ANNOTATION: &str = "topolvm.io/last-resizefs-requested-at";
+
+/// Label the node agent puts on every LogicalVolume, with [`CREATED_BY_VALUE`].
+pub const CREATED_BY_LABEL: &str = "app.kubernetes.io/created-by";
+
+/// Value of [`CREATED_BY_LABEL`] on LogicalVolumes (TopoLVM writes the controller's name even
+/// though the node agent adds the label).
+pub const CREATED_BY_VALUE: &str = "topolvm-controller";
+
+/// Finalizers that TopoLVM's removed PVC webhook (before v0.40) put on PVCs. The controller only
+/// ever removes them. `topolvm.io/pvc` is used even in legacy mode.
+pub const LEGACY_PVC_FINALIZERS: [&str; 2] = ["topolvm.io/pvc", "topolvm.cybozu.com/pvc"];
+
+/// Directory where old TopoLVM versions made device nodes; the node agent only cleans it up.
+pub const LEGACY_DEVICE_DIRECTORY: &str = "/dev/topolvm";
+
+/// PVC annotation (Kubernetes') with the node kube-scheduler chose for a claim with delayed
+/// binding. The controller finds a dead node's PVCs by it; the scheduler extender counts the
+/// space those claims will take.
+pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
+
+/// PVC condition type (Kubernetes') that says the filesystem still has to be expanded on the
+/// node.
+pub const FILESYSTEM_RESIZE_PENDING_CONDITION: &str = "FileSystemResizePending";
+
+/// Value of the extended resource [`CAPACITY_RESOURCE`] in the requests and limits of the first
+/// container of a pod the webhook mutates.
+pub const CAPACITY_RESOURCE_VALUE: &str = "1";
+
+/// Name of the pod mutating webhook in its MutatingWebhookConfiguration.
+pub const POD_WEBHOOK_NAME: &str = "pod-hook.topolvm.io";
+
+/// HTTP path the pod mutating webhook is served on.
+pub const POD_WEBHOOK_PATH: &str = "/pod/mutate";
+
+/// Default name of the controller's leader-election Lease (`--leader-election-id`).
+pub const DEFAULT_LEADER_ELECTION_ID: &str = "topolvm";
 
 /// Label key on Namespaces; with value [`WEBHOOK_IGNORE_VALUE`] the webhooks skip the
 /// namespace (for example the one TopoLVM itself runs in).
@@ -200,6 +250,16 @@ pub fn is_valid_label_value(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Returns true when `name` can be a device class name: it becomes the name part of the
+/// annotation key `capacity.topolvm.io/<name>`, which Kubernetes limits to 1 to 63 characters
+/// from `A-Z a-z 0-9 - _ .`, starting and ending with a letter or digit (the same rule as a
+/// non-empty label value).
+///
+/// TopoLVM checks nothing here and fails later, when the node cannot write the annotation.
+pub fn is_valid_device_class_name(name: &str) -> bool {
+    !name.is_empty() && is_valid_label_value(name)
+}
+
 /// Returns the value of [`LOGICAL_VOLUME_NODE_LABEL`] for a node, or `None` when the node's
 /// name cannot be a label value (node names may be up to 253 characters long, label values
 /// only 63). For such nodes the label is left off and the node agent has to watch all
@@ -213,53 +273,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_match_topolvm() {
-        assert_eq!(PLUGIN_NAME, "topolvm.io");
-        assert_eq!(TOPOLOGY_NODE_KEY, "topology.topolvm.io/node");
-        assert_eq!(CAPACITY_ANNOTATION_PREFIX, "capacity.topolvm.io/");
-        assert_eq!(DEFAULT_DEVICE_CLASS_NAME, "");
-        assert_eq!(DEFAULT_DEVICE_CLASS_ANNOTATION_NAME, "00default");
-        assert_eq!(CAPACITY_RESOURCE, "topolvm.io/capacity");
-        assert_eq!(DEVICE_CLASS_PARAMETER, "topolvm.io/device-class");
-        assert_eq!(
-            LVCREATE_OPTION_CLASS_PARAMETER,
-            "topolvm.io/lvcreate-option-class"
-        );
-        assert_eq!(FSTYPE_PARAMETER, "csi.storage.k8s.io/fstype");
-        assert_eq!(DEFAULT_FSTYPE, "ext4");
-        assert_eq!(NODE_FINALIZER, "topolvm.io/node");
-        assert_eq!(LOGICAL_VOLUME_FINALIZER, "topolvm.io/logicalvolume");
-        assert_eq!(
-            RESIZE_REQUESTED_AT_ANNOTATION,
-            "topolvm.io/resize-requested-at"
-        );
-        assert_eq!(PENDING_DELETION_ANNOTATION, "topolvm.io/pendingdeletion");
-        assert_eq!(WEBHOOK_NAMESPACE_LABEL, "topolvm.io/webhook");
-        assert_eq!(WEBHOOK_IGNORE_VALUE, "ignore");
-        assert_eq!(DEFAULT_LVMD_SOCKET, "/run/topolvm/lvmd.sock");
-        assert_eq!(DEFAULT_CSI_SOCKET, "/run/topolvm/csi-topolvm.sock");
-        assert_eq!(DEFAULT_LVMD_CONFIG_PATH, "/etc/topolvm/lvmd.yaml");
-        assert_eq!(LOGICAL_VOLUME_NODE_LABEL, "topolvm.io/node");
-        assert_eq!(LV_TAG_MANAGED, "topolvm.io/managed");
-    }
-
-    #[test]
-    fn names_built_from_the_plugin_name_agree() {
-        assert_eq!(TOPOLOGY_NODE_KEY, format!("topology.{PLUGIN_NAME}/node"));
-        assert_eq!(
-            CAPACITY_ANNOTATION_PREFIX,
-            format!("capacity.{PLUGIN_NAME}/")
-        );
-        assert_eq!(CAPACITY_RESOURCE, format!("{PLUGIN_NAME}/capacity"));
-        assert_eq!(
-            DEFAULT_CAPACITY_ANNOTATION_KEY,
-            format!("{CAPACITY_ANNOTATION_PREFIX}{DEFAULT_DEVICE_CLASS_ANNOTATION_NAME}")
-        );
-    }
-
-    #[test]
     fn capacity_key_of_the_default_class_in_both_spellings() {
-        assert_eq!(capacity_annotation_key(""), DEFAULT_CAPACITY_ANNOTATION_KEY);
+        assert_eq!(capacity_annotation_key(""), "capacity.topolvm.io/00default");
         assert_eq!(
             capacity_annotation_key("00default"),
             "capacity.topolvm.io/00default"
@@ -344,6 +359,26 @@ mod tests {
         assert!(!is_valid_label_value("a/b"));
         assert!(is_valid_label_value(&"a".repeat(63)));
         assert!(!is_valid_label_value(&"a".repeat(64)));
+    }
+
+    /// Kubernetes' qualified-name rule for the name part of an annotation key
+    /// (`apimachinery/pkg/util/validation`: `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at
+    /// most 63 characters).
+    #[test]
+    fn device_class_names_must_fit_an_annotation_key() {
+        for ok in [
+            "ssd",
+            "hdd-1",
+            "a",
+            "nvme_0.fast",
+            "00default",
+            &"a".repeat(63),
+        ] {
+            assert!(is_valid_device_class_name(ok), "{ok:?}");
+        }
+        for bad in ["", "-ssd", "ssd-", ".a", "a b", "a/b", "ü", &"a".repeat(64)] {
+            assert!(!is_valid_device_class_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,10 +1,19 @@
-//! Byte units and the size rules of the CSI controller.
+//! Byte units and TopoLVM's volume size rules.
 //!
-//! Volumes are sized in multiples of [`VOLUME_SIZE_ALIGNMENT`] (4096 bytes, a whole number of
-//! sectors on any disk), are never smaller than what their filesystem can be made on, and
-//! follow CSI's `CapacityRange` semantics: `required_bytes` is a floor, `limit_bytes` a
-//! ceiling, and 0 means "not set".
+//! TopoLVM's controller sizes a new volume in two steps (`internal/driver/controller.go` and
+//! `allocation_settings.go`; NODE-CONTROLLER.md B.2 steps 2 and 4):
+//!
+//! 1. [`raise_to_minimum`]: a `required_bytes` below the minimum allocation of the volume's
+//!    access type (block, or the filesystem of a mount) is raised to that minimum
+//!    ([`MinimumAllocation`], the `--minimum-allocation-*` flags).
+//! 2. [`resolve_capacity_range`] (TopoLVM's `convertRequestCapacityBytes`): validation,
+//!    the 1 GiB default and rounding to [`VOLUME_SIZE_ALIGNMENT`].
+//!
+//! [`create_volume_size`] is both steps, as CreateVolume runs them; ControllerExpandVolume runs
+//! only the second. Because the minimum comes first, an ext4 volume with no request gets the
+//! ext4 minimum (32 MiB), not the 1 GiB default.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -17,23 +26,26 @@ pub const GIB: u64 = 1 << 30;
 /// One tebibyte (2^40 bytes).
 pub const TIB: u64 = 1 << 40;
 
-/// Every volume size is a multiple of this: it is a whole number of 512-, 1024- and
-/// 4096-byte sectors, so LVM never has to round a request itself.
+/// Every volume size is a multiple of this (TopoLVM's `MinimumSectorSize`): a whole number of
+/// 512-, 1024- and 4096-byte sectors, so LVM never has to round a request itself.
 pub const VOLUME_SIZE_ALIGNMENT: u64 = 4096;
 
-/// Size of a volume whose request sets neither a required size nor a limit (TopoLVM: 1 GiB).
+/// Size of a volume whose request asks for nothing (TopoLVM's `DefaultSize`, 1 GiB). The pod
+/// webhook also assumes it for a claim without a storage request.
 pub const DEFAULT_VOLUME_SIZE: u64 = GIB;
 
-/// Smallest ext4 volume we create.
-pub const MIN_EXT4_SIZE: u64 = 32 * MIB;
-/// Smallest xfs volume we create (mkfs.xfs refuses much smaller devices).
-pub const MIN_XFS_SIZE: u64 = 300 * MIB;
-/// Smallest btrfs volume we create.
-pub const MIN_BTRFS_SIZE: u64 = 200 * MIB;
-/// Smallest raw block volume we create.
-pub const MIN_BLOCK_SIZE: u64 = 8 * MIB;
+/// Default minimum allocation of a raw block volume (`--minimum-allocation-block`).
+pub const DEFAULT_MINIMUM_ALLOCATION_BLOCK: u64 = 8 * MIB;
+/// Default minimum allocation of an ext4 volume (`--minimum-allocation-ext4`).
+pub const DEFAULT_MINIMUM_ALLOCATION_EXT4: u64 = 32 * MIB;
+/// Default minimum allocation of an xfs volume (`--minimum-allocation-xfs`); mkfs.xfs refuses
+/// much smaller devices.
+pub const DEFAULT_MINIMUM_ALLOCATION_XFS: u64 = 300 * MIB;
+/// Default minimum allocation of a btrfs volume (`--minimum-allocation-btrfs`).
+pub const DEFAULT_MINIMUM_ALLOCATION_BTRFS: u64 = 200 * MIB;
 
-/// Why a size could not be worked out.
+/// Why a capacity range cannot be turned into a volume size. CreateVolume and
+/// ControllerExpandVolume answer all of them with `InvalidArgument`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {
     /// `required_bytes` was negative.
@@ -42,39 +54,41 @@ pub enum SizeError {
     /// `limit_bytes` was negative.
     #[error("capacity limit must not be negative (got {0})")]
     NegativeLimit(i64),
-    /// `required_bytes` was above `limit_bytes`.
-    #[error("required capacity {required} exceeds the limit {limit}")]
+    /// `required_bytes` was above a set `limit_bytes`.
+    #[error("requested capacity exceeds limit capacity: request={required} limit={limit}")]
     RequiredExceedsLimit {
-        /// The required size asked for.
+        /// The required size asked for (after raising it to the minimum allocation).
         required: u64,
         /// The limit asked for.
         limit: u64,
     },
-    /// After rounding up to the alignment and raising to the filesystem's minimum, the size
-    /// no longer fits under the limit.
+    /// Rounding `required_bytes` up to the alignment went past `limit_bytes`.
     #[error(
-        "capacity limit {limit} is below {size}, the smallest allowed size for this request (sizes are multiples of {VOLUME_SIZE_ALIGNMENT} bytes and at least {minimum} bytes for this volume type)"
+        "requested capacity exceeds limit capacity, either specify a lower request or a higher limit (sizes are multiples of {VOLUME_SIZE_ALIGNMENT} bytes): request={rounded} limit={limit}"
     )]
-    LimitTooSmall {
-        /// The smallest size that satisfies the request.
-        size: u64,
+    RoundedExceedsLimit {
+        /// The required size rounded up to the alignment.
+        rounded: u64,
         /// The limit asked for.
         limit: u64,
-        /// The minimum size for the volume type.
-        minimum: u64,
     },
-    /// The size does not fit in the signed 64-bit byte counts CSI uses.
+    /// Nothing was required and the limit, rounded down to the alignment, is 0.
+    #[error(
+        "requested capacity is 0, because it defaulted to the limit ({limit}) and was rounded down to a multiple of {VOLUME_SIZE_ALIGNMENT}; specify a limit of at least {VOLUME_SIZE_ALIGNMENT} bytes"
+    )]
+    LimitBelowAlignment {
+        /// The limit asked for.
+        limit: u64,
+    },
+    /// Rounding up went past the largest `i64` (TopoLVM's arithmetic would wrap around).
     #[error("capacity is too large to represent")]
     Overflow,
-    /// The filesystem type is not one we can create.
-    #[error("unsupported filesystem type {0:?} (supported: ext4, xfs, btrfs)")]
-    UnsupportedFilesystem(String),
 }
 
-/// A filesystem topolvm-rs can create on a volume.
+/// A filesystem topolvm-rs can make on a volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Filesystem {
-    /// ext4, the default when the StorageClass names none.
+    /// ext4, what the node makes when `fs_type` is empty.
     Ext4,
     /// xfs.
     Xfs,
@@ -82,16 +96,24 @@ pub enum Filesystem {
     Btrfs,
 }
 
+/// An `fs_type` names no filesystem topolvm-rs can make.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unsupported filesystem type {0:?} (supported: ext4, xfs, btrfs)")]
+pub struct UnsupportedFilesystem(pub String);
+
 impl Filesystem {
     /// All supported filesystems.
     pub const ALL: [Filesystem; 3] = [Filesystem::Ext4, Filesystem::Xfs, Filesystem::Btrfs];
 
-    /// Interprets a CSI `fs_type`: absent or empty means ext4.
-    pub fn from_fs_type(fs_type: Option<&str>) -> Result<Self, SizeError> {
-        match fs_type {
-            None | Some("") => Ok(Filesystem::Ext4),
-            Some(name) => name.parse(),
+    /// The filesystem the node makes for a CSI `fs_type`: empty means ext4
+    /// ([`crate::names::DEFAULT_FSTYPE`]).
+    ///
+    /// Not used for the minimum allocation, where an empty `fs_type` means no minimum.
+    pub fn from_fs_type(fs_type: &str) -> Result<Self, UnsupportedFilesystem> {
+        if fs_type.is_empty() {
+            return Ok(Filesystem::Ext4);
         }
+        fs_type.parse()
     }
 
     /// The name used in `fs_type`, StorageClasses and `mkfs.<name>`.
@@ -102,33 +124,84 @@ impl Filesystem {
             Filesystem::Btrfs => "btrfs",
         }
     }
-
-    /// The smallest volume this filesystem is created on.
-    pub fn min_volume_size(self) -> u64 {
-        match self {
-            Filesystem::Ext4 => MIN_EXT4_SIZE,
-            Filesystem::Xfs => MIN_XFS_SIZE,
-            Filesystem::Btrfs => MIN_BTRFS_SIZE,
-        }
-    }
 }
 
 impl FromStr for Filesystem {
-    type Err = SizeError;
+    type Err = UnsupportedFilesystem;
 
-    /// Parses an exact, lower-case filesystem name; use [`Filesystem::from_fs_type`] to get
+    /// Parses an exact, lower-case filesystem name; [`Filesystem::from_fs_type`] also gives
     /// the default for an empty one.
     fn from_str(name: &str) -> Result<Self, Self::Err> {
         Filesystem::ALL
             .into_iter()
             .find(|fs| fs.name() == name)
-            .ok_or_else(|| SizeError::UnsupportedFilesystem(name.to_owned()))
+            .ok_or_else(|| UnsupportedFilesystem(name.to_owned()))
     }
 }
 
 impl fmt::Display for Filesystem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// How a volume is consumed, as far as the minimum allocation cares: TopoLVM takes it from the
+/// first volume capability that is a block or a mount capability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeAccess<'a> {
+    /// A raw block device.
+    Block,
+    /// A mounted filesystem; `fs_type` exactly as the capability carries it (may be empty).
+    Mount {
+        /// The capability's `fs_type`.
+        fs_type: &'a str,
+    },
+}
+
+/// The smallest volume the controller creates per access type (TopoLVM's
+/// `MinimumAllocationSettings`, set by `--minimum-allocation-block` and
+/// `--minimum-allocation-<fs>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinimumAllocation {
+    /// Minimum of raw block volumes.
+    pub block: u64,
+    /// Minimum of mounted volumes per `fs_type`. An `fs_type` that is not a key, including the
+    /// empty one, has no minimum.
+    pub filesystem: BTreeMap<String, u64>,
+}
+
+impl Default for MinimumAllocation {
+    /// TopoLVM's flag defaults: block 8 MiB, ext4 32 MiB, xfs 300 MiB, btrfs 200 MiB.
+    fn default() -> Self {
+        Self {
+            block: DEFAULT_MINIMUM_ALLOCATION_BLOCK,
+            filesystem: BTreeMap::from([
+                (
+                    Filesystem::Ext4.name().to_owned(),
+                    DEFAULT_MINIMUM_ALLOCATION_EXT4,
+                ),
+                (
+                    Filesystem::Xfs.name().to_owned(),
+                    DEFAULT_MINIMUM_ALLOCATION_XFS,
+                ),
+                (
+                    Filesystem::Btrfs.name().to_owned(),
+                    DEFAULT_MINIMUM_ALLOCATION_BTRFS,
+                ),
+            ]),
+        }
+    }
+}
+
+impl MinimumAllocation {
+    /// The minimum for one access type; 0 for an `fs_type` without an entry.
+    pub fn for_access(&self, access: VolumeAccess<'_>) -> u64 {
+        match access {
+            VolumeAccess::Block => self.block,
+            VolumeAccess::Mount { fs_type } => {
+                self.filesystem.get(fs_type).copied().unwrap_or_default()
+            }
+        }
     }
 }
 
@@ -142,97 +215,77 @@ pub fn round_down(bytes: u64, unit: u64) -> Option<u64> {
     bytes.checked_rem(unit).map(|rest| bytes - rest)
 }
 
-/// Smallest size of a volume: [`MIN_BLOCK_SIZE`] for raw block volumes (whatever `fs_type`
-/// says, since no filesystem is made), otherwise the minimum of the filesystem, with absent
-/// or empty `fs_type` meaning ext4.
+/// CreateVolume's step 2: a `required_bytes` below `minimum` becomes `minimum`.
 ///
-/// An unknown filesystem is an error, so the controller refuses the volume at creation
-/// instead of the node failing at mount time.
-pub fn min_volume_size(fs_type: Option<&str>, block: bool) -> Result<u64, SizeError> {
-    if block {
-        return Ok(MIN_BLOCK_SIZE);
-    }
-    Filesystem::from_fs_type(fs_type).map(Filesystem::min_volume_size)
+/// As in TopoLVM, this happens before any validation, so a negative `required_bytes` is
+/// raised too (to the minimum, or to 0 when there is none) and never reaches the negative
+/// check of [`resolve_capacity_range`].
+pub fn raise_to_minimum(required: i64, minimum: u64) -> i64 {
+    required.max(i64::try_from(minimum).unwrap_or(i64::MAX))
 }
 
-/// Decides the size of a new or expanded volume from a CSI `CapacityRange`.
+/// CreateVolume's step 4 and ControllerExpandVolume's size: TopoLVM's
+/// `convertRequestCapacityBytes(required, limit)`, where 0 means "not set".
 ///
-/// `required` and `limit` are the request's `required_bytes` and `limit_bytes`, 0 meaning
-/// unset. `min` is the smallest size for the volume type (see [`min_volume_size`]) and
-/// `default_size` the size when nothing is asked for (TopoLVM: [`DEFAULT_VOLUME_SIZE`]).
+/// - A negative `required` or `limit` is refused.
+/// - A set limit below `required` is refused.
+/// - `required` 0: [`DEFAULT_VOLUME_SIZE`], unless a limit below it is set; then the limit
+///   rounded down to [`VOLUME_SIZE_ALIGNMENT`] (refused when that is 0).
+/// - Otherwise `required` rounded up to [`VOLUME_SIZE_ALIGNMENT`], refused when that passes a
+///   set limit.
 ///
-/// - Neither set: `default_size`.
-/// - Only a limit: `default_size`, or the limit rounded down to the alignment when the limit
-///   is smaller (the largest size the caller allows).
-/// - A required size: that size.
-///
-/// The result is then raised to `min` (and to at least one byte, so it is never 0) and rounded
-/// up to [`VOLUME_SIZE_ALIGNMENT`]; if that goes past a set limit the request cannot be met.
-/// The result fits in an `i64`, as CSI's `capacity_bytes` needs.
-///
-/// TopoLVM applies its minimum before defaulting, so with a minimum configured an empty
-/// request gets the minimum there; here it gets `default_size` (the pod webhook also assumes
-/// 1 GiB for such claims, so this keeps the two in step).
+/// The result is never 0 and fits in an `i64`, as CSI's `capacity_bytes` needs.
 ///
 /// ```
-/// use topolvm_core::size::{resolve_capacity_range, DEFAULT_VOLUME_SIZE, MIB};
-/// assert_eq!(resolve_capacity_range(0, 0, 32 * MIB, DEFAULT_VOLUME_SIZE), Ok(DEFAULT_VOLUME_SIZE));
-/// assert_eq!(resolve_capacity_range(5000, 0, 0, DEFAULT_VOLUME_SIZE), Ok(8192));
-/// assert_eq!(resolve_capacity_range(1, 0, 32 * MIB, DEFAULT_VOLUME_SIZE), Ok(32 * MIB));
-/// assert!(resolve_capacity_range(5000, 5000, 0, DEFAULT_VOLUME_SIZE).is_err());
+/// use topolvm_core::size::{resolve_capacity_range, GIB};
+/// assert_eq!(resolve_capacity_range(0, 0), Ok(GIB));
+/// assert_eq!(resolve_capacity_range(5000, 0), Ok(8192));
+/// assert_eq!(resolve_capacity_range(0, 5000), Ok(4096));
+/// assert!(resolve_capacity_range(5000, 5000).is_err());
 /// ```
-pub fn resolve_capacity_range(
-    required: i64,
-    limit: i64,
-    min: u64,
-    default_size: u64,
-) -> Result<u64, SizeError> {
+pub fn resolve_capacity_range(required: i64, limit: i64) -> Result<u64, SizeError> {
     let required = u64::try_from(required).map_err(|_| SizeError::NegativeRequired(required))?;
     let limit = u64::try_from(limit).map_err(|_| SizeError::NegativeLimit(limit))?;
-    let limit = (limit != 0).then_some(limit);
-
-    if let Some(limit) = limit
-        && required > limit
-    {
+    if limit != 0 && required > limit {
         return Err(SizeError::RequiredExceedsLimit { required, limit });
     }
-
-    let wanted = match (required, limit) {
-        (0, Some(limit)) if limit < default_size => {
-            round_down(limit, VOLUME_SIZE_ALIGNMENT).ok_or(SizeError::Overflow)?
+    if required == 0 {
+        if limit == 0 || limit >= DEFAULT_VOLUME_SIZE {
+            return Ok(DEFAULT_VOLUME_SIZE);
         }
-        (0, _) => default_size,
-        (required, _) => required,
-    };
-    // `max(1)`: a zero-byte volume is never what anyone wants, even with a zero default.
-    let size = round_up(wanted.max(min).max(1), VOLUME_SIZE_ALIGNMENT)
-        .filter(|&size| i64::try_from(size).is_ok())
-        .ok_or(SizeError::Overflow)?;
-
-    match limit {
-        Some(limit) if size > limit => Err(SizeError::LimitTooSmall {
-            size,
-            limit,
-            minimum: min,
-        }),
-        _ => Ok(size),
+        return match round_down(limit, VOLUME_SIZE_ALIGNMENT) {
+            Some(0) | None => Err(SizeError::LimitBelowAlignment { limit }),
+            Some(rounded) => Ok(rounded),
+        };
     }
+    let rounded = round_up(required, VOLUME_SIZE_ALIGNMENT)
+        .filter(|&rounded| i64::try_from(rounded).is_ok())
+        .ok_or(SizeError::Overflow)?;
+    if limit != 0 && rounded > limit {
+        return Err(SizeError::RoundedExceedsLimit { rounded, limit });
+    }
+    Ok(rounded)
+}
+
+/// The size of a new volume, as CreateVolume works it out: [`raise_to_minimum`], then
+/// [`resolve_capacity_range`]. `minimum` is [`MinimumAllocation::for_access`] of the request.
+///
+/// ```
+/// use topolvm_core::size::{create_volume_size, MinimumAllocation, VolumeAccess, GIB, MIB};
+/// let minimums = MinimumAllocation::default();
+/// let ext4 = minimums.for_access(VolumeAccess::Mount { fs_type: "ext4" });
+/// assert_eq!(create_volume_size(0, 0, ext4), Ok(32 * MIB));
+/// let unknown = minimums.for_access(VolumeAccess::Mount { fs_type: "" });
+/// assert_eq!(create_volume_size(0, 0, unknown), Ok(GIB));
+/// ```
+pub fn create_volume_size(required: i64, limit: i64, minimum: u64) -> Result<u64, SizeError> {
+    resolve_capacity_range(raise_to_minimum(required, minimum), limit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn units() {
-        assert_eq!(KIB, 1024);
-        assert_eq!(MIB, 1024 * 1024);
-        assert_eq!(GIB, 1024 * 1024 * 1024);
-        assert_eq!(TIB, 1024 * GIB);
-        assert_eq!(DEFAULT_VOLUME_SIZE, GIB);
-        assert_eq!(VOLUME_SIZE_ALIGNMENT, 4 * KIB);
-    }
 
     #[test]
     fn rounding() {
@@ -252,284 +305,71 @@ mod tests {
     }
 
     #[test]
-    fn minimum_sizes() {
-        assert_eq!(min_volume_size(None, false), Ok(32 * MIB));
-        assert_eq!(min_volume_size(Some(""), false), Ok(32 * MIB));
-        assert_eq!(min_volume_size(Some("ext4"), false), Ok(32 * MIB));
-        assert_eq!(min_volume_size(Some("xfs"), false), Ok(300 * MIB));
-        assert_eq!(min_volume_size(Some("btrfs"), false), Ok(200 * MIB));
-        assert_eq!(min_volume_size(None, true), Ok(8 * MIB));
-        assert_eq!(min_volume_size(Some("xfs"), true), Ok(8 * MIB));
-        assert_eq!(min_volume_size(Some("zfs"), true), Ok(8 * MIB));
-        assert_eq!(
-            min_volume_size(Some("zfs"), false),
-            Err(SizeError::UnsupportedFilesystem("zfs".to_owned()))
-        );
-        assert_eq!(
-            min_volume_size(Some("XFS"), false),
-            Err(SizeError::UnsupportedFilesystem("XFS".to_owned()))
-        );
-    }
-
-    #[test]
     fn filesystem_names_round_trip() {
         for fs in Filesystem::ALL {
             assert_eq!(fs.name().parse::<Filesystem>(), Ok(fs));
             assert_eq!(fs.to_string(), fs.name());
         }
-        assert_eq!(Filesystem::from_fs_type(None), Ok(Filesystem::Ext4));
-        assert_eq!(Filesystem::from_fs_type(Some("")), Ok(Filesystem::Ext4));
+        assert_eq!(Filesystem::from_fs_type(""), Ok(Filesystem::Ext4));
+        assert_eq!(Filesystem::from_fs_type("btrfs"), Ok(Filesystem::Btrfs));
         assert_eq!(
-            Filesystem::from_fs_type(Some("btrfs")),
-            Ok(Filesystem::Btrfs)
+            Filesystem::from_fs_type("XFS"),
+            Err(UnsupportedFilesystem("XFS".to_owned()))
         );
         assert!("".parse::<Filesystem>().is_err());
     }
 
-    const D: u64 = DEFAULT_VOLUME_SIZE;
-    const MIN: u64 = 32 * MIB;
-
-    struct Case {
-        name: &'static str,
-        required: i64,
-        limit: i64,
-        min: u64,
-        default_size: u64,
-        expected: Result<u64, SizeError>,
-    }
-
-    fn case(
-        name: &'static str,
-        required: i64,
-        limit: i64,
-        min: u64,
-        expected: Result<u64, SizeError>,
-    ) -> Case {
-        Case {
-            name,
-            required,
-            limit,
-            min,
-            default_size: D,
-            expected,
-        }
+    #[test]
+    fn configured_minimums_replace_the_defaults() {
+        let minimums = MinimumAllocation {
+            block: 0,
+            filesystem: BTreeMap::from([("zfs".to_owned(), 64 * MIB)]),
+        };
+        assert_eq!(minimums.for_access(VolumeAccess::Block), 0);
+        assert_eq!(
+            minimums.for_access(VolumeAccess::Mount { fs_type: "zfs" }),
+            64 * MIB
+        );
+        assert_eq!(
+            minimums.for_access(VolumeAccess::Mount { fs_type: "ext4" }),
+            0
+        );
     }
 
     #[test]
-    fn capacity_range_table() {
-        let gib = GIB as i64;
-        let mib = MIB as i64;
-        let too_small = |size, limit, minimum| {
-            Err(SizeError::LimitTooSmall {
-                size,
-                limit,
-                minimum,
-            })
-        };
-        let cases = vec![
-            case("nothing set gives the default", 0, 0, MIN, Ok(D)),
-            case("nothing set, no minimum", 0, 0, 0, Ok(D)),
-            case(
-                "limit above default gives the default",
-                0,
-                2 * gib,
-                MIN,
-                Ok(D),
-            ),
-            case(
-                "limit equal to default gives the default",
-                0,
-                gib,
-                MIN,
-                Ok(D),
-            ),
-            case(
-                "limit below default gives the limit",
-                0,
-                512 * mib,
-                MIN,
-                Ok(512 * MIB),
-            ),
-            case(
-                "limit below default rounds down",
-                0,
-                512 * mib + 100,
-                MIN,
-                Ok(512 * MIB),
-            ),
-            case(
-                "limit below the minimum",
-                0,
-                16 * mib,
-                MIN,
-                too_small(MIN, 16 * MIB, MIN),
-            ),
-            case(
-                "limit below one alignment unit",
-                0,
-                4095,
-                0,
-                too_small(4096, 4095, 0),
-            ),
-            case("limit of one alignment unit", 0, 4096, 0, Ok(4096)),
-            case("required exact", gib, 0, MIN, Ok(GIB)),
-            case("required rounded up", 5000, 0, 0, Ok(8192)),
-            case("required 1 byte", 1, 0, 0, Ok(4096)),
-            case("required raised to minimum", mib, 0, MIN, Ok(MIN)),
-            case(
-                "required raised to xfs minimum",
-                gib / 8,
-                0,
-                MIN_XFS_SIZE,
-                Ok(MIN_XFS_SIZE),
-            ),
-            case(
-                "required raised to block minimum",
-                4096,
-                0,
-                MIN_BLOCK_SIZE,
-                Ok(8 * MIB),
-            ),
-            case("required equals limit", gib, gib, MIN, Ok(GIB)),
-            case("required under limit", gib, 2 * gib, MIN, Ok(GIB)),
-            case(
-                "required over limit",
-                2 * gib,
-                gib,
-                MIN,
-                Err(SizeError::RequiredExceedsLimit {
-                    required: 2 * GIB,
-                    limit: GIB,
-                }),
-            ),
-            case(
-                "rounding pushes past the limit",
-                5000,
-                5000,
-                0,
-                too_small(8192, 5000, 0),
-            ),
-            case("rounding stays under the limit", 5000, 8192, 0, Ok(8192)),
-            case(
-                "minimum pushes past the limit",
-                mib,
-                2 * mib,
-                MIN,
-                too_small(MIN, 2 * MIB, MIN),
-            ),
-            case(
-                "negative required",
-                -1,
-                0,
-                MIN,
-                Err(SizeError::NegativeRequired(-1)),
-            ),
-            case(
-                "negative limit",
-                0,
-                -1,
-                MIN,
-                Err(SizeError::NegativeLimit(-1)),
-            ),
-            case(
-                "both negative",
-                -5,
-                -1,
-                MIN,
-                Err(SizeError::NegativeRequired(-5)),
-            ),
-            case(
-                "i64::MIN required",
-                i64::MIN,
-                0,
-                0,
-                Err(SizeError::NegativeRequired(i64::MIN)),
-            ),
-            case(
-                "largest aligned i64",
-                i64::MAX - 4095,
-                0,
-                0,
-                Ok(i64::MAX as u64 - 4095),
-            ),
-            case(
-                "i64::MAX cannot be aligned",
-                i64::MAX,
-                0,
-                0,
-                Err(SizeError::Overflow),
-            ),
-            case(
-                "just over the largest aligned i64",
-                i64::MAX - 4094,
-                0,
-                0,
-                Err(SizeError::Overflow),
-            ),
-            case("huge minimum", 1, 0, u64::MAX, Err(SizeError::Overflow)),
-            Case {
-                default_size: u64::MAX - 1,
-                ..case("huge default", 0, 0, 0, Err(SizeError::Overflow))
-            },
-            Case {
-                default_size: 1000,
-                ..case("unaligned default", 0, 0, 0, Ok(4096))
-            },
-            Case {
-                default_size: 0,
-                ..case("zero default still gives a volume", 0, 0, 0, Ok(4096))
-            },
-            Case {
-                default_size: 64 * MIB,
-                ..case(
-                    "small default raised to minimum",
-                    0,
-                    0,
-                    MIN_XFS_SIZE,
-                    Ok(MIN_XFS_SIZE),
-                )
-            },
-        ];
-        for c in cases {
-            assert_eq!(
-                resolve_capacity_range(c.required, c.limit, c.min, c.default_size),
-                c.expected,
-                "{}",
-                c.name
-            );
-        }
+    fn huge_minimum_saturates() {
+        assert_eq!(raise_to_minimum(1, u64::MAX), i64::MAX);
+        assert_eq!(create_volume_size(0, 0, u64::MAX), Err(SizeError::Overflow));
     }
 
     proptest! {
         #[test]
         fn result_obeys_every_rule(
-            required in 0i64..=(1 << 50),
+            required in prop_oneof![Just(0i64), 0i64..=(1 << 50)],
             limit in prop_oneof![Just(0i64), 0i64..=(1 << 50)],
-            min in prop_oneof![Just(0u64), Just(MIN_BLOCK_SIZE), Just(MIN_EXT4_SIZE), Just(MIN_XFS_SIZE)],
         ) {
-            match resolve_capacity_range(required, limit, min, D) {
+            match resolve_capacity_range(required, limit) {
                 Ok(size) => {
                     prop_assert_eq!(size % VOLUME_SIZE_ALIGNMENT, 0);
-                    prop_assert!(size >= min);
+                    prop_assert!(size > 0);
                     prop_assert!(size >= required as u64);
                     if limit != 0 {
                         prop_assert!(size <= limit as u64);
                     }
-                    if required == 0 && limit == 0 {
-                        prop_assert_eq!(size, D.max(min));
-                    }
                     if required != 0 {
                         // No larger than needed.
-                        let needed = (required as u64).max(min).next_multiple_of(VOLUME_SIZE_ALIGNMENT);
-                        prop_assert_eq!(size, needed);
+                        prop_assert_eq!(size, (required as u64).next_multiple_of(VOLUME_SIZE_ALIGNMENT));
                     }
                 }
                 Err(SizeError::RequiredExceedsLimit { .. }) => {
                     prop_assert!(limit != 0 && required > limit);
                 }
-                Err(SizeError::LimitTooSmall { size, limit: l, .. }) => {
+                Err(SizeError::RoundedExceedsLimit { rounded, limit: l }) => {
                     prop_assert_eq!(l, limit as u64);
-                    prop_assert!(size > l);
+                    prop_assert!(rounded > l && required <= limit);
+                }
+                Err(SizeError::LimitBelowAlignment { limit: l }) => {
+                    prop_assert!(required == 0 && l < VOLUME_SIZE_ALIGNMENT);
                 }
                 Err(other) => prop_assert!(false, "unexpected error {other}"),
             }

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use topolvm_core::crd::{LogicalVolume, LogicalVolumeSpec, LogicalVolumeStatus};
+use topolvm_core::crd::{AccessType, LogicalVolume, LogicalVolumeSpec, LogicalVolumeStatus};
 use topolvm_core::names;
 use topolvm_e2e::{Cluster, ClusterOptions};
 
@@ -35,6 +35,23 @@ fn logical_volume(name: &str, node: &str, size: &str) -> LogicalVolume {
         node.to_owned(),
     )]));
     lv
+}
+
+/// Creates a LogicalVolume from raw JSON, so objects the Rust type cannot express reach the
+/// API server's validation.
+async fn create_raw(
+    cluster: &Cluster,
+    object: &serde_json::Value,
+) -> Result<serde_json::Value, kube::Error> {
+    cluster
+        .client()
+        .request::<serde_json::Value>(
+            http::Request::post("/apis/topolvm.io/v1/logicalvolumes")
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(object).expect("json"))
+                .expect("request"),
+        )
+        .await
 }
 
 /// The CRD generated from the Rust type is accepted by the API server, and objects round-trip
@@ -91,17 +108,30 @@ async fn logical_volume_crd_round_trips_with_status_subresource() {
     // Bad objects are refused by the schema.
     let bad = serde_json::json!({"apiVersion": "topolvm.io/v1", "kind": "LogicalVolume",
         "metadata": {"name": "bad"}, "spec": {"name": "x", "nodeName": "n", "size": "lots"}});
-    let err = cluster
-        .client()
-        .request::<serde_json::Value>(
-            http::Request::post("/apis/topolvm.io/v1/logicalvolumes")
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&bad).expect("json"))
-                .expect("request"),
-        )
+    let err = create_raw(&cluster, &bad)
         .await
         .expect_err("a size that is not a quantity");
     assert!(err.to_string().contains("size"), "{err}");
+
+    // accessType is `ro` or `rw` (TopoLVM's values), nothing else.
+    let mut clone = logical_volume("lv2", "node-a", "1Gi");
+    clone.spec.source = "pvc-lv1".to_owned();
+    clone.spec.access_type = Some(AccessType::ReadWrite);
+    let created = lvs
+        .create(&PostParams::default(), &clone)
+        .await
+        .expect("create a clone");
+    assert_eq!(created.spec.access_type, Some(AccessType::ReadWrite));
+    let raw: serde_json::Value =
+        serde_json::to_value(lvs.get("lv2").await.expect("get")).expect("json");
+    assert_eq!(raw["spec"]["accessType"], "rw");
+    let bad = serde_json::json!({"apiVersion": "topolvm.io/v1", "kind": "LogicalVolume",
+        "metadata": {"name": "bad"},
+        "spec": {"name": "x", "nodeName": "n", "size": "1Gi", "accessType": "wr"}});
+    let err = create_raw(&cluster, &bad)
+        .await
+        .expect_err("an access type that is neither ro nor rw");
+    assert!(err.to_string().contains("accessType"), "{err}");
 }
 
 /// Server-side apply of status, as topolvm-node will do it: the field manager owns the fields it

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use topolvm_core::capacity::{DEFAULT_SPARE_GB, spare_gb_to_bytes};
 use topolvm_core::config::{deserialize_at, parse_duration, parse_yaml, read_file};
 use topolvm_core::names;
 
@@ -17,10 +18,6 @@ pub use topolvm_core::config::ConfigError;
 
 use crate::lvm::validate;
 
-/// One GiB, the unit of `spare-gb`.
-const GIB: u64 = 1 << 30;
-/// TopoLVM's default for `spare-gb`.
-const DEFAULT_SPARE_GB: u64 = 10;
 /// Thin pools whose data usage is above this percentage get no new thin volumes by default.
 pub const DEFAULT_DATA_PERCENT_THRESHOLD: f64 = 95.0;
 
@@ -335,16 +332,10 @@ fn validate_device_class(
     if raw.name.is_empty() {
         return Err(ConfigError::invalid(key("name"), "must not be empty"));
     }
-    // Device class names end up in annotation keys (capacity.topolvm.io/<name>).
-    if !raw
-        .name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        || raw.name.len() > 63
-    {
+    if !names::is_valid_device_class_name(&raw.name) {
         return Err(ConfigError::invalid(
             key("name"),
-            "must be at most 63 characters of a-z A-Z 0-9 - _ . (it becomes part of an annotation key)",
+            "must be at most 63 characters of a-z A-Z 0-9 - _ ., starting and ending with a letter or digit (it becomes part of an annotation key)",
         ));
     }
     validate::volume_group_name(&raw.volume_group)
@@ -357,7 +348,7 @@ fn validate_device_class(
     check_options(&lvcreate_options, &key("lvcreate-options"))?;
 
     let spare_gb = raw.spare_gb.unwrap_or(DEFAULT_SPARE_GB);
-    let spare_bytes = spare_gb.checked_mul(GIB).ok_or_else(|| {
+    let spare_bytes = spare_gb_to_bytes(spare_gb).ok_or_else(|| {
         ConfigError::invalid(key("spare-gb"), format!("{spare_gb} GiB is too large"))
     })?;
 
@@ -493,6 +484,7 @@ fn duration_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use topolvm_core::size::GIB;
 
     fn err(text: &str) -> String {
         Config::parse(text)
@@ -654,6 +646,10 @@ lvcreate-option-classes:
             ),
             (
                 "device-classes: [{name: 'a b', volume-group: vg, default: true}]",
+                "name: must be at most 63 characters",
+            ),
+            (
+                "device-classes: [{name: '-a', volume-group: vg, default: true}]",
                 "name: must be at most 63 characters",
             ),
             (

@@ -341,4 +341,46 @@ mod tests {
         });
         assert_eq!(status_of(other_failure).code(), Code::Internal);
     }
+
+    /// Our Watch message, read by topolvm-node through core, gives TopoLVM's annotations
+    /// (NODE-CONTROLLER.md A.3): a thin class is annotated with its overprovision headroom,
+    /// not the raw VG free its item carries for the metrics, and with a thin default class
+    /// `00default` has the same value as the class's own key (TopoLVM issue 622).
+    #[test]
+    fn watch_message_gives_topolvms_node_annotations() {
+        use topolvm_core::capacity_annotation::node_capacity_annotations;
+        let report = CapacityReport {
+            default_free: 30,
+            classes: vec![
+                service::ClassCapacity {
+                    device_class: "thin".into(),
+                    usable: true,
+                    new_volume_bytes: 30,
+                    vg_available_bytes: 7,
+                    vg_size: 100,
+                    thin: Some(service::ThinPoolUsage {
+                        pool_size: 50,
+                        data_percent: 1.0,
+                        metadata_percent: 1.0,
+                        overprovision_free: 30,
+                    }),
+                },
+                service::ClassCapacity {
+                    device_class: "thick".into(),
+                    usable: true,
+                    new_volume_bytes: 40,
+                    vg_available_bytes: 40,
+                    vg_size: 100,
+                    thin: None,
+                },
+            ],
+        };
+        let message = to_pb_watch(&report);
+        assert_eq!(message.items[0].free_bytes, 7, "metrics: raw VG free");
+        let annotations = node_capacity_annotations(&message, None);
+        let value = |key: &str| annotations.get(key).map(String::as_str);
+        assert_eq!(value("capacity.topolvm.io/thin"), Some("30"));
+        assert_eq!(value("capacity.topolvm.io/thick"), Some("40"));
+        assert_eq!(value("capacity.topolvm.io/00default"), Some("30"));
+    }
 }

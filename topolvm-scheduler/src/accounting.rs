@@ -22,7 +22,7 @@ use crate::wire::CapacityAnnotations;
 
 /// Annotation the scheduler's volume binding (and the PV controller, for pods created with a
 /// node name) puts on a `WaitForFirstConsumer` claim to ask for a volume on that node.
-pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
+pub use topolvm_core::names::SELECTED_NODE_ANNOTATION;
 
 /// Identifies a claim: namespace and name.
 pub type ClaimKey = (String, String);

@@ -7,58 +7,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use topolvm_core::capacity::score_for_capacity;
+use topolvm_core::capacity_annotation::{go_uint_or_fallback, parse_go_int, parse_go_uint};
 
 use crate::config::Scoring;
 use crate::wire::CapacityAnnotations;
 
 /// Bytes per device class.
 pub type ClassBytes = BTreeMap<String, u64>;
-
-/// Why `strconv.ParseUint(s, 10, 64)` refused a string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoUintError {
-    /// Not a plain decimal number (Go returns 0 with it).
-    Syntax,
-    /// Above `u64::MAX` (Go returns `u64::MAX` with it).
-    Range,
-}
-
-/// `strconv.ParseUint(s, 10, 64)`: ASCII digits only, no sign, no spaces, no underscores.
-///
-/// Like Go, the digits are read left to right and the first overflow ends the parse with
-/// [`GoUintError::Range`], even when a non-digit follows.
-pub fn parse_go_uint(s: &str) -> Result<u64, GoUintError> {
-    if s.is_empty() {
-        return Err(GoUintError::Syntax);
-    }
-    let mut n: u64 = 0;
-    for b in s.bytes() {
-        if !b.is_ascii_digit() {
-            return Err(GoUintError::Syntax);
-        }
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(b - b'0')))
-            .ok_or(GoUintError::Range)?;
-    }
-    Ok(n)
-}
-
-/// The value TopoLVM's scoring takes from a capacity annotation: it ignores ParseUint's error
-/// and uses the value Go returns with it (0 for garbage, `u64::MAX` on overflow).
-pub fn go_uint_or_fallback(s: &str) -> u64 {
-    match parse_go_uint(s) {
-        Ok(n) => n,
-        Err(GoUintError::Syntax) => 0,
-        Err(GoUintError::Range) => u64::MAX,
-    }
-}
-
-/// `strconv.ParseInt(s, 10, 64)`, which Rust's `i64::from_str` matches exactly (optional sign,
-/// ASCII digits, range checked).
-pub fn parse_go_int(s: &str) -> Option<i64> {
-    s.parse().ok()
-}
 
 /// What a pod asks of the extender, from its capacity annotations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,7 +30,7 @@ impl<'a> PodRequests<'a> {
     pub fn from_annotations(capacity: &'a CapacityAnnotations<'a>) -> Self {
         let mut requested: Vec<(&str, i64)> = capacity
             .iter()
-            .filter_map(|(class, value)| parse_go_int(value).map(|bytes| (class, bytes)))
+            .filter_map(|(class, value)| parse_go_int(value).ok().map(|bytes| (class, bytes)))
             .collect();
         requested.sort_unstable();
         let mut scored_classes: Vec<&str> = capacity.iter().map(|(class, _)| class).collect();
@@ -245,47 +200,6 @@ mod tests {
         fn promised(&self, _: &str, _: &str) -> u64 {
             self.0
         }
-    }
-
-    #[test]
-    fn go_uint_parsing() {
-        let cases: &[(&str, Result<u64, GoUintError>)] = &[
-            ("0", Ok(0)),
-            ("42", Ok(42)),
-            ("007", Ok(7)),
-            ("18446744073709551615", Ok(u64::MAX)),
-            ("18446744073709551616", Err(GoUintError::Range)),
-            ("99999999999999999999x", Err(GoUintError::Range)),
-            ("", Err(GoUintError::Syntax)),
-            ("+1", Err(GoUintError::Syntax)),
-            ("-1", Err(GoUintError::Syntax)),
-            (" 1", Err(GoUintError::Syntax)),
-            ("1 ", Err(GoUintError::Syntax)),
-            ("1_000", Err(GoUintError::Syntax)),
-            ("0x10", Err(GoUintError::Syntax)),
-            ("1e3", Err(GoUintError::Syntax)),
-            ("10Gi", Err(GoUintError::Syntax)),
-            ("١", Err(GoUintError::Syntax)),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(parse_go_uint(input), *expected, "{input:?}");
-        }
-        assert_eq!(go_uint_or_fallback("junk"), 0);
-        assert_eq!(go_uint_or_fallback("99999999999999999999"), u64::MAX);
-        assert_eq!(go_uint_or_fallback("5"), 5);
-    }
-
-    #[test]
-    fn go_int_parsing() {
-        assert_eq!(parse_go_int("5"), Some(5));
-        assert_eq!(parse_go_int("+5"), Some(5));
-        assert_eq!(parse_go_int("-5"), Some(-5));
-        assert_eq!(parse_go_int("9223372036854775807"), Some(i64::MAX));
-        assert_eq!(parse_go_int("9223372036854775808"), None);
-        assert_eq!(parse_go_int(""), None);
-        assert_eq!(parse_go_int("+"), None);
-        assert_eq!(parse_go_int("1Gi"), None);
-        assert_eq!(parse_go_int(" 1"), None);
     }
 
     #[test]
