@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 use tokio::sync::Mutex;
+use topolvm_core::crd::AccessType;
 use topolvm_core::{capacity, names};
 use tracing::{info, instrument, warn};
 
@@ -886,14 +887,10 @@ impl Lvmd {
         validate::logical_volume_name(&req.name).map_err(invalid)?;
         validate::logical_volume_name_as("source volume name", &req.source_volume)
             .map_err(invalid)?;
-        let permission = match req.access_type.as_str() {
-            "ro" => args::Permission::ReadOnly,
-            "rw" => args::Permission::ReadWrite,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "access_type must be \"ro\" or \"rw\", got {other:?}"
-                )));
-            }
+        let permission = match req.access_type.parse::<AccessType>() {
+            Ok(AccessType::ReadOnly) => args::Permission::ReadOnly,
+            Ok(AccessType::ReadWrite) => args::Permission::ReadWrite,
+            Err(e) => return Err(Error::InvalidArgument(e.to_string())),
         };
         let writable = permission == args::Permission::ReadWrite;
         let requested = size_from(req.size_bytes, req.size_gb, "size_bytes")?;
