@@ -390,7 +390,7 @@ fi
 
 # apiserver: a custom resource keeps its empty strings. A real API server stores "" as "";
 # built with Go >= 1.16, 1.20's vendored kube-openapi took "" for null and refused it with
-# 'spec.s in body must be of type string: "null"' (build-control-plane.sh patches that). Created
+# 'spec.str in body must be of type string: "null"' (build-control-plane.sh patches that). Created
 # once with kubectl and once with a plain POST, its status written through the subresource,
 # then read back: every zero value as sent, no null anywhere in spec or status.
 k apply -f - <<'EOF'
@@ -414,11 +414,12 @@ spec:
           spec:
             type: object
             properties:
-              s: {type: string}
-              n: {type: integer}
-              b: {type: boolean}
+              # (no YAML 1.1 booleans such as `n` or `y` as keys: kubectl would read `false`)
+              str: {type: string}
+              int: {type: integer}
+              bool: {type: boolean}
               list: {type: array, items: {type: string}}
-              obj: {type: object, properties: {s: {type: string}}}
+              obj: {type: object, properties: {str: {type: string}}}
           status:
             type: object
             properties:
@@ -428,7 +429,7 @@ k wait --for=condition=Established --timeout=30s crd/zeros.smoke.topolvm.io >/de
 ZEROS=apis/smoke.topolvm.io/v1/zeros
 zero_json() { # zero_json NAME: a Zero whose spec holds only zero values
   printf '{"apiVersion": "smoke.topolvm.io/v1", "kind": "Zero", "metadata": {"name": "%s"},
-    "spec": {"s": "", "n": 0, "b": false, "list": [""], "obj": {"s": ""}}}' "$1"
+    "spec": {"str": "", "int": 0, "bool": false, "list": [""], "obj": {"str": ""}}}' "$1"
 }
 api() { # api METHOD PATH [CONTENT_TYPE BODY]: the response body on stdout; fails unless 2xx
   local code body=()
@@ -445,7 +446,7 @@ api PATCH "$ZEROS/zero-post/status" application/merge-patch+json '{"status": {"m
 for z in zero-kubectl zero-post; do
   got=$(api GET "$ZEROS/$z")
   spec=$(jq -c .spec <<<"$got")
-  [[ $spec == '{"b":false,"list":[""],"n":0,"obj":{"s":""},"s":""}' ]] ||
+  [[ $spec == '{"bool":false,"int":0,"list":[""],"obj":{"str":""},"str":""}' ]] ||
     die "$z: spec came back as $spec"
   nulls=$(jq -c '[.spec, .status | paths(. == null) | map(tostring) | join(".")]' <<<"$got")
   [[ $nulls == '[]' ]] || die "$z: null in $nulls"
