@@ -5,6 +5,9 @@
 # kubectl 1.20 is taken from Debian's kubernetes-client .deb of the same source
 # version and put next to the other binaries, NOT installed: /usr/bin/kubectl
 # may belong to another package (e.g. Google's `kubectl`, a much newer version).
+# Two vendored libraries are changed before the build because Debian's Go (1.19)
+# is newer than the Go 1.15 that 1.20 was released with: reflect2 (crash) and
+# kube-openapi (empty strings taken for null); e2e/README.md says why.
 #
 # Usage: e2e/scripts/build-control-plane.sh [--keep-source] [--force]
 #
@@ -322,7 +325,8 @@ kubectl_version "$WORK/client/root/usr/bin/kubectl" >/dev/null ||
 rm -rf "$TREE/vendor/github.com/modern-go/reflect2"
 cp -r "$REFLECT2_SRC" "$TREE/vendor/github.com/modern-go/reflect2"
 sed -i 's|^# github.com/modern-go/reflect2 v1.0.1$|# github.com/modern-go/reflect2 v1.0.2|' "$TREE/vendor/modules.txt"
-log "vendor: modern-go/reflect2 replaced by Debian's $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)"
+REFLECT2_V=$(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)
+log "vendor: modern-go/reflect2 replaced by Debian's $REFLECT2_V"
 
 # Kubernetes 1.20 vendors kube-openapi 2020-11-13, whose schema type check takes a value for
 # null when reflect.DeepEqual(reflect.Zero(T), reflect.ValueOf(v)) -- a comparison of the two
@@ -392,6 +396,7 @@ source_version=$VERSION
 kubernetes_version=$K8S_V
 kubectl_from=$CLIENT_PKG $VERSION
 script_sha256=$SELF_SHA
+vendor_changes=modern-go/reflect2 from golang-github-modern-go-reflect2-dev $REFLECT2_V; kube-openapi type.go zero-value check as in kubernetes/kube-openapi#230
 go_version=$(go env GOVERSION)
 build_seconds=$build_secs
 built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
