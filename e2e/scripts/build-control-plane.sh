@@ -5,6 +5,9 @@
 # kubectl 1.20 is taken from Debian's kubernetes-client .deb of the same source
 # version and put next to the other binaries, NOT installed: /usr/bin/kubectl
 # may belong to another package (e.g. Google's `kubectl`, a much newer version).
+# Two vendored libraries are changed before the build because Debian's Go (1.19)
+# is newer than the Go 1.15 that 1.20 was released with: reflect2 (crash) and
+# kube-openapi (empty strings taken for null); e2e/README.md says why.
 #
 # Usage: e2e/scripts/build-control-plane.sh [--keep-source] [--force]
 #
@@ -322,7 +325,28 @@ kubectl_version "$WORK/client/root/usr/bin/kubectl" >/dev/null ||
 rm -rf "$TREE/vendor/github.com/modern-go/reflect2"
 cp -r "$REFLECT2_SRC" "$TREE/vendor/github.com/modern-go/reflect2"
 sed -i 's|^# github.com/modern-go/reflect2 v1.0.1$|# github.com/modern-go/reflect2 v1.0.2|' "$TREE/vendor/modules.txt"
-log "vendor: modern-go/reflect2 replaced by Debian's $(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)"
+REFLECT2_V=$(dpkg-query -W -f='${Version}' golang-github-modern-go-reflect2-dev)
+log "vendor: modern-go/reflect2 replaced by Debian's $REFLECT2_V"
+
+# Kubernetes 1.20 vendors kube-openapi 2020-11-13, whose schema type check takes a value for
+# null when reflect.DeepEqual(reflect.Zero(T), reflect.ValueOf(v)) -- a comparison of the two
+# reflect.Value headers, pointers included. Before Go 1.16 reflect.Zero pointed at fresh memory, so
+# this was never true; since Go 1.16 both point at the runtime's shared zero buffer when v is "",
+# so kube-apiserver refuses every custom resource holding an empty string ('spec.x in body must be
+# of type string: "null"'). Upstream removed the zero-value test (kubernetes/kube-openapi#230, in
+# Kubernetes 1.21, issue kubernetes/kubernetes#99804); make the same one-line change here. The
+# tree may be reused from an earlier run, so an already patched file is fine; anything else fails.
+OPENAPI_TYPE_GO=$TREE/vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go
+ZERO_CHECK_OLD='	if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {'
+ZERO_CHECK_NEW='	if data == nil {'
+if grep -qxF -- "$ZERO_CHECK_OLD" "$OPENAPI_TYPE_GO"; then
+  awk -v old="$ZERO_CHECK_OLD" -v new="$ZERO_CHECK_NEW" '$0 == old { $0 = new } { print }' \
+    "$OPENAPI_TYPE_GO" >"$OPENAPI_TYPE_GO.new"
+  mv "$OPENAPI_TYPE_GO.new" "$OPENAPI_TYPE_GO"
+fi
+grep -qxF -- "$ZERO_CHECK_NEW" "$OPENAPI_TYPE_GO" && ! grep -qF 'reflect.Zero(reflect.TypeOf(data))' "$OPENAPI_TYPE_GO" ||
+  die "could not patch the zero-value check in $OPENAPI_TYPE_GO"
+log "vendor: kube-openapi type check patched (\"\" is not null; kubernetes/kube-openapi#230)"
 
 # Build the way Debian's debian/rules does, without building the .deb.
 WHAT=""
@@ -372,6 +396,7 @@ source_version=$VERSION
 kubernetes_version=$K8S_V
 kubectl_from=$CLIENT_PKG $VERSION
 script_sha256=$SELF_SHA
+vendor_changes=modern-go/reflect2 from golang-github-modern-go-reflect2-dev $REFLECT2_V; kube-openapi type.go zero-value check as in kubernetes/kube-openapi#230
 go_version=$(go env GOVERSION)
 build_seconds=$build_secs
 built_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
