@@ -161,7 +161,7 @@ fn null_paths(value: &serde_json::Value, at: &str) -> Vec<String> {
     }
 }
 
-/// An empty string is a value, not a null: a LogicalVolume whose optional string fields are ""
+/// An empty string is a value, not a null: a LogicalVolume whose optional free-form strings are ""
 /// (as a client without `omitempty` sends them) is stored and read back with "", in spec through
 /// a plain POST and in status through the subresource, as a real API server does. Our Rust type
 /// leaves empty strings out, so the objects are sent as raw JSON.
@@ -172,8 +172,22 @@ async fn empty_strings_round_trip_without_nulls() {
     let resource = ApiResource::erase::<LogicalVolume>(&());
     let lvs: Api<DynamicObject> = Api::all_with(cluster.client(), &resource);
 
+    // accessType is an enum (`ro`/`rw`, as TopoLVM's controller writes it), so its empty string
+    // is refused by the schema, as a real API server refuses any value outside an enum.
+    let with_access = serde_json::json!({"name": "pvc-empty", "nodeName": "node-a", "size": "1Gi",
+        "accessType": ""});
+    let err = lvs
+        .create(
+            &PostParams::default(),
+            &DynamicObject::new("lv-empty-access", &resource)
+                .data(serde_json::json!({"spec": with_access})),
+        )
+        .await
+        .expect_err("an accessType outside the enum");
+    assert!(err.to_string().contains("Unsupported value: \"\""), "{err}");
+
     let spec = serde_json::json!({"name": "pvc-empty", "nodeName": "node-a", "size": "1Gi",
-        "deviceClass": "", "lvcreateOptionClass": "", "source": "", "accessType": ""});
+        "deviceClass": "", "lvcreateOptionClass": "", "source": ""});
     let created = lvs
         .create(
             &PostParams::default(),
