@@ -301,7 +301,7 @@ impl<'a> Standing<'a> {
     }
 }
 
-/// The volume `args` just made, as LVM will report it; `None` for a field LVM has not told.
+/// A volume an `lvcreate` has just made, as lvmd knows it before any report.
 struct NewVolume<'a> {
     vg: &'a VolumeGroup,
     name: &'a str,
@@ -316,7 +316,8 @@ struct NewVolume<'a> {
 }
 
 impl NewVolume<'_> {
-    /// Reads the device numbers of the new volume's device node, if it has one.
+    /// The volume as LVM will report it, with the device numbers of its device node where it has
+    /// one; the UUID stays empty until the confirming report.
     fn predict(self) -> LogicalVolume {
         let path = format!("/dev/{}/{}", self.vg.name, self.name);
         let numbers = device_numbers(Path::new(&path));
