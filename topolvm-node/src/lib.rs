@@ -1,0 +1,80 @@
+//! topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's.
+//!
+//! Built so far: [`capacity`], the Node's live capacity annotations from lvmd's Watch stream,
+//! with `/metrics`, `/healthz` and `/readyz`. The CSI node service and the LogicalVolume
+//! reconciler come next (see README.md).
+#![forbid(unsafe_code)]
+
+pub mod capacity;
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use topolvm_runtime::endpoints::{Health, metrics_routes};
+use tracing::info;
+
+/// What `run` needs besides the Kubernetes client.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub node_name: String,
+    pub lvmd_socket: PathBuf,
+    /// Go-style listen addresses (`:8080`), as TopoLVM's flags take them.
+    pub metrics_bind_address: String,
+    pub health_probe_bind_address: String,
+}
+
+/// Why topolvm-node stopped with an error.
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("--nodename (or NODE_NAME) must not be empty")]
+    NoNodeName,
+    #[error(transparent)]
+    Listen(#[from] topolvm_runtime::http::BindError),
+    #[error("serving HTTP: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs topolvm-node until `shutdown`.
+pub async fn run(
+    options: Options,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    if options.node_name.is_empty() {
+        return Err(RunError::NoNodeName);
+    }
+    let registry = prometheus::Registry::new();
+    let health = Health::new();
+    let lvmd_ready = health.readiness("lvmd");
+
+    let metrics_listener = topolvm_runtime::http::bind(&options.metrics_bind_address).await?;
+    let health_listener = topolvm_runtime::http::bind(&options.health_probe_bind_address).await?;
+    let tasks = TaskTracker::new();
+    tasks.spawn(capacity::run(
+        capacity::NodeCapacity::new(client, options.node_name.clone()),
+        capacity::LvmdEndpoint {
+            socket: options.lvmd_socket.clone(),
+        },
+        lvmd_ready,
+        shutdown.clone(),
+    ));
+    info!(node = %options.node_name, lvmd = %options.lvmd_socket.display(), "topolvm-node started");
+    let metrics = topolvm_runtime::http::serve(
+        metrics_listener,
+        None,
+        metrics_routes(registry),
+        shutdown.clone(),
+    );
+    let probes =
+        topolvm_runtime::http::serve(health_listener, None, health.routes(), shutdown.clone());
+    let (metrics, probes) = tokio::join!(metrics, probes);
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    info!("topolvm-node stopped");
+    metrics?;
+    probes?;
+    Ok(())
+}
