@@ -1,11 +1,13 @@
 //! topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's.
 //!
 //! Built so far: [`capacity`], the Node's live capacity annotations from lvmd's Watch stream,
+//! and [`volume_condition`], the health rule NodeGetVolumeStats will report,
 //! with `/metrics`, `/healthz` and `/readyz`. The CSI node service and the LogicalVolume
 //! reconciler come next (see README.md).
 #![forbid(unsafe_code)]
 
 pub mod capacity;
+pub mod volume_condition;
 
 use std::path::PathBuf;
 
