@@ -572,6 +572,13 @@ impl VolumeGroup {
         self.env.lvm(&["vgextend", "-q", "-y", &self.name, &path]);
     }
 
+    /// Creates a linear volume with `lvm` itself, behind lvmd's back, as an admin would;
+    /// `size` in `lvcreate -L` form (`8m`).
+    pub fn create_lv_by_hand(&self, name: &str, size: &str) {
+        self.env
+            .lvm(&["lvcreate", "-q", "-y", "-n", name, "-L", size, &self.name]);
+    }
+
     /// `vgs` figures of this volume group: `vg_size`, `vg_free`, `vg_extent_size`.
     pub fn sizes(&self) -> ReportRow {
         let rows = self

@@ -344,10 +344,7 @@ impl NewVolume<'_> {
 
 /// The zeroing flag of a thin pool, which its thin volumes show as their 8th attribute.
 fn pool_zeroing(vg: &VolumeGroup, pool: &str) -> char {
-    vg.lvs
-        .get(pool)
-        .and_then(|p| p.attr.chars().nth(7))
-        .unwrap_or('-')
+    vg.lvs.get(pool).map_or('-', LogicalVolume::zeroing_attr)
 }
 
 impl Lvmd {

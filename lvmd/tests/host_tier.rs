@@ -662,16 +662,7 @@ async fn outside_changes_reach_watch_within_two_seconds() {
     };
     let start = item(&first);
 
-    env.lvm(&[
-        "lvcreate",
-        "-q",
-        "-y",
-        "-n",
-        "outside",
-        "-L",
-        "8m",
-        vg.name(),
-    ]);
+    vg.create_lv_by_hand("outside", "8m");
     let changed = next_watch_message(
         &mut watch,
         Duration::from_secs(2),
@@ -710,16 +701,7 @@ async fn outside_change_right_after_a_mutation_reaches_watch() {
     for round in 0..20u64 {
         create(&mut lv, create_req(&format!("mine-{round}"), 4 * MIB)).await;
         let outside = format!("outside-{round}");
-        env.lvm(&[
-            "lvcreate",
-            "-q",
-            "-y",
-            "-n",
-            &outside,
-            "-L",
-            "4m",
-            vg.name(),
-        ]);
+        vg.create_lv_by_hand(&outside, "4m");
         let want = start - (round + 1) * (8 << 20);
         next_watch_message(
             &mut watch,
@@ -756,7 +738,7 @@ async fn only_lvmd_volumes_of_the_named_class_are_changed() {
     other.device_class = "other".into();
     create(&mut lv, other).await;
     for name in ["handmade", UID] {
-        env.lvm(&["lvcreate", "-q", "-y", "-n", name, "-L", "8m", vg.name()]);
+        vg.create_lv_by_hand(name, "8m");
     }
     // Wait until lvmd has seen the hand-made volumes.
     let vgc = lvmd.vg_client().await;

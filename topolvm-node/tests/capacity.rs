@@ -168,16 +168,7 @@ async fn node_capacity_follows_lvm_within_seconds() {
 
     // lvmd goes away and comes back: the stream is opened again and the node follows again.
     lvmd.restart();
-    env.lvm(&[
-        "lvcreate",
-        "-q",
-        "-y",
-        "-n",
-        "outside",
-        "-L",
-        "8m",
-        vg.name(),
-    ]);
+    vg.create_lv_by_hand("outside", "8m");
     wait_for_capacity(
         &nodes,
         vg_free(&vg),

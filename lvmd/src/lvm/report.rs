@@ -136,6 +136,12 @@ impl LogicalVolume {
         self.volume_type() == 'o'
     }
 
+    /// The zeroing attribute (8th character of `lv_attr`): `z` when a thin pool zeroes newly
+    /// provisioned blocks; its thin volumes show the same character.
+    pub fn zeroing_attr(&self) -> char {
+        self.attr.chars().nth(7).unwrap_or('-')
+    }
+
     /// The bytes of the volume group this volume holds, where that is exactly known: a thin
     /// volume holds none (its pool does), a thick snapshot its copy-on-write area, a linear or
     /// striped volume its size. `None` for thin pools, RAID, mirrors and the like.
