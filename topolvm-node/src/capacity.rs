@@ -10,7 +10,7 @@
 //! meanwhile, and the first message of the new stream (lvmd's current state) is published.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -23,6 +23,8 @@ use topolvm_proto::lvmd as pb;
 use topolvm_runtime::endpoints::Readiness;
 use tracing::{debug, info, warn};
 
+use crate::lvmd_client::{LvmdConnection, ReportSender};
+
 /// The first and the longest wait before opening lvmd's Watch stream again.
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -32,11 +34,6 @@ const CONFLICT_RETRIES: usize = 5;
 /// Why one Watch stream ended.
 #[derive(Debug, Error)]
 pub enum CapacityError {
-    #[error("connecting to lvmd at {socket}: {source}")]
-    Connect {
-        socket: PathBuf,
-        source: tonic::transport::Error,
-    },
     #[error("lvmd's Watch stream: {0}")]
     Watch(#[from] tonic::Status),
     #[error("lvmd closed the Watch stream")]
@@ -125,18 +122,14 @@ impl NodeCapacity {
     }
 }
 
-/// Where lvmd serves.
-#[derive(Debug, Clone)]
-pub struct LvmdEndpoint {
-    pub socket: PathBuf,
-}
-
 /// Follows lvmd's Watch stream until `shutdown`, publishing every message on the Node; opens the
 /// stream again with backoff whenever it ends or a publish fails. `readiness` is true while a
-/// stream is open and its last message was published.
+/// stream is open and its last message was published. Every message is also handed to
+/// `latest` for the other parts of topolvm-node.
 pub async fn run(
     publisher: NodeCapacity,
-    lvmd: LvmdEndpoint,
+    lvmd: LvmdConnection,
+    latest: ReportSender,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
@@ -144,7 +137,7 @@ pub async fn run(
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            outcome = follow(&publisher, &lvmd, &readiness, &mut backoff) => outcome,
+            outcome = follow(&publisher, &lvmd, &latest, &readiness, &mut backoff) => outcome,
         };
         readiness.set_ready(false);
         warn!(error = %outcome, retry_in = ?backoff, "capacity updates interrupted");
@@ -159,23 +152,12 @@ pub async fn run(
 /// One Watch stream, until it fails.
 async fn follow(
     publisher: &NodeCapacity,
-    lvmd: &LvmdEndpoint,
+    lvmd: &LvmdConnection,
+    latest: &ReportSender,
     readiness: &Readiness,
     backoff: &mut Duration,
 ) -> CapacityError {
-    let channel = match topolvm_runtime::unix::connect(&lvmd.socket).await {
-        Ok(channel) => channel,
-        Err(source) => {
-            return CapacityError::Connect {
-                socket: lvmd.socket.clone(),
-                source,
-            };
-        }
-    };
-    let mut stream = match pb::vg_service_client::VgServiceClient::new(channel)
-        .watch(pb::Empty {})
-        .await
-    {
+    let mut stream = match lvmd.vg().watch(pb::Empty {}).await {
         Ok(response) => response.into_inner(),
         Err(status) => return status.into(),
     };
@@ -185,6 +167,8 @@ async fn follow(
             Ok(None) => return CapacityError::StreamEnded,
             Err(status) => return status.into(),
         };
+        let message = Arc::new(message);
+        latest.send_replace(Some(message.clone()));
         if let Err(e) = publisher.publish(&message).await {
             return e;
         }

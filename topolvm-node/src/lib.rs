@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capacity;
+pub mod lvmd_client;
 pub mod volume_condition;
 
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use topolvm_runtime::endpoints::{Health, metrics_routes};
 use tracing::info;
+
+use crate::lvmd_client::LvmdConnection;
 
 /// What `run` needs besides the Kubernetes client.
 #[derive(Debug, Clone)]
@@ -54,11 +57,12 @@ pub async fn run(
     let metrics_listener = topolvm_runtime::http::bind(&options.metrics_bind_address).await?;
     let health_listener = topolvm_runtime::http::bind(&options.health_probe_bind_address).await?;
     let tasks = TaskTracker::new();
+    let lvmd = LvmdConnection::socket(&options.lvmd_socket);
+    let (report_sender, _latest_report) = lvmd_client::report_channel();
     tasks.spawn(capacity::run(
         capacity::NodeCapacity::new(client, options.node_name.clone()),
-        capacity::LvmdEndpoint {
-            socket: options.lvmd_socket.clone(),
-        },
+        lvmd.clone(),
+        report_sender,
         lvmd_ready,
         shutdown.clone(),
     ));
