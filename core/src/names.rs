@@ -154,6 +154,11 @@ pub const LV_TAG_VOLUME_ID_PREFIX: &str = "topolvm.io/volume=";
 /// class.
 pub const LV_TAG_DEVICE_CLASS_PREFIX: &str = "topolvm.io/device-class=";
 
+/// Prefix of the LVM tag that marks a CSI inline ephemeral volume (a pod's `csi:` volume, which
+/// has no LogicalVolume object) with the UID of the pod it was made for. Such an LV is an
+/// orphan once no pod with that UID exists on its node.
+pub const LV_TAG_EPHEMERAL_POD_PREFIX: &str = "topolvm.io/ephemeral-pod=";
+
 /// Longest LVM tag LVM accepts.
 pub const LVM_TAG_MAX_LEN: usize = 1024;
 
@@ -266,6 +271,17 @@ pub fn is_valid_device_class_name(name: &str) -> bool {
 /// LogicalVolumes and compare `spec.nodeName` itself.
 pub fn node_label_value(node_name: &str) -> Option<&str> {
     (!node_name.is_empty() && is_valid_label_value(node_name)).then_some(node_name)
+}
+
+/// The LVM tag that marks an inline ephemeral volume made for the pod `pod_uid`.
+pub fn lv_tag_ephemeral_pod(pod_uid: &str) -> String {
+    format!("{LV_TAG_EPHEMERAL_POD_PREFIX}{pod_uid}")
+}
+
+/// The pod UID of an [`LV_TAG_EPHEMERAL_POD_PREFIX`] tag, or `None` for any other tag.
+pub fn parse_lv_tag_ephemeral_pod(tag: &str) -> Option<&str> {
+    tag.strip_prefix(LV_TAG_EPHEMERAL_POD_PREFIX)
+        .filter(|uid| !uid.is_empty())
 }
 
 #[cfg(test)]
