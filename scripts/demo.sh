@@ -88,7 +88,7 @@ python3 - "$port" <<'PY'
 import sys, urllib.request
 body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
 for line in body.splitlines():
-    if line.startswith(("lvmd_lvm_commands_total", "topolvm_volumegroup_available_bytes", "lvmd_device_class_available")):
+    if line.startswith(("lvmd_lvm_commands_total", "lvmd_volumegroup_available_bytes", "lvmd_device_class_available")):
         print(line)
 PY
 step "done; lvmd log follows"

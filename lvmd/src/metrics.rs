@@ -1,4 +1,5 @@
-//! Prometheus metrics: TopoLVM's volume group and thin pool gauges, plus request and `lvm`
+//! Prometheus metrics: the volume group and thin pool gauges (TopoLVM's values under lvmd's own
+//! `lvmd_*` names; topolvm-node exports TopoLVM's `topolvm_*` names), plus request and `lvm`
 //! command counters and latencies. Served at `/metrics` by [`topolvm_runtime::endpoints`].
 
 use std::time::Duration;
@@ -34,9 +35,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
-    /// `node` labels the capacity gauges, as topolvm-node's do.
-    pub fn new(node: &str) -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
+    /// Registers lvmd's metrics in `registry` (a new one for the daemon, the host's when lvmd
+    /// is embedded). `node` labels the capacity gauges, as topolvm-node's do.
+    pub fn new(node: &str, registry: Registry) -> Result<Self, prometheus::Error> {
         let class_labels = &["node", "device_class"];
         let gauge = |name: &str, help: &str| -> Result<GaugeVec, prometheus::Error> {
             let g = GaugeVec::new(Opts::new(name, help), class_labels)?;
@@ -44,27 +45,27 @@ impl Metrics {
             Ok(g)
         };
         let vg_available = gauge(
-            "topolvm_volumegroup_available_bytes",
+            "lvmd_volumegroup_available_bytes",
             "Free bytes of the device class's volume group: less spare-gb for thick classes, raw for thin ones.",
         )?;
         let vg_size = gauge(
-            "topolvm_volumegroup_size_bytes",
+            "lvmd_volumegroup_size_bytes",
             "Size of the device class's volume group in bytes.",
         )?;
         let thin_size = gauge(
-            "topolvm_thinpool_size_bytes",
+            "lvmd_thinpool_size_bytes",
             "Data size of the device class's thin pool in bytes.",
         )?;
         let thin_data_percent = gauge(
-            "topolvm_thinpool_data_percent",
+            "lvmd_thinpool_data_percent",
             "Percentage of the thin pool's data space in use.",
         )?;
         let thin_metadata_percent = gauge(
-            "topolvm_thinpool_metadata_percent",
+            "lvmd_thinpool_metadata_percent",
             "Percentage of the thin pool's metadata space in use.",
         )?;
         let thin_overprovisioned_available = gauge(
-            "topolvm_thinpool_overprovisioned_available",
+            "lvmd_thinpool_overprovisioned_available",
             "Bytes that may still be promised to thin volumes under the overprovision ratio.",
         )?;
         let class_available = IntGaugeVec::new(
@@ -196,13 +197,15 @@ mod tests {
     use super::*;
     use crate::service::{ClassCapacity, ThinPoolUsage};
 
-    /// The capacity gauges as TopoLVM's metrics exporter sets them from a Watch message
-    /// (`internal/runners/metrics_exporter.go`): `topolvm_volumegroup_available_bytes` is the
-    /// WatchItem's free bytes, i.e. VG free less spare for a thick class and the RAW VG free for a
-    /// thin class, never the thin pool's overprovision headroom, which has its own gauge.
+    /// lvmd's capacity gauges hold the values TopoLVM's metrics exporter puts in its `topolvm_*`
+    /// gauges from a Watch message (`internal/runners/metrics_exporter.go`), under lvmd's own
+    /// names (topolvm-node exports the `topolvm_*` ones, so an embedded lvmd exports nothing
+    /// twice): the available bytes are the WatchItem's free bytes, i.e. VG free less spare for a
+    /// thick class and the RAW VG free for a thin class, never the thin pool's overprovision
+    /// headroom, which has its own gauge.
     #[test]
-    fn renders_topolvm_gauges_and_counters() {
-        let m = Metrics::new("node1").expect("metrics");
+    fn renders_capacity_gauges_and_counters() {
+        let m = Metrics::new("node1", Registry::new()).expect("metrics");
         m.set_capacity(&CapacityReport {
             default_free: 5,
             classes: vec![
@@ -247,22 +250,30 @@ mod tests {
 
         let capacity: BTreeSet<&str> = text
             .lines()
-            .filter(|l| l.starts_with("topolvm_") || l.starts_with("lvmd_device_class_available"))
+            .filter(|l| {
+                [
+                    "lvmd_volumegroup_",
+                    "lvmd_thinpool_",
+                    "lvmd_device_class_available",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+            })
             .collect();
         let want: BTreeSet<&str> = [
             r#"lvmd_device_class_available{device_class="gone"} 0"#,
             r#"lvmd_device_class_available{device_class="ssd"} 1"#,
             r#"lvmd_device_class_available{device_class="thin"} 1"#,
-            r#"topolvm_thinpool_data_percent{device_class="thin",node="node1"} 12.5"#,
-            r#"topolvm_thinpool_metadata_percent{device_class="thin",node="node1"} 1.5"#,
-            r#"topolvm_thinpool_overprovisioned_available{device_class="thin",node="node1"} 30"#,
-            r#"topolvm_thinpool_size_bytes{device_class="thin",node="node1"} 8"#,
-            r#"topolvm_volumegroup_available_bytes{device_class="gone",node="node1"} 0"#,
-            r#"topolvm_volumegroup_available_bytes{device_class="ssd",node="node1"} 5"#,
-            r#"topolvm_volumegroup_available_bytes{device_class="thin",node="node1"} 7"#,
-            r#"topolvm_volumegroup_size_bytes{device_class="gone",node="node1"} 0"#,
-            r#"topolvm_volumegroup_size_bytes{device_class="ssd",node="node1"} 10"#,
-            r#"topolvm_volumegroup_size_bytes{device_class="thin",node="node1"} 20"#,
+            r#"lvmd_thinpool_data_percent{device_class="thin",node="node1"} 12.5"#,
+            r#"lvmd_thinpool_metadata_percent{device_class="thin",node="node1"} 1.5"#,
+            r#"lvmd_thinpool_overprovisioned_available{device_class="thin",node="node1"} 30"#,
+            r#"lvmd_thinpool_size_bytes{device_class="thin",node="node1"} 8"#,
+            r#"lvmd_volumegroup_available_bytes{device_class="gone",node="node1"} 0"#,
+            r#"lvmd_volumegroup_available_bytes{device_class="ssd",node="node1"} 5"#,
+            r#"lvmd_volumegroup_available_bytes{device_class="thin",node="node1"} 7"#,
+            r#"lvmd_volumegroup_size_bytes{device_class="gone",node="node1"} 0"#,
+            r#"lvmd_volumegroup_size_bytes{device_class="ssd",node="node1"} 10"#,
+            r#"lvmd_volumegroup_size_bytes{device_class="thin",node="node1"} 20"#,
         ]
         .into_iter()
         .collect();

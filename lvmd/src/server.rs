@@ -10,8 +10,17 @@ use topolvm_runtime::unix::{self, require_root_peer};
 
 use crate::grpc::LvmdGrpc;
 
-/// lvmd's services. Only root may drive lvmd: it creates and removes volumes on the host's disks.
-pub async fn routes(grpc: LvmdGrpc) -> Routes {
+/// Who may call lvmd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCheck {
+    /// Only root over the Unix socket: lvmd creates and removes volumes on the host's disks.
+    RootOnly,
+    /// No check: the caller is the process lvmd is embedded in.
+    None,
+}
+
+/// lvmd's services, with grpc.health.v1.
+pub async fn routes(grpc: LvmdGrpc, peers: PeerCheck) -> Routes {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::lv_service_server::LvServiceServer<LvmdGrpc>>()
@@ -19,10 +28,21 @@ pub async fn routes(grpc: LvmdGrpc) -> Routes {
     health_reporter
         .set_serving::<pb::vg_service_server::VgServiceServer<LvmdGrpc>>()
         .await;
-    let lv =
-        pb::lv_service_server::LvServiceServer::with_interceptor(grpc.clone(), require_root_peer);
-    let vg = pb::vg_service_server::VgServiceServer::with_interceptor(grpc, require_root_peer);
-    Routes::new(health_service).add_service(lv).add_service(vg)
+    let routes = Routes::new(health_service);
+    match peers {
+        PeerCheck::RootOnly => routes
+            .add_service(pb::lv_service_server::LvServiceServer::with_interceptor(
+                grpc.clone(),
+                require_root_peer,
+            ))
+            .add_service(pb::vg_service_server::VgServiceServer::with_interceptor(
+                grpc,
+                require_root_peer,
+            )),
+        PeerCheck::None => routes
+            .add_service(pb::lv_service_server::LvServiceServer::new(grpc.clone()))
+            .add_service(pb::vg_service_server::VgServiceServer::new(grpc)),
+    }
 }
 
 /// Binds `path` and serves lvmd on it until `shutdown`; requests in flight finish first.
@@ -32,5 +52,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), unix::Error> {
     let listener = unix::bind(path).await?;
-    unix::serve(listener, path, routes(grpc).await, shutdown).await
+    unix::serve(
+        listener,
+        path,
+        routes(grpc, PeerCheck::RootOnly).await,
+        shutdown,
+    )
+    .await
 }

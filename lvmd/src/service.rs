@@ -131,7 +131,7 @@ pub struct ClassCapacity {
     /// overprovision headroom (thin). The capacity annotation and GetFreeBytes.
     pub new_volume_bytes: u64,
     /// The volume group's available bytes as TopoLVM reports them (WatchItem.free_bytes and
-    /// `topolvm_volumegroup_available_bytes`): VG free less spare for thick classes, the raw VG
+    /// TopoLVM's `topolvm_volumegroup_available_bytes`): VG free less spare for thick classes, the raw VG
     /// free for thin ones.
     pub vg_available_bytes: u64,
     pub vg_size: u64,

@@ -968,7 +968,7 @@ async fn health_is_serving_and_metrics_are_exported() {
     let free = free_bytes(&mut vgc, "ssd").await;
     let text = lvmd.metrics_text().await;
     let gauge = format!(
-        "topolvm_volumegroup_available_bytes{{device_class=\"ssd\",node=\"test-node\"}} {free}"
+        "lvmd_volumegroup_available_bytes{{device_class=\"ssd\",node=\"test-node\"}} {free}"
     );
     assert!(text.contains(&gauge), "missing {gauge}\n{text}");
     assert!(

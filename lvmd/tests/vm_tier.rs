@@ -130,8 +130,9 @@ fn dev_numbers(dev: &Path) -> (u32, u32) {
 
 /// Thin volumes are real block devices whose numbers lvmd reports; Watch carries the pool's real
 /// data usage; once that usage passes the configured threshold new thin volumes are refused.
-/// `topolvm_volumegroup_available_bytes` is, as in TopoLVM, the volume group's free bytes as
-/// `vgs` reports them for the thin class, and those less spare-gb for the thick class.
+/// `lvmd_volumegroup_available_bytes` is, as TopoLVM's `topolvm_volumegroup_available_bytes`, the
+/// volume group's free bytes as `vgs` reports them for the thin class, and those less spare-gb
+/// for the thick class.
 #[tokio::test]
 async fn thin_volumes_are_real_devices_and_the_usage_threshold_holds() {
     let (env, vg) = real_vg(2);
@@ -193,7 +194,7 @@ async fn thin_volumes_are_real_devices_and_the_usage_threshold_holds() {
     let vg_free = vg.sizes().get_u64("vg_free");
     let available = common::counter_by_label(
         &lvmd.metrics_text().await,
-        "topolvm_volumegroup_available_bytes",
+        "lvmd_volumegroup_available_bytes",
         "device_class",
     );
     assert_eq!(
@@ -215,10 +216,7 @@ async fn thin_volumes_are_real_devices_and_the_usage_threshold_holds() {
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("full"), "{}", err.message());
     let metrics = lvmd.metrics_text().await;
-    assert!(
-        metrics.contains("topolvm_thinpool_data_percent"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("lvmd_thinpool_data_percent"), "{metrics}");
 
     lv.remove_lv(pb::RemoveLvRequest {
         name: "t1".into(),

@@ -4,6 +4,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT cancel a token; a second signal exits at once;
 //! - [`unix`]: gRPC on a Unix socket (stale-socket removal, mode 0600, peer credentials,
 //!   graceful shutdown) and the client connector;
+//! - [`in_process`]: gRPC between two parts of one process (the embedded lvmd);
 //! - [`http`]: an HTTP or HTTPS server for metrics, health and webhooks, with Go-style listen
 //!   addresses and graceful shutdown; [`tls`]: certificates re-read when their files change;
 //! - [`endpoints`]: `/metrics` from a Prometheus registry, `/healthz` and `/readyz`;
@@ -15,6 +16,7 @@
 
 pub mod endpoints;
 pub mod http;
+pub mod in_process;
 pub mod kubernetes;
 pub mod logging;
 pub mod shutdown;

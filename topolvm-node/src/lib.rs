@@ -1,13 +1,16 @@
 //! topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's.
 //!
 //! Built so far: [`capacity`], the Node's live capacity annotations from lvmd's Watch stream,
-//! and [`volume_condition`], the health rule NodeGetVolumeStats will report,
-//! with `/metrics`, `/healthz` and `/readyz`. The CSI node service and the LogicalVolume
-//! reconciler come next (see README.md).
+//! [`metrics`], TopoLVM's capacity gauges, [`volume_condition`], the health rule
+//! NodeGetVolumeStats reports, [`csi_driver`], readiness on the CSIDriver object, and lvmd either
+//! over its socket or embedded in this process ([`lvmd_client`]), with `/metrics`, `/healthz`
+//! and `/readyz`. See README.md for what is still to come.
 #![forbid(unsafe_code)]
 
 pub mod capacity;
+pub mod csi_driver;
 pub mod lvmd_client;
+pub mod metrics;
 pub mod volume_condition;
 
 use std::path::PathBuf;
@@ -16,18 +19,29 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use topolvm_runtime::endpoints::{Health, metrics_routes};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::lvmd_client::LvmdConnection;
+
+/// How topolvm-node reaches lvmd.
+#[derive(Debug, Clone)]
+pub enum LvmdMode {
+    /// An lvmd daemon serving this Unix socket (`--lvmd-socket`).
+    Socket(PathBuf),
+    /// lvmd run inside topolvm-node from this configuration (`--embed-lvmd --config`).
+    Embedded(Box<lvmd::config::Config>),
+}
 
 /// What `run` needs besides the Kubernetes client.
 #[derive(Debug, Clone)]
 pub struct Options {
     pub node_name: String,
-    pub lvmd_socket: PathBuf,
+    pub lvmd: LvmdMode,
     /// Go-style listen addresses (`:8080`), as TopoLVM's flags take them.
     pub metrics_bind_address: String,
     pub health_probe_bind_address: String,
+    /// TopoLVM's `--secure-metrics-server`: accepted, but metrics are served over plain HTTP.
+    pub secure_metrics_server: bool,
 }
 
 /// Why topolvm-node stopped with an error.
@@ -39,6 +53,10 @@ pub enum RunError {
     Listen(#[from] topolvm_runtime::http::BindError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("embedded lvmd: {0}")]
+    EmbeddedLvmd(#[from] lvmd::RunError),
 }
 
 /// Runs topolvm-node until `shutdown`.
@@ -50,23 +68,51 @@ pub async fn run(
     if options.node_name.is_empty() {
         return Err(RunError::NoNodeName);
     }
+    if options.secure_metrics_server {
+        warn!(
+            "--secure-metrics-server is accepted for compatibility, but /metrics is served over plain HTTP"
+        );
+    }
     let registry = prometheus::Registry::new();
     let health = Health::new();
     let lvmd_ready = health.readiness("lvmd");
+    let csi_driver_ready = health.readiness("csidriver");
 
     let metrics_listener = topolvm_runtime::http::bind(&options.metrics_bind_address).await?;
     let health_listener = topolvm_runtime::http::bind(&options.health_probe_bind_address).await?;
+
+    let (lvmd, embedded) = match options.lvmd {
+        LvmdMode::Socket(path) => (LvmdConnection::socket(&path), None),
+        LvmdMode::Embedded(config) => {
+            let embedded = lvmd::Embedded::start(
+                *config,
+                &options.node_name,
+                registry.clone(),
+                shutdown.clone(),
+            )
+            .await?;
+            let connection = LvmdConnection::from_channel(embedded.channel(), "embedded lvmd");
+            (connection, Some(embedded))
+        }
+    };
+
+    let gauges = metrics::CapacityGauges::register(&registry, &options.node_name)?;
+    let (report_sender, latest_report) = lvmd_client::report_channel();
     let tasks = TaskTracker::new();
-    let lvmd = LvmdConnection::socket(&options.lvmd_socket);
-    let (report_sender, _latest_report) = lvmd_client::report_channel();
     tasks.spawn(capacity::run(
-        capacity::NodeCapacity::new(client, options.node_name.clone()),
+        capacity::NodeCapacity::new(client.clone(), options.node_name.clone()),
         lvmd.clone(),
         report_sender,
         lvmd_ready,
         shutdown.clone(),
     ));
-    info!(node = %options.node_name, lvmd = %options.lvmd_socket.display(), "topolvm-node started");
+    tasks.spawn(metrics::follow(gauges, latest_report, shutdown.clone()));
+    tasks.spawn(csi_driver::follow(
+        client.clone(),
+        csi_driver_ready,
+        shutdown.clone(),
+    ));
+    info!(node = %options.node_name, lvmd = %lvmd.description(), "topolvm-node started");
     let metrics = topolvm_runtime::http::serve(
         metrics_listener,
         None,
@@ -79,6 +125,9 @@ pub async fn run(
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
+    if let Some(embedded) = embedded {
+        embedded.stopped().await;
+    }
     info!("topolvm-node stopped");
     metrics?;
     probes?;

@@ -3,23 +3,32 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-/// topolvm-node: publishes lvmd's free capacity on this node's Node object, as TopoLVM's
-/// topolvm-node does (the CSI node service and volume reconciler are not built yet).
+/// topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's. Publishes lvmd's free
+/// capacity on this node's Node object and TopoLVM's capacity gauges.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
     /// Name of this node (the Node object).
     #[arg(long, env = "NODE_NAME")]
     nodename: String,
-    /// lvmd's Unix socket.
+    /// lvmd's Unix socket (not used with --embed-lvmd).
     #[arg(long, default_value = topolvm_core::names::DEFAULT_LVMD_SOCKET)]
     lvmd_socket: PathBuf,
+    /// Run lvmd inside topolvm-node, configured by --config, instead of reaching an lvmd daemon.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    embed_lvmd: bool,
+    /// lvmd's configuration file, read with --embed-lvmd.
+    #[arg(long, default_value = topolvm_core::names::DEFAULT_LVMD_CONFIG_PATH)]
+    config: PathBuf,
     /// Listen address of the /metrics endpoint.
     #[arg(long, default_value = ":8080")]
     metrics_bind_address: String,
     /// Listen address of the /healthz and /readyz endpoints.
     #[arg(long, default_value = ":8081")]
     health_probe_bind_address: String,
+    /// Accepted for compatibility with TopoLVM; /metrics is served over plain HTTP.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    secure_metrics_server: bool,
     /// Kubeconfig (default: $KUBECONFIG, then the in-cluster service account, then
     /// ~/.kube/config).
     #[arg(long)]
@@ -33,6 +42,13 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     topolvm_runtime::logging::init(args.log_json);
+    let lvmd = if args.embed_lvmd {
+        let config = lvmd::config::Config::load(&args.config)
+            .with_context(|| format!("invalid lvmd configuration {}", args.config.display()))?;
+        topolvm_node::LvmdMode::Embedded(Box::new(config))
+    } else {
+        topolvm_node::LvmdMode::Socket(args.lvmd_socket)
+    };
     let client = topolvm_runtime::kubernetes::client(args.kubeconfig.as_deref())
         .await
         .context("building the Kubernetes client")?;
@@ -40,9 +56,10 @@ async fn main() -> anyhow::Result<()> {
         .context("installing the SIGTERM and SIGINT handlers")?;
     let options = topolvm_node::Options {
         node_name: args.nodename,
-        lvmd_socket: args.lvmd_socket,
+        lvmd,
         metrics_bind_address: args.metrics_bind_address,
         health_probe_bind_address: args.health_probe_bind_address,
+        secure_metrics_server: args.secure_metrics_server,
     };
     topolvm_node::run(options, client, shutdown).await?;
     Ok(())

@@ -10,7 +10,9 @@
 //! the `topolvm.io/node` finalizer; they follow a CreateLV and an admin's `vgextend` within 2 s
 //! (TopoLVM: on its own operations, else up to 10 minutes); an annotation of a device class lvmd
 //! does not report is removed and other annotations are left alone; after lvmd restarts the
-//! annotations follow again.
+//! annotations follow again. `/readyz` is false until the CSIDriver object exists. With
+//! `--embed-lvmd` one topolvm-node process does all of this with lvmd inside it, binds no lvmd
+//! socket, and exports TopoLVM's `topolvm_*` gauges and lvmd's `lvmd_*` ones once each.
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeMap;
@@ -20,7 +22,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec};
 use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
 use kube::api::{Patch, PatchParams};
 use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
@@ -85,6 +89,43 @@ fn vg_free(vg: &VolumeGroup) -> u64 {
     vg.sizes().get_u64("vg_free")
 }
 
+/// The CSIDriver object TopoLVM's chart installs (`charts/topolvm/templates/csidriver.yaml`).
+async fn create_csi_driver(client: kube::Client) {
+    let driver = CSIDriver {
+        metadata: ObjectMeta {
+            name: Some(names::PLUGIN_NAME.to_owned()),
+            ..Default::default()
+        },
+        spec: CSIDriverSpec {
+            attach_required: Some(false),
+            pod_info_on_mount: Some(true),
+            ..Default::default()
+        },
+    };
+    Api::<CSIDriver>::all(client)
+        .create(&PostParams::default(), &driver)
+        .await
+        .expect("create the CSIDriver object");
+}
+
+/// Polls `/readyz` until it answers `want` (`ok`, or a body naming the failing check).
+async fn wait_for_readyz(health: SocketAddr, want: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let body = common::http_get(health, "/readyz")
+            .await
+            .unwrap_or_default();
+        if body.contains(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz does not say {want:?} within {within:?}: {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_capacity_follows_lvm_within_seconds() {
     let cluster = Cluster::start(ClusterOptions::api_only()).await;
@@ -137,8 +178,14 @@ async fn node_capacity_follows_lvm_within_seconds() {
         !annotations.contains_key(&names::capacity_annotation_key("removed-class")),
         "a class lvmd does not report loses its annotation: {annotations:?}"
     );
-    let ready = common::http_get(health, "/readyz").await.expect("/readyz");
-    assert_eq!(ready.trim(), "ok");
+    // Not ready without the CSIDriver object (kubelet could not mount TopoLVM volumes); ready
+    // within moments of its creation.
+    let not_ready = common::http_get(health, "/readyz")
+        .await
+        .expect_err("not ready without the CSIDriver object");
+    assert!(not_ready.to_string().contains(" 500 "), "{not_ready}");
+    create_csi_driver(cluster.client()).await;
+    wait_for_readyz(health, "ok", Duration::from_secs(5)).await;
 
     let mut lv = lvmd.lv_client().await;
     lv.create_lv(pb::CreateLvRequest {
@@ -176,4 +223,116 @@ async fn node_capacity_follows_lvm_within_seconds() {
         "after lvmd restarted",
     )
     .await;
+}
+
+/// The `name{labels} value` lines of `text` whose name is `metric`.
+fn series<'a>(text: &'a str, metric: &str) -> Vec<&'a str> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_lvmd_serves_the_node_from_one_process() {
+    const NODE_B: &str = "node-b";
+    let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    cluster.make_node(NODE_B, &[], &[]).await;
+    create_csi_driver(cluster.client()).await;
+    let nodes: Api<Node> = Api::all(cluster.client());
+
+    let env = LvmEnv::metadata_only();
+    let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
+    // The lvmd.yaml an lvmd daemon would read; this one is only written, never started.
+    let config = Lvmd::configure(
+        &env,
+        LvmdOptions::new(lvmd_binary(), common::thick_default_class("ssd", vg.name())),
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
+    env.apply(&mut cmd);
+    cmd.arg("--nodename")
+        .arg(NODE_B)
+        .arg("--embed-lvmd")
+        .arg("--config")
+        .arg(config.config_path())
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig("topolvm-node"))
+        .arg("--metrics-bind-address")
+        .arg(metrics.to_string())
+        .arg("--health-probe-bind-address")
+        .arg(health.to_string())
+        .env("RUST_LOG", "topolvm_node=debug,lvmd=debug,info");
+    let _node_agent = ManagedProcess::spawn("topolvm-node", cmd, &dir.path().join("node.log"));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let want = vg_free(&vg).to_string();
+    loop {
+        let node = nodes.get(NODE_B).await.expect("get node");
+        let annotations = node.metadata.annotations.unwrap_or_default();
+        if annotations.get(&names::capacity_annotation_key("ssd")) == Some(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the embedded lvmd's capacity never reached the node: {annotations:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for_readyz(health, "ok", Duration::from_secs(5)).await;
+    assert!(
+        !config.socket_path().exists(),
+        "an embedded lvmd binds no socket"
+    );
+
+    // An admin's lvcreate behind lvmd's back: the embedded lvmd's monitor sees it too.
+    vg.create_lv_by_hand("outside", "8m");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let want = vg_free(&vg).to_string();
+    loop {
+        let node = nodes.get(NODE_B).await.expect("get node");
+        let annotations = node.metadata.annotations.unwrap_or_default();
+        if annotations.get(&names::capacity_annotation_key("ssd")) == Some(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node does not follow an outside lvcreate: {annotations:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One /metrics with TopoLVM's gauge (its value what `vgs` says is free, spare-gb being 0)
+    // and lvmd's own, each series once.
+    let text = common::http_get(metrics, "/metrics")
+        .await
+        .expect("/metrics");
+    let topolvm = series(&text, "topolvm_volumegroup_available_bytes");
+    assert_eq!(
+        topolvm,
+        vec![format!(
+            r#"topolvm_volumegroup_available_bytes{{device_class="ssd",node="{NODE_B}"}} {want}"#
+        )],
+        "{text}"
+    );
+    let lvmd_gauge = series(&text, "lvmd_volumegroup_available_bytes");
+    assert_eq!(lvmd_gauge.len(), 1, "{text}");
+    assert!(
+        !series(&text, "lvmd_lvm_commands_total").is_empty(),
+        "lvmd's command counters are served with the node's metrics: {text}"
+    );
+    let names: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        names.len(),
+        unique.len(),
+        "a metric family is exported twice: {text}"
+    );
 }

@@ -1,0 +1,207 @@
+//! TopoLVM's capacity gauges, owned by topolvm-node as in TopoLVM (`internal/runners/
+//! metrics_exporter.go`): namespace `topolvm`, the constant label `node` and the variable label
+//! `device_class`, set from every message of lvmd's Watch stream. lvmd exports the same values
+//! under its own `lvmd_*` names, so an embedded lvmd adds no second series.
+//!
+//! Unlike TopoLVM, the series of a device class lvmd no longer reports are removed, as its
+//! capacity annotation is (TopoLVM issue 293).
+
+use std::collections::BTreeSet;
+
+use prometheus::{GaugeVec, Opts, Registry};
+use tokio_util::sync::CancellationToken;
+use topolvm_proto::lvmd as pb;
+
+use crate::lvmd_client::LatestReport;
+
+/// The six gauges of TopoLVM's node.
+#[derive(Debug, Clone)]
+pub struct CapacityGauges {
+    vg_available: GaugeVec,
+    vg_size: GaugeVec,
+    thin_size: GaugeVec,
+    thin_data_percent: GaugeVec,
+    thin_metadata_percent: GaugeVec,
+    thin_overprovisioned_available: GaugeVec,
+}
+
+impl CapacityGauges {
+    /// Registers the gauges in `registry`, labelled with `node`.
+    pub fn register(registry: &Registry, node: &str) -> Result<Self, prometheus::Error> {
+        let gauge = |name: &str, help: &str| -> Result<GaugeVec, prometheus::Error> {
+            let opts = Opts::new(name, help)
+                .namespace("topolvm")
+                .const_label("node", node);
+            let g = GaugeVec::new(opts, &["device_class"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        Ok(Self {
+            vg_available: gauge(
+                "volumegroup_available_bytes",
+                "Free bytes of the device class's volume group as lvmd reports them: less spare-gb for a thick class, raw for a thin one.",
+            )?,
+            vg_size: gauge(
+                "volumegroup_size_bytes",
+                "Size in bytes of the device class's volume group.",
+            )?,
+            thin_size: gauge(
+                "thinpool_size_bytes",
+                "Data size in bytes of the device class's thin pool.",
+            )?,
+            thin_data_percent: gauge(
+                "thinpool_data_percent",
+                "Percentage of the thin pool's data space in use.",
+            )?,
+            thin_metadata_percent: gauge(
+                "thinpool_metadata_percent",
+                "Percentage of the thin pool's metadata space in use.",
+            )?,
+            thin_overprovisioned_available: gauge(
+                "thinpool_overprovisioned_available",
+                "Bytes that may still be promised to thin volumes under the overprovision ratio.",
+            )?,
+        })
+    }
+
+    /// Sets the gauges from one Watch message and drops the series of classes it no longer has.
+    pub fn set(&self, report: &pb::WatchResponse, previous: &mut BTreeSet<String>) {
+        let mut now = BTreeSet::new();
+        for item in &report.items {
+            let class = [item.device_class.as_str()];
+            self.vg_available
+                .with_label_values(&class)
+                .set(item.free_bytes as f64);
+            self.vg_size
+                .with_label_values(&class)
+                .set(item.size_bytes as f64);
+            match &item.thin_pool {
+                Some(thin) => {
+                    self.thin_size
+                        .with_label_values(&class)
+                        .set(thin.size_bytes as f64);
+                    self.thin_data_percent
+                        .with_label_values(&class)
+                        .set(thin.data_percent);
+                    self.thin_metadata_percent
+                        .with_label_values(&class)
+                        .set(thin.metadata_percent);
+                    self.thin_overprovisioned_available
+                        .with_label_values(&class)
+                        .set(thin.overprovision_bytes as f64);
+                }
+                None => self.remove_thin(&item.device_class),
+            }
+            now.insert(item.device_class.clone());
+        }
+        for gone in previous.difference(&now) {
+            let _ = self.vg_available.remove_label_values(&[gone]);
+            let _ = self.vg_size.remove_label_values(&[gone]);
+            self.remove_thin(gone);
+        }
+        *previous = now;
+    }
+
+    fn remove_thin(&self, class: &str) {
+        for g in [
+            &self.thin_size,
+            &self.thin_data_percent,
+            &self.thin_metadata_percent,
+            &self.thin_overprovisioned_available,
+        ] {
+            // Absent series are fine: the class may never have had a thin pool.
+            let _ = g.remove_label_values(&[class]);
+        }
+    }
+}
+
+/// Keeps `gauges` in step with lvmd's reports until `shutdown`.
+pub async fn follow(gauges: CapacityGauges, mut latest: LatestReport, shutdown: CancellationToken) {
+    let mut classes = BTreeSet::new();
+    loop {
+        let report = latest.borrow_and_update().clone();
+        if let Some(report) = report {
+            gauges.set(&report, &mut classes);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = latest.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(class: &str, free: u64, size: u64, thin: Option<pb::ThinPoolItem>) -> pb::WatchItem {
+        pb::WatchItem {
+            device_class: class.to_owned(),
+            free_bytes: free,
+            size_bytes: size,
+            thin_pool: thin,
+        }
+    }
+
+    fn series(registry: &Registry) -> BTreeSet<String> {
+        topolvm_runtime::endpoints::render(registry)
+            .expect("render")
+            .lines()
+            .filter(|l| l.starts_with("topolvm_"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The series TopoLVM's exporter writes for a thick and a thin class (names, the constant
+    /// `node` label, and which WatchItem field each gauge shows, per
+    /// `internal/runners/metrics_exporter.go`); a class that disappears loses its series.
+    #[test]
+    fn gauges_follow_topolvms_exporter_and_drop_vanished_classes() {
+        let registry = Registry::new();
+        let gauges = CapacityGauges::register(&registry, "worker-1").expect("register");
+        let mut classes = BTreeSet::new();
+        let thin = pb::ThinPoolItem {
+            data_percent: 12.5,
+            metadata_percent: 1.5,
+            overprovision_bytes: 30,
+            size_bytes: 8,
+        };
+        gauges.set(
+            &pb::WatchResponse {
+                free_bytes: 5,
+                items: vec![item("ssd", 5, 10, None), item("thin", 7, 20, Some(thin))],
+            },
+            &mut classes,
+        );
+        let want: BTreeSet<String> = [
+            r#"topolvm_thinpool_data_percent{device_class="thin",node="worker-1"} 12.5"#,
+            r#"topolvm_thinpool_metadata_percent{device_class="thin",node="worker-1"} 1.5"#,
+            r#"topolvm_thinpool_overprovisioned_available{device_class="thin",node="worker-1"} 30"#,
+            r#"topolvm_thinpool_size_bytes{device_class="thin",node="worker-1"} 8"#,
+            r#"topolvm_volumegroup_available_bytes{device_class="ssd",node="worker-1"} 5"#,
+            r#"topolvm_volumegroup_available_bytes{device_class="thin",node="worker-1"} 7"#,
+            r#"topolvm_volumegroup_size_bytes{device_class="ssd",node="worker-1"} 10"#,
+            r#"topolvm_volumegroup_size_bytes{device_class="thin",node="worker-1"} 20"#,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(series(&registry), want);
+
+        gauges.set(
+            &pb::WatchResponse {
+                free_bytes: 4,
+                items: vec![item("ssd", 4, 10, None)],
+            },
+            &mut classes,
+        );
+        let want: BTreeSet<String> = [
+            r#"topolvm_volumegroup_available_bytes{device_class="ssd",node="worker-1"} 4"#,
+            r#"topolvm_volumegroup_size_bytes{device_class="ssd",node="worker-1"} 10"#,
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(series(&registry), want);
+    }
+}
