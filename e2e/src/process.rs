@@ -58,6 +58,11 @@ impl ManagedProcess {
         &self.name
     }
 
+    /// The process id, while the process has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log
     }
