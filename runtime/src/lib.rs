@@ -8,12 +8,14 @@
 //! - [`http`]: an HTTP or HTTPS server for metrics, health and webhooks, with Go-style listen
 //!   addresses and graceful shutdown; [`tls`]: certificates re-read when their files change;
 //! - [`endpoints`]: `/metrics` from a Prometheus registry, `/healthz` and `/readyz`;
+//! - [`delegated_auth`]: TokenReview + SubjectAccessReview in front of an endpoint (secure metrics);
 //! - [`kubernetes`]: building the client, and the one error type of Kubernetes-side work;
 //! - [`logging`]: the tracing subscriber (text or JSON lines).
 //!
 //! Each module has its own error type.
 #![forbid(unsafe_code)]
 
+pub mod delegated_auth;
 pub mod endpoints;
 pub mod http;
 pub mod in_process;

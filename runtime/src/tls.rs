@@ -53,6 +53,34 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// A TLS acceptor with a certificate made now and signed by itself, for `names` (DNS names or IP
+/// addresses), as controller-runtime's secure metrics server makes one when it is given no
+/// certificate: the connection is encrypted, and the caller is authenticated by its token, not
+/// by the server's certificate.
+pub fn self_signed_acceptor(names: &[String]) -> Result<TlsAcceptor, TlsError> {
+    let generation = |e: rcgen::Error| TlsError::File {
+        what: "self-signed certificate",
+        path: "(generated in memory)".to_owned(),
+        message: e.to_string(),
+    };
+    let certified = rcgen::generate_simple_self_signed(names.to_vec()).map_err(generation)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = PrivateKeyDer::try_from(certified.signing_key.serialize_der()).map_err(|e| {
+        TlsError::File {
+            what: "self-signed key",
+            path: "(generated in memory)".to_owned(),
+            message: e.to_string(),
+        }
+    })?;
+    let key = CertifiedKey::from_der(vec![certified.cert.der().clone()], key, &provider)?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// The bytes of both files, or why a file could not be read.
 type Contents = [Result<Vec<u8>, String>; 2];
 

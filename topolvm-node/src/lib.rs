@@ -19,7 +19,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use topolvm_runtime::endpoints::{Health, metrics_routes};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::lvmd_client::LvmdConnection;
 
@@ -40,7 +40,9 @@ pub struct Options {
     /// Go-style listen addresses (`:8080`), as TopoLVM's flags take them.
     pub metrics_bind_address: String,
     pub health_probe_bind_address: String,
-    /// TopoLVM's `--secure-metrics-server`: accepted, but metrics are served over plain HTTP.
+    /// TopoLVM's `--secure-metrics-server`: `/metrics` over HTTPS with a self-signed
+    /// certificate, for callers whose token may `get /metrics` (TokenReview and
+    /// SubjectAccessReview), as controller-runtime's secure metrics server does.
     pub secure_metrics_server: bool,
 }
 
@@ -55,6 +57,8 @@ pub enum RunError {
     Serve(#[from] std::io::Error),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("secure metrics: {0}")]
+    Tls(#[from] topolvm_runtime::tls::TlsError),
     #[error("embedded lvmd: {0}")]
     EmbeddedLvmd(#[from] lvmd::RunError),
 }
@@ -67,11 +71,6 @@ pub async fn run(
 ) -> Result<(), RunError> {
     if options.node_name.is_empty() {
         return Err(RunError::NoNodeName);
-    }
-    if options.secure_metrics_server {
-        warn!(
-            "--secure-metrics-server is accepted for compatibility, but /metrics is served over plain HTTP"
-        );
     }
     let registry = prometheus::Registry::new();
     let health = Health::new();
@@ -113,12 +112,21 @@ pub async fn run(
         shutdown.clone(),
     ));
     info!(node = %options.node_name, lvmd = %lvmd.description(), "topolvm-node started");
-    let metrics = topolvm_runtime::http::serve(
-        metrics_listener,
-        None,
-        metrics_routes(registry),
-        shutdown.clone(),
-    );
+    let (metrics_tls, metrics_app) = if options.secure_metrics_server {
+        let acceptor = topolvm_runtime::tls::self_signed_acceptor(&[
+            options.node_name.clone(),
+            "localhost".to_owned(),
+        ])?;
+        let auth = topolvm_runtime::delegated_auth::DelegatedAuth::new(client.clone());
+        (
+            Some(acceptor),
+            topolvm_runtime::delegated_auth::protect(metrics_routes(registry), auth),
+        )
+    } else {
+        (None, metrics_routes(registry))
+    };
+    let metrics =
+        topolvm_runtime::http::serve(metrics_listener, metrics_tls, metrics_app, shutdown.clone());
     let probes =
         topolvm_runtime::http::serve(health_listener, None, health.routes(), shutdown.clone());
     let (metrics, probes) = tokio::join!(metrics, probes);

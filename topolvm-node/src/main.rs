@@ -26,7 +26,7 @@ struct Args {
     /// Listen address of the /healthz and /readyz endpoints.
     #[arg(long, default_value = ":8081")]
     health_probe_bind_address: String,
-    /// Accepted for compatibility with TopoLVM; /metrics is served over plain HTTP.
+    /// Serve /metrics over HTTPS (self-signed) to callers whose bearer token may `get /metrics`.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     secure_metrics_server: bool,
     /// Kubeconfig (default: $KUBECONFIG, then the in-cluster service account, then
