@@ -17,7 +17,7 @@ scripts/setup.sh
 
 echo "== style: rustfmt and clippy"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e,topolvm-scheduler/e2e,topolvm-node/e2e --quiet -- -D warnings
+cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e,topolvm-scheduler/e2e,topolvm-node/e2e,topolvm-runtime/e2e --quiet -- -D warnings
 
 echo "== unit tier"
 cargo test --workspace --quiet
@@ -29,6 +29,7 @@ echo "== e2e tier (real etcd, kube-apiserver, kube-scheduler, kube-controller-ma
 e2e/scripts/build-control-plane.sh
 cargo test -p topolvm-e2e --features e2e --quiet
 cargo test -p topolvm-scheduler --features e2e --quiet --test e2e
+cargo test -p topolvm-runtime --features e2e --quiet --test leader
 # topolvm-node against the control plane and a real lvmd on loop devices (starts target/debug/lvmd).
 cargo build -p lvmd --bin lvmd --quiet
 cargo test -p topolvm-node --features e2e --quiet --test capacity --test secure_metrics

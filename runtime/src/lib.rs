@@ -10,6 +10,7 @@
 //! - [`endpoints`]: `/metrics` from a Prometheus registry, `/healthz` and `/readyz`;
 //! - [`delegated_auth`]: TokenReview + SubjectAccessReview in front of an endpoint (secure metrics);
 //! - [`kubernetes`]: building the client, and the one error type of Kubernetes-side work;
+//! - [`leader`]: leader election on a Lease, with client-go's rules;
 //! - [`logging`]: the tracing subscriber (text or JSON lines).
 //!
 //! Each module has its own error type.
@@ -20,6 +21,7 @@ pub mod endpoints;
 pub mod http;
 pub mod in_process;
 pub mod kubernetes;
+pub mod leader;
 pub mod logging;
 pub mod shutdown;
 pub mod tls;
