@@ -11,9 +11,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use tonic::{Request, Response, Status};
 use topolvm_proto::csi;
 use topolvm_proto::csi::plugin_capability::{self, service, volume_expansion};
-use tonic::{Request, Response, Status};
 
 use crate::names::PLUGIN_NAME;
 
@@ -54,9 +54,9 @@ impl IdentityService {
 /// The capabilities TopoLVM announces, in its order.
 pub fn plugin_capabilities() -> Vec<csi::PluginCapability> {
     let service = |t: service::Type| csi::PluginCapability {
-        r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
-            r#type: t as i32,
-        })),
+        r#type: Some(plugin_capability::Type::Service(
+            plugin_capability::Service { r#type: t as i32 },
+        )),
     };
     let expansion = |t: volume_expansion::Type| csi::PluginCapability {
         r#type: Some(plugin_capability::Type::VolumeExpansion(
@@ -173,7 +173,10 @@ mod tests {
             .expect("Probe never fails");
         assert_eq!(answer.into_inner().ready, Some(false));
         ready.store(true, Ordering::SeqCst);
-        let answer = svc.probe(Request::new(Default::default())).await.expect("ok");
+        let answer = svc
+            .probe(Request::new(Default::default()))
+            .await
+            .expect("ok");
         assert_eq!(answer.into_inner().ready, Some(true));
     }
 }

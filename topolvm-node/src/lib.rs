@@ -1,12 +1,14 @@
 //! topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's.
 //!
-//! Built so far: [`capacity`], the Node's live capacity annotations from lvmd's Watch stream,
-//! and [`volume_condition`], the health rule NodeGetVolumeStats will report,
-//! with `/metrics`, `/healthz` and `/readyz`. The CSI node service and the LogicalVolume
-//! reconciler come next (see README.md).
+//! Built so far: [`capacity`], the Node's live capacity annotations from lvmd's Watch stream;
+//! [`csi`], the CSI Identity and Node services (with inline ephemeral volumes) on the CSI socket;
+//! [`volume_condition`], the health rule NodeGetVolumeStats reports;
+//! with `/metrics`, `/healthz` and `/readyz`. The LogicalVolume reconciler comes next
+//! (see README.md).
 #![forbid(unsafe_code)]
 
 pub mod capacity;
+pub mod csi;
 pub mod lvmd_client;
 pub mod volume_condition;
 
@@ -28,6 +30,10 @@ pub struct Options {
     /// Go-style listen addresses (`:8080`), as TopoLVM's flags take them.
     pub metrics_bind_address: String,
     pub health_probe_bind_address: String,
+    /// The CSI Identity and Node socket.
+    pub csi_socket: PathBuf,
+    /// kubelet's root directory: publish targets must lie under it.
+    pub kubelet_dir: PathBuf,
 }
 
 /// Why topolvm-node stopped with an error.
@@ -39,6 +45,8 @@ pub enum RunError {
     Listen(#[from] topolvm_runtime::http::BindError),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
+    #[error(transparent)]
+    Csi(#[from] csi::ServeError),
 }
 
 /// Runs topolvm-node until `shutdown`.
@@ -58,7 +66,9 @@ pub async fn run(
     let health_listener = topolvm_runtime::http::bind(&options.health_probe_bind_address).await?;
     let tasks = TaskTracker::new();
     let lvmd = LvmdConnection::socket(&options.lvmd_socket);
-    let (report_sender, _latest_report) = lvmd_client::report_channel();
+    let (report_sender, latest_report) = lvmd_client::report_channel();
+    // Probe answers ready only while every /readyz check passes (lvmd reachable, ...).
+    let probe_ready = lvmd_ready.clone();
     tasks.spawn(capacity::run(
         capacity::NodeCapacity::new(client, options.node_name.clone()),
         lvmd.clone(),
@@ -66,6 +76,18 @@ pub async fn run(
         lvmd_ready,
         shutdown.clone(),
     ));
+    let csi_server = csi::serve(
+        csi::CsiOptions {
+            socket: options.csi_socket.clone(),
+            kubelet_dir: options.kubelet_dir.clone(),
+            node_name: options.node_name.clone(),
+        },
+        lvmd.clone(),
+        latest_report,
+        std::sync::Arc::new(move || probe_ready.is_ready()),
+        registry.clone(),
+        shutdown.clone(),
+    );
     info!(node = %options.node_name, lvmd = %options.lvmd_socket.display(), "topolvm-node started");
     let metrics = topolvm_runtime::http::serve(
         metrics_listener,
@@ -75,12 +97,18 @@ pub async fn run(
     );
     let probes =
         topolvm_runtime::http::serve(health_listener, None, health.routes(), shutdown.clone());
-    let (metrics, probes) = tokio::join!(metrics, probes);
+    let (metrics, probes, csi_served) = tokio::join!(metrics, probes, async {
+        let result = csi_server.await;
+        // Without its socket the node is of no use to kubelet: stop the rest too.
+        shutdown.cancel();
+        result
+    });
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
     info!("topolvm-node stopped");
     metrics?;
     probes?;
+    csi_served?;
     Ok(())
 }

@@ -20,6 +20,12 @@ struct Args {
     /// Listen address of the /healthz and /readyz endpoints.
     #[arg(long, default_value = ":8081")]
     health_probe_bind_address: String,
+    /// The CSI socket kubelet and the node-driver-registrar connect to.
+    #[arg(long, default_value = topolvm_core::names::DEFAULT_CSI_SOCKET)]
+    csi_socket: PathBuf,
+    /// kubelet's root directory; the node publishes volumes only below it.
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    kubelet_dir: PathBuf,
     /// Kubeconfig (default: $KUBECONFIG, then the in-cluster service account, then
     /// ~/.kube/config).
     #[arg(long)]
@@ -43,6 +49,8 @@ async fn main() -> anyhow::Result<()> {
         lvmd_socket: args.lvmd_socket,
         metrics_bind_address: args.metrics_bind_address,
         health_probe_bind_address: args.health_probe_bind_address,
+        csi_socket: args.csi_socket,
+        kubelet_dir: args.kubelet_dir,
     };
     topolvm_node::run(options, client, shutdown).await?;
     Ok(())
