@@ -408,3 +408,588 @@ impl csi::node_server::Node for NodeService {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every Node RPC with each missing or bad field, against the code the CSI spec (v1.12.0)
+    //! names for it. A small fake lvmd (only GetLVList) answers the lookups.
+    use std::path::Path;
+    use std::pin::Pin;
+
+    use csi::node_server::Node;
+    use csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode};
+    use tokio_util::sync::CancellationToken;
+    use topolvm_proto::lvmd as pb;
+
+    use super::*;
+    use crate::lvmd_client::report_channel;
+
+    /// An lvmd with one class `ssd` holding one volume `known`, which is mounted nowhere.
+    #[derive(Debug, Clone)]
+    struct FakeLvmd;
+
+    #[tonic::async_trait]
+    impl pb::vg_service_server::VgService for FakeLvmd {
+        async fn get_lv_list(
+            &self,
+            request: Request<pb::GetLvListRequest>,
+        ) -> Result<Response<pb::GetLvListResponse>, Status> {
+            if request.get_ref().device_class != "ssd" {
+                return Err(Status::not_found("no such device class"));
+            }
+            Ok(Response::new(pb::GetLvListResponse {
+                volumes: vec![pb::LogicalVolume {
+                    name: "known".into(),
+                    dev_major: 254,
+                    dev_minor: 77,
+                    size_bytes: 1 << 30,
+                    path: "/dev/vg/known".into(),
+                    attr: "-wi-a-----".into(),
+                    ..Default::default()
+                }],
+            }))
+        }
+
+        async fn get_free_bytes(
+            &self,
+            _request: Request<pb::GetFreeBytesRequest>,
+        ) -> Result<Response<pb::GetFreeBytesResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
+        type WatchStream = Pin<
+            Box<
+                dyn tonic::codegen::tokio_stream::Stream<Item = Result<pb::WatchResponse, Status>>
+                    + Send,
+            >,
+        >;
+
+        async fn watch(
+            &self,
+            _request: Request<pb::Empty>,
+        ) -> Result<Response<Self::WatchStream>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        kubelet: PathBuf,
+        node: NodeService,
+        registry: Registry,
+        _stop: tokio_util::sync::DropGuard,
+    }
+
+    /// A Node service whose kubelet dir is a temp dir; `with_report` feeds it a Watch report
+    /// naming the class `ssd`, else it has none yet.
+    async fn fixture(with_report: bool) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubelet = dir.path().join("kubelet");
+        std::fs::create_dir(&kubelet).expect("kubelet dir");
+        let socket = dir.path().join("lvmd.sock");
+        let listener = topolvm_runtime::unix::bind(&socket).await.expect("bind");
+        let stop = CancellationToken::new();
+        let routes =
+            tonic::service::Routes::new(pb::vg_service_server::VgServiceServer::new(FakeLvmd));
+        let served = socket.clone();
+        let token = stop.clone();
+        tokio::spawn(async move {
+            let _ = topolvm_runtime::unix::serve(listener, &served, routes, token).await;
+        });
+        let (sender, report) = report_channel();
+        if with_report {
+            sender.send_replace(Some(Arc::new(pb::WatchResponse {
+                items: vec![pb::WatchItem {
+                    device_class: "ssd".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })));
+        }
+        std::mem::forget(sender);
+        let registry = Registry::new();
+        let node = NodeService::new(
+            &CsiOptions {
+                socket: dir.path().join("csi.sock"),
+                kubelet_dir: kubelet.clone(),
+                node_name: "node-1".into(),
+            },
+            LvmdConnection::socket(&socket),
+            report,
+            &registry,
+        )
+        .expect("service");
+        Fixture {
+            dir,
+            kubelet,
+            node,
+            registry,
+            _stop: stop.drop_guard(),
+        }
+    }
+
+    fn mount_cap(fs_type: &str, flags: &[&str], mode: access_mode::Mode) -> csi::VolumeCapability {
+        csi::VolumeCapability {
+            access_mode: Some(AccessMode { mode: mode as i32 }),
+            access_type: Some(AccessType::Mount(MountVolume {
+                fs_type: fs_type.into(),
+                mount_flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+                volume_mount_group: String::new(),
+            })),
+        }
+    }
+
+    fn writer() -> csi::VolumeCapability {
+        mount_cap("ext4", &[], access_mode::Mode::SingleNodeWriter)
+    }
+
+    fn block() -> csi::VolumeCapability {
+        csi::VolumeCapability {
+            access_mode: Some(AccessMode {
+                mode: access_mode::Mode::SingleNodeWriter as i32,
+            }),
+            access_type: Some(AccessType::Block(BlockVolume {})),
+        }
+    }
+
+    fn publish(
+        id: &str,
+        target: &Path,
+        cap: Option<csi::VolumeCapability>,
+    ) -> csi::NodePublishVolumeRequest {
+        csi::NodePublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: target.to_string_lossy().into_owned(),
+            volume_capability: cap,
+            ..Default::default()
+        }
+    }
+
+    async fn publish_code(f: &Fixture, request: csi::NodePublishVolumeRequest) -> Code {
+        match f.node.node_publish_volume(Request::new(request)).await {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        }
+    }
+
+    /// NodePublishVolume: "Missing required field" and "Invalid or unsupported field" are
+    /// INVALID_ARGUMENT (Error Scheme); an access mode the volume cannot do is
+    /// FAILED_PRECONDITION ("Exceeds capabilities"); a volume not on the node is NOT_FOUND
+    /// ("Volume does not exist").
+    #[tokio::test]
+    async fn publish_validation_table() {
+        let f = fixture(true).await;
+        let target = f.kubelet.join("pods/p/volumes/kubernetes.io~csi/pv/mount");
+        let mut no_mode = writer();
+        no_mode.access_mode = None;
+        let mut no_type = writer();
+        no_type.access_type = None;
+        let mut group = writer();
+        if let Some(AccessType::Mount(m)) = group.access_type.as_mut() {
+            m.volume_mount_group = "1000".into();
+        }
+        let mut readonly_rw = publish(
+            "known",
+            &target,
+            Some(mount_cap(
+                "xfs",
+                &["rw"],
+                access_mode::Mode::SingleNodeWriter,
+            )),
+        );
+        readonly_rw.readonly = true;
+        let outside = f.dir.path().join("elsewhere/mount");
+        let sneaky = PathBuf::from(format!("{}/../elsewhere/mount", f.kubelet.display()));
+        let mut bad_ephemeral = publish("pvc-not-kubelets", &target, Some(writer()));
+        bad_ephemeral
+            .volume_context
+            .insert("csi.storage.k8s.io/ephemeral".into(), "true".into());
+        let cases: Vec<(&str, csi::NodePublishVolumeRequest, Code)> = vec![
+            (
+                "no volume_id",
+                publish("", &target, Some(writer())),
+                Code::InvalidArgument,
+            ),
+            (
+                "no target_path",
+                publish("known", Path::new(""), Some(writer())),
+                Code::InvalidArgument,
+            ),
+            (
+                "no capability",
+                publish("known", &target, None),
+                Code::InvalidArgument,
+            ),
+            (
+                "no access mode",
+                publish("known", &target, Some(no_mode)),
+                Code::InvalidArgument,
+            ),
+            (
+                "no access type",
+                publish("known", &target, Some(no_type)),
+                Code::InvalidArgument,
+            ),
+            (
+                "multi-node access",
+                publish(
+                    "known",
+                    &target,
+                    Some(mount_cap(
+                        "ext4",
+                        &[],
+                        access_mode::Mode::MultiNodeMultiWriter,
+                    )),
+                ),
+                Code::FailedPrecondition,
+            ),
+            (
+                "single-node multi-writer",
+                publish(
+                    "known",
+                    &target,
+                    Some(mount_cap(
+                        "ext4",
+                        &[],
+                        access_mode::Mode::SingleNodeMultiWriter,
+                    )),
+                ),
+                Code::FailedPrecondition,
+            ),
+            (
+                "unknown filesystem",
+                publish(
+                    "known",
+                    &target,
+                    Some(mount_cap("ntfs", &[], access_mode::Mode::SingleNodeWriter)),
+                ),
+                Code::InvalidArgument,
+            ),
+            (
+                "empty mount flag",
+                publish(
+                    "known",
+                    &target,
+                    Some(mount_cap(
+                        "ext4",
+                        &[""],
+                        access_mode::Mode::SingleNodeWriter,
+                    )),
+                ),
+                Code::InvalidArgument,
+            ),
+            (
+                "volume_mount_group without the capability",
+                publish("known", &target, Some(group)),
+                Code::InvalidArgument,
+            ),
+            ("rw with readonly", readonly_rw, Code::InvalidArgument),
+            (
+                "relative target",
+                publish("known", Path::new("pods/x/mount"), Some(writer())),
+                Code::InvalidArgument,
+            ),
+            (
+                "target outside the kubelet dir",
+                publish("known", &outside, Some(writer())),
+                Code::InvalidArgument,
+            ),
+            (
+                "target escaping with ..",
+                publish("known", &sneaky, Some(writer())),
+                Code::InvalidArgument,
+            ),
+            (
+                "target is the kubelet dir",
+                publish("known", &f.kubelet, Some(writer())),
+                Code::InvalidArgument,
+            ),
+            (
+                "inline volume with a made-up id",
+                bad_ephemeral,
+                Code::InvalidArgument,
+            ),
+            (
+                "unknown volume",
+                publish("unknown", &target, Some(writer())),
+                Code::NotFound,
+            ),
+            (
+                "unknown block volume",
+                publish("unknown", &target, Some(block())),
+                Code::NotFound,
+            ),
+        ];
+        for (name, request, want) in cases {
+            assert_eq!(publish_code(&f, request).await, want, "{name}");
+        }
+        assert!(!target.exists(), "no refused publish made its target");
+        assert_eq!(f.node.held_locks(), 0);
+    }
+
+    #[tokio::test]
+    async fn publish_before_lvmds_first_report_is_unavailable() {
+        let f = fixture(false).await;
+        let target = f.kubelet.join("pods/p/volumes/kubernetes.io~csi/pv/mount");
+        assert_eq!(
+            publish_code(&f, publish("known", &target, Some(writer()))).await,
+            Code::Unavailable
+        );
+    }
+
+    #[tokio::test]
+    async fn a_symlink_out_of_the_kubelet_dir_is_refused() {
+        let f = fixture(true).await;
+        let elsewhere = f.dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("dir");
+        std::os::unix::fs::symlink(&elsewhere, f.kubelet.join("pods")).expect("symlink");
+        let target = f.kubelet.join("pods/p/volumes/kubernetes.io~csi/pv/mount");
+        assert_eq!(
+            publish_code(&f, publish("known", &target, Some(writer()))).await,
+            Code::InvalidArgument
+        );
+        let unpublish = f
+            .node
+            .node_unpublish_volume(Request::new(csi::NodeUnpublishVolumeRequest {
+                volume_id: "known".into(),
+                target_path: target.to_string_lossy().into_owned(),
+            }))
+            .await;
+        assert_eq!(
+            unpublish.expect_err("refused").code(),
+            Code::InvalidArgument
+        );
+        assert!(
+            std::fs::read_dir(&elsewhere)
+                .expect("read")
+                .next()
+                .is_none()
+        );
+    }
+
+    /// NodeUnpublishVolume: missing fields are INVALID_ARGUMENT; a target that is already gone
+    /// is success ("This operation MUST be idempotent").
+    #[tokio::test]
+    async fn unpublish_validation_and_idempotence() {
+        let f = fixture(false).await;
+        let target = f.kubelet.join("pods/p/volumes/kubernetes.io~csi/pv/mount");
+        let call = |id: &str, path: &str| csi::NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: path.into(),
+        };
+        let t = target.to_string_lossy().into_owned();
+        for (name, request, want) in [
+            ("no volume_id", call("", &t), Code::InvalidArgument),
+            ("no target_path", call("known", ""), Code::InvalidArgument),
+            (
+                "outside the kubelet dir",
+                call("known", "/etc/passwd"),
+                Code::InvalidArgument,
+            ),
+            // No lvmd report needed for a persistent volume's unpublish.
+            ("target already gone", call("known", &t), Code::Ok),
+        ] {
+            let got = match f.node.node_unpublish_volume(Request::new(request)).await {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
+            };
+            assert_eq!(got, want, "{name}");
+        }
+        // An empty directory left by an earlier publish is removed (csi-sanity "should remove
+        // target path").
+        std::fs::create_dir_all(&target).expect("target");
+        f.node
+            .node_unpublish_volume(Request::new(call("known", &t)))
+            .await
+            .expect("unpublish");
+        assert!(!target.exists());
+    }
+
+    /// NodeGetVolumeStats: missing fields INVALID_ARGUMENT; "Volume does not exist" (no such
+    /// volume, or not at that path) NOT_FOUND.
+    #[tokio::test]
+    async fn stats_validation_table() {
+        let f = fixture(true).await;
+        let dir = f.kubelet.join("some-dir");
+        std::fs::create_dir(&dir).expect("dir");
+        let call = |id: &str, path: &str| csi::NodeGetVolumeStatsRequest {
+            volume_id: id.into(),
+            volume_path: path.into(),
+            ..Default::default()
+        };
+        let d = dir.to_string_lossy().into_owned();
+        for (name, request, want) in [
+            ("no volume_id", call("", &d), Code::InvalidArgument),
+            ("no volume_path", call("known", ""), Code::InvalidArgument),
+            (
+                "path that does not exist",
+                call("known", "some/path"),
+                Code::NotFound,
+            ),
+            ("unknown volume", call("unknown", &d), Code::NotFound),
+            // `known` is not mounted at this directory.
+            ("wrong path", call("known", &d), Code::NotFound),
+        ] {
+            let got = match f.node.node_get_volume_stats(Request::new(request)).await {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
+            };
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    /// NodeExpandVolume: missing fields and a bad capacity range INVALID_ARGUMENT; "Volume does
+    /// not exist" NOT_FOUND.
+    #[tokio::test]
+    async fn expand_validation_table() {
+        let f = fixture(true).await;
+        let dir = f.kubelet.join("pods/p/volumes/kubernetes.io~csi/pv/mount");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let d = dir.to_string_lossy().into_owned();
+        let call = |id: &str, path: &str, range: Option<(i64, i64)>| csi::NodeExpandVolumeRequest {
+            volume_id: id.into(),
+            volume_path: path.into(),
+            capacity_range: range.map(|(required_bytes, limit_bytes)| csi::CapacityRange {
+                required_bytes,
+                limit_bytes,
+            }),
+            ..Default::default()
+        };
+        let mut bad_cap = call("known", &d, None);
+        bad_cap.volume_capability = Some(mount_cap(
+            "ext4",
+            &[],
+            access_mode::Mode::MultiNodeMultiWriter,
+        ));
+        for (name, request, want) in [
+            ("no volume_id", call("", &d, None), Code::InvalidArgument),
+            (
+                "no volume_path",
+                call("known", "", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "negative required",
+                call("known", &d, Some((-1, 0))),
+                Code::InvalidArgument,
+            ),
+            (
+                "negative limit",
+                call("known", &d, Some((0, -1))),
+                Code::InvalidArgument,
+            ),
+            (
+                "required above limit",
+                call("known", &d, Some((2 << 30, 1 << 30))),
+                Code::InvalidArgument,
+            ),
+            ("unsupported access mode", bad_cap, Code::FailedPrecondition),
+            (
+                "unknown volume",
+                call("unknown", &d, Some((1 << 30, 0))),
+                Code::NotFound,
+            ),
+            ("not mounted there", call("known", &d, None), Code::NotFound),
+        ] {
+            let got = match f.node.node_expand_volume(Request::new(request)).await {
+                Ok(_) => Code::Ok,
+                Err(s) => s.code(),
+            };
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    /// No STAGE_UNSTAGE_VOLUME capability, so the spec's "Call not implemented" applies.
+    #[tokio::test]
+    async fn stage_and_unstage_are_unimplemented() {
+        let f = fixture(true).await;
+        let stage = f
+            .node
+            .node_stage_volume(Request::new(Default::default()))
+            .await
+            .expect_err("stage");
+        assert_eq!(stage.code(), Code::Unimplemented);
+        let unstage = f
+            .node
+            .node_unstage_volume(Request::new(Default::default()))
+            .await
+            .expect_err("unstage");
+        assert_eq!(unstage.code(), Code::Unimplemented);
+    }
+
+    #[tokio::test]
+    async fn capabilities_and_info_as_topolvm() {
+        let f = fixture(false).await;
+        let caps = f
+            .node
+            .node_get_capabilities(Request::new(Default::default()))
+            .await
+            .expect("caps")
+            .into_inner()
+            .capabilities;
+        let names: Vec<&str> = caps
+            .iter()
+            .map(|c| match c.r#type.as_ref().expect("type") {
+                node_service_capability::Type::Rpc(r) => {
+                    rpc::Type::try_from(r.r#type).expect("known").as_str_name()
+                }
+            })
+            .collect();
+        // TopoLVM's internal/driver/node.go list, spelled as in csi.proto.
+        assert_eq!(
+            names,
+            ["GET_VOLUME_STATS", "EXPAND_VOLUME", "VOLUME_CONDITION"]
+        );
+        let info = f
+            .node
+            .node_get_info(Request::new(Default::default()))
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!(info.node_id, "node-1");
+        assert_eq!(info.max_volumes_per_node, 0);
+        assert_eq!(
+            info.accessible_topology.expect("topology").segments,
+            HashMap::from([("topology.topolvm.io/node".to_owned(), "node-1".to_owned())])
+        );
+    }
+
+    #[tokio::test]
+    async fn calls_are_counted_by_method_and_code() {
+        let f = fixture(true).await;
+        let target = f.kubelet.join("pods/p/volumes/kubernetes.io~csi/pv/mount");
+        publish_code(&f, publish("", &target, Some(writer()))).await;
+        publish_code(&f, publish("unknown", &target, Some(writer()))).await;
+        let text = topolvm_runtime::endpoints::render(&f.registry).expect("render");
+        assert!(
+            text.contains(
+                r#"topolvm_node_csi_requests_total{code="InvalidArgument",method="NodePublishVolume"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"topolvm_node_csi_requests_total{code="NotFound",method="NodePublishVolume"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"topolvm_node_csi_request_duration_seconds_count{method="NodePublishVolume"} 2"#
+        ));
+    }
+
+    #[test]
+    fn lvmd_codes_that_mean_something_to_kubelet_pass_through() {
+        let lvmd = |code| Error::Lvmd {
+            operation: "CreateLV",
+            code,
+            message: String::new(),
+        };
+        assert_eq!(
+            code_of(&lvmd(Code::ResourceExhausted)),
+            Code::ResourceExhausted
+        );
+        assert_eq!(code_of(&lvmd(Code::Unavailable)), Code::Unavailable);
+        assert_eq!(code_of(&lvmd(Code::Unknown)), Code::Internal);
+    }
+}

@@ -263,3 +263,97 @@ pub fn mount_options(
     }
     Ok(options)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(f: &[&str]) -> Vec<String> {
+        f.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// TopoLVM's order (NODE-CONTROLLER.md A.4 step 2): `ro`, the mount flags, `nouuid` for xfs.
+    #[test]
+    fn mount_options_in_topolvms_order() {
+        assert_eq!(
+            mount_options(false, &[], Filesystem::Ext4).expect("ok"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            mount_options(true, &flags(&["noatime", "discard"]), Filesystem::Ext4).expect("ok"),
+            flags(&["ro", "noatime", "discard"])
+        );
+        assert_eq!(
+            mount_options(true, &flags(&["noatime"]), Filesystem::Xfs).expect("ok"),
+            flags(&["ro", "noatime", "nouuid"])
+        );
+        assert_eq!(
+            mount_options(false, &flags(&["nouuid"]), Filesystem::Xfs).expect("ok"),
+            flags(&["nouuid"])
+        );
+        assert_eq!(
+            mount_options(false, &flags(&["rw"]), Filesystem::Btrfs).expect("ok"),
+            flags(&["rw"])
+        );
+        assert!(matches!(
+            mount_options(true, &flags(&["rw"]), Filesystem::Ext4),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn targets_strictly_under_the_kubelet_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubelet = dir.path().join("kubelet");
+        std::fs::create_dir(&kubelet).expect("mkdir");
+        let canonical = kubelet.canonicalize().expect("canonical");
+        let ok = format!(
+            "{}/pods/u/volumes/kubernetes.io~csi/pv/mount",
+            kubelet.display()
+        );
+        assert_eq!(
+            target_under(&kubelet, &ok, "target_path").expect("under"),
+            canonical.join("pods/u/volumes/kubernetes.io~csi/pv/mount")
+        );
+        for bad in [
+            String::new(),
+            "pods/u/mount".to_owned(),
+            kubelet.display().to_string(),
+            format!("{}/", kubelet.display()),
+            format!("{}/pods/../../etc", kubelet.display()),
+            format!("{}/..", kubelet.display()),
+            format!("{}-other/pods/x", kubelet.display()),
+            "/etc/kubernetes".to_owned(),
+            "/".to_owned(),
+        ] {
+            assert!(
+                target_under(&kubelet, &bad, "target_path").is_err(),
+                "{bad:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn symlinks_are_followed_before_the_check() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubelet = dir.path().join("kubelet");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&kubelet).expect("mkdir");
+        std::fs::create_dir(&outside).expect("mkdir");
+        // A link inside pointing out: refused.
+        std::os::unix::fs::symlink(&outside, kubelet.join("pods")).expect("symlink");
+        let through = format!("{}/pods/u/mount", kubelet.display());
+        assert!(target_under(&kubelet, &through, "target_path").is_err());
+        // A kubelet dir that is itself a symlink (as on some distributions): targets under
+        // either spelling are accepted and come back resolved.
+        let real = dir.path().join("real-kubelet");
+        std::fs::create_dir(&real).expect("mkdir");
+        let link = dir.path().join("link-kubelet");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let via_link = format!("{}/pods/u/mount", link.display());
+        assert_eq!(
+            target_under(&real, &via_link, "target_path").expect("under"),
+            real.canonicalize().expect("canonical").join("pods/u/mount")
+        );
+    }
+}
