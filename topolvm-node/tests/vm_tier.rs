@@ -303,6 +303,26 @@ fn blkid(device: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes a DOS (MBR) partition table with one Linux partition from sector 2048, 16 MiB long,
+/// as fdisk would: the entry at byte 446 and the 0x55AA signature at byte 510.
+fn write_dos_partition_table(device: &Path) {
+    let mut mbr = [0u8; 512];
+    let entry = &mut mbr[446..462];
+    entry[1..4].copy_from_slice(&[0x20, 0x21, 0x00]);
+    entry[4] = 0x83;
+    entry[5..8].copy_from_slice(&[0x41, 0x10, 0x02]);
+    entry[8..12].copy_from_slice(&2048u32.to_le_bytes());
+    entry[12..16].copy_from_slice(&32768u32.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(device)
+        .expect("open device");
+    f.write_all(&mbr).expect("write MBR");
+    f.sync_all().expect("fsync");
+}
+
 fn code<T>(result: Result<T, tonic::Status>) -> Code {
     match result {
         Ok(_) => Code::Ok,
@@ -630,21 +650,7 @@ async fn stray_signatures_are_wiped_but_filesystems_never() {
 
     bed.create("vol-stray", "thick", 64 * MIB).await;
     let stray = bed.device("vol-stray");
-    let sfdisk = Command::new("sfdisk")
-        .args(["-q", "--no-reread", "--no-tell-kernel"])
-        .arg(&stray)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(b"label: dos\n,16M,L\n")?;
-            child.wait()
-        })
-        .expect("sfdisk");
-    assert!(sfdisk.success());
+    write_dos_partition_table(&stray);
     assert!(blkid(&stray).contains("PTTYPE=dos"), "{}", blkid(&stray));
     let pv = PersistentVolume::filesystem("pv-stray", "vol-stray", "ext4");
     let target = bed.kubelet.publish(&pv, &pod).await.expect("publish");

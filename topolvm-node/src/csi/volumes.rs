@@ -138,7 +138,10 @@ impl Volumes {
             }
         }
         mount::mount(lv_path, target, fs_type, options).await?;
-        mount::chmod(target, FRESH_MOUNT_MODE)?;
+        if !request.read_only {
+            // A read-only mount keeps the mode its first read-write publish set.
+            mount::chmod(target, FRESH_MOUNT_MODE)?;
+        }
         info!(volume_id = %request.volume_id, target = %target.display(), fs_type, "published");
         if !request.read_only {
             mount::grow_filesystem(fs_type, lv_path, target).await?;
