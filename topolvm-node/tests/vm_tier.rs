@@ -274,10 +274,10 @@ async fn start_node(
         .expect("CSI server");
     });
     for _ in 0..400 {
-        if socket.exists() {
-            if let Ok(kubelet) = Kubelet::connect(socket, kubelet_dir).await {
-                return (stop, server, kubelet);
-            }
+        if socket.exists()
+            && let Ok(kubelet) = Kubelet::connect(socket, kubelet_dir).await
+        {
+            return (stop, server, kubelet);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
