@@ -36,9 +36,15 @@
 //!   (SetUpAt's `volSrc != nil` branch).
 //! - **Unpublish**: `volume_id` and the same target path (csi_mounter.go TearDownAt,
 //!   csi_block.go unpublishVolumeForBlock, skipped when the publish path is already gone).
-//! - **Stats**: volume_id and the publish target (`pkg/volume/csi/csi_metrics.go`).
-//! - **Expand**: `pkg/volume/csi/expander.go`: volume_id, volume_path = the publish target
-//!   (no staging path), the new size as `capacity_range.required_bytes`, and the PV's capability.
+//! - **Stats**: volume_id and, for filesystems, the mount target (`pkg/volume/csi/csi_plugin.go`
+//!   NewMounter: `NewMetricsCsi(volumeHandle, mounter.GetPath(), ...)`); for block volumes this
+//!   helper uses the publish path (not checked against kubelet's block metrics).
+//! - **Expand**: `pkg/volume/csi/expander.go` nodeExpandWithClient: volume_id = the PV's
+//!   volumeHandle, the new size, a capability from the PV's fsType, mountOptions and first access
+//!   mode (block: `fsTypeBlockName`), volume_path = kubelet's DeviceMountPath (the pod's mount
+//!   target for an in-use filesystem) or, for block, the device path. kubelet also sends its
+//!   device stage path as staging_target_path; this helper sends it empty (our driver has no
+//!   staging and ignores it).
 //!
 //! Product code must not depend on this module.
 
