@@ -122,6 +122,11 @@ async fn node_capacity_follows_lvm_within_seconds() {
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--health-probe-bind-address")
         .arg(health.to_string())
+        // The CSI socket in the test's own dir, never the host's /run/topolvm.
+        .arg("--csi-socket")
+        .arg(dir.path().join("csi.sock"))
+        .arg("--kubelet-dir")
+        .arg(dir.path().join("kubelet"))
         .env("RUST_LOG", "topolvm_node=debug,info");
     let _node_agent = ManagedProcess::spawn("topolvm-node", cmd, &dir.path().join("node.log"));
 
