@@ -978,6 +978,40 @@ mod tests {
         ));
     }
 
+    /// Work on one volume ID runs one at a time; work on another volume does not wait for it.
+    #[tokio::test]
+    async fn one_lock_per_volume_id() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let f = fixture(false).await;
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let call = |id: &'static str| {
+            let (running, most) = (running.clone(), most.clone());
+            let node = f.node.clone();
+            async move {
+                node.locked("Test", id.to_owned(), move |_| async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, Error>(())
+                })
+                .await
+            }
+        };
+        let (a, b, c) = tokio::join!(call("v1"), call("v1"), call("v1"));
+        assert!(a.is_ok() && b.is_ok() && c.is_ok());
+        assert_eq!(most.load(Ordering::SeqCst), 1, "same volume: one at a time");
+        let (a, b) = tokio::join!(call("v1"), call("v2"));
+        assert!(a.is_ok() && b.is_ok());
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            2,
+            "different volumes: side by side"
+        );
+        assert_eq!(f.node.held_locks(), 0, "no lock left behind");
+    }
+
     #[test]
     fn lvmd_codes_that_mean_something_to_kubelet_pass_through() {
         let lvmd = |code| Error::Lvmd {
