@@ -342,6 +342,7 @@ fn write_file(path: &Path, content: &[u8]) {
 #[tokio::test]
 async fn filesystems_publish_keep_data_and_republish_is_a_no_op() {
     let mut bed = Bed::new().await;
+    assert_eq!(bed.kubelet.probe().await.expect("Probe"), Some(true));
     let pod = Pod::new("app");
     for (fs, class, size) in [
         ("ext4", "thick", 64 * MIB),
@@ -784,6 +785,22 @@ async fn inline_ephemeral_volume_is_made_used_and_removed() {
         .unpublish(&id, &target)
         .await
         .expect("unpublish again");
+
+    // More than the class holds: lvmd's RESOURCE_EXHAUSTED reaches kubelet as it is, and the
+    // target is left as kubelet made it (no mount).
+    let big = InlineVolume {
+        name: "too-big".into(),
+        fs_type: None,
+        read_only: false,
+        volume_attributes: BTreeMap::from([
+            ("size".to_owned(), "64Gi".to_owned()),
+            ("topolvm.io/device-class".to_owned(), "thick".to_owned()),
+        ]),
+    };
+    let refused = bed.kubelet.publish_inline(&big, &pod).await;
+    assert_eq!(code(refused), Code::ResourceExhausted);
+    let big_id = topolvm_e2e::csi::inline_volume_id(&pod.uid, "too-big");
+    assert!(bed.lvs("thick").await.iter().all(|v| v.name != big_id));
 
     // A volume ID of kubelet's inline form that names a persistent volume is never removed.
     let fake = topolvm_e2e::csi::inline_volume_id("someone", "else");
