@@ -1,23 +1,39 @@
 #!/usr/bin/env bash
-# VM tier: builds lvmd's vm_tier test binary on the host and runs it once inside a qemu VM with
-# real device-mapper and two scratch disks (scripts/vm/run.sh). Fails if the VM cannot boot.
+# VM tier: builds the vm_tier test binaries on the host and runs each once inside its own qemu
+# VM with real device-mapper and two scratch disks (scripts/vm/run.sh): first lvmd's, then
+# topolvm-node's CSI node service (real lvmd, mkfs, mount, resize). Fails if a VM cannot boot.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
 scripts/vm/build.sh
-# The test binary starts target/debug/lvmd (CARGO_BIN_EXE_lvmd); cargo builds both.
-exe=$(cargo test -p lvmd --features vm-tier --test vm_tier --no-run --message-format=json 2>/dev/null |
-    python3 -c '
+
+# The path of the vm_tier test binary of package $1 (built with feature vm-tier).
+vm_tier_exe() {
+    cargo test -p "$1" --features vm-tier --test vm_tier --no-run --message-format=json 2>/dev/null |
+        python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "vm_tier":
         print(m["executable"])
-')
-if [[ -z $exe ]]; then
-    echo "test-vm-tier: could not build the vm_tier test binary" >&2
-    exit 1
-fi
-echo "test-vm-tier: running $exe in the VM"
-exec scripts/vm/run.sh --disk 1G --disk 1G --mem 2048 --timeout 1500 --env RUST_BACKTRACE -- \
-    "$exe" --test-threads=1
+'
+}
+
+# lvmd's binary starts target/debug/lvmd (CARGO_BIN_EXE_lvmd); topolvm-node's finds it next to
+# its own target directory, so build it explicitly.
+cargo build -p lvmd --bin lvmd --quiet
+lvmd_exe=$(vm_tier_exe lvmd)
+node_exe=$(vm_tier_exe topolvm-node)
+for exe in "$lvmd_exe" "$node_exe"; do
+    if [[ -z $exe ]]; then
+        echo "test-vm-tier: could not build a vm_tier test binary" >&2
+        exit 1
+    fi
+done
+
+echo "test-vm-tier: running $lvmd_exe in the VM"
+scripts/vm/run.sh --disk 1G --disk 1G --mem 2048 --timeout 1500 --env RUST_BACKTRACE -- \
+    "$lvmd_exe" --test-threads=1
+echo "test-vm-tier: running $node_exe in the VM"
+scripts/vm/run.sh --disk 1G --disk 1G --mem 2048 --timeout 1500 --env RUST_BACKTRACE -- \
+    "$node_exe" --test-threads=1

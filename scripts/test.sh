@@ -17,7 +17,7 @@ scripts/setup.sh
 
 echo "== style: rustfmt and clippy"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e,topolvm-scheduler/e2e,topolvm-node/e2e,topolvm-runtime/e2e --quiet -- -D warnings
+cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e,topolvm-scheduler/e2e,topolvm-node/e2e,topolvm-node/vm-tier,topolvm-runtime/e2e --quiet -- -D warnings
 
 echo "== unit tier"
 cargo test --workspace --quiet

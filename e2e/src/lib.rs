@@ -4,6 +4,8 @@
 //!   request kube-scheduler with our extender and kube-controller-manager) with RBAC on, an admin
 //!   kubeconfig and one per component we ship; or an existing cluster from
 //!   `TOPOLVM_E2E_KUBECONFIG`.
+//! - [`csi`]: kubelet's side of the CSI socket: the Node requests kubelet sends for a pod's
+//!   volumes (targets, capability, volume context), for tests of the node service.
 //! - [`lvm`]: real LVM (an isolated `LVM_SYSTEM_DIR`, loop devices or a VM's disks, volume
 //!   groups that remove themselves) and a real lvmd process with gRPC clients: the harness of
 //!   lvmd's host tier, VM tier (inside `scripts/vm/run.sh`) and benchmark.
@@ -16,6 +18,7 @@
 //! code that builds everywhere.
 
 pub mod cluster;
+pub mod csi;
 pub mod lvm;
 pub mod pki;
 pub mod process;

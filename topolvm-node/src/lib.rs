@@ -1,13 +1,15 @@
 //! topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's.
 //!
-//! Built so far: [`capacity`], the Node's live capacity annotations from lvmd's Watch stream,
-//! [`metrics`], TopoLVM's capacity gauges, [`volume_condition`], the health rule
-//! NodeGetVolumeStats reports, [`csi_driver`], readiness on the CSIDriver object, and lvmd either
-//! over its socket or embedded in this process ([`lvmd_client`]), with `/metrics`, `/healthz`
+//! Built so far: [`capacity`], the Node's live capacity annotations from lvmd's Watch stream;
+//! [`csi`], the CSI Identity and Node services (with inline ephemeral volumes) on the CSI socket;
+//! [`metrics`], TopoLVM's capacity gauges; [`volume_condition`], the health rule
+//! NodeGetVolumeStats reports; [`csi_driver`], readiness on the CSIDriver object; lvmd either
+//! over its socket or embedded in this process ([`lvmd_client`]); with `/metrics`, `/healthz`
 //! and `/readyz`. See README.md for what is still to come.
 #![forbid(unsafe_code)]
 
 pub mod capacity;
+pub mod csi;
 pub mod csi_driver;
 pub mod lvmd_client;
 pub mod metrics;
@@ -44,6 +46,10 @@ pub struct Options {
     /// certificate, for callers whose token may `get /metrics` (TokenReview and
     /// SubjectAccessReview), as controller-runtime's secure metrics server does.
     pub secure_metrics_server: bool,
+    /// The CSI Identity and Node socket.
+    pub csi_socket: PathBuf,
+    /// kubelet's root directory: publish targets must lie under it.
+    pub kubelet_dir: PathBuf,
 }
 
 /// Why topolvm-node stopped with an error.
@@ -61,6 +67,8 @@ pub enum RunError {
     Tls(#[from] topolvm_runtime::tls::TlsError),
     #[error("embedded lvmd: {0}")]
     EmbeddedLvmd(#[from] lvmd::RunError),
+    #[error(transparent)]
+    Csi(#[from] csi::ServeError),
 }
 
 /// Runs topolvm-node until `shutdown`.
@@ -98,6 +106,12 @@ pub async fn run(
     let gauges = metrics::CapacityGauges::register(&registry, &options.node_name)?;
     let (report_sender, latest_report) = lvmd_client::report_channel();
     let tasks = TaskTracker::new();
+    // Probe answers ready only while lvmd is reachable and the CSIDriver object exists (the
+    // checks of /readyz), and never fails (see topolvm_core::csi_identity).
+    let probe_ready = {
+        let (lvmd_ready, csi_driver_ready) = (lvmd_ready.clone(), csi_driver_ready.clone());
+        std::sync::Arc::new(move || lvmd_ready.is_ready() && csi_driver_ready.is_ready())
+    };
     tasks.spawn(capacity::run(
         capacity::NodeCapacity::new(client.clone(), options.node_name.clone()),
         lvmd.clone(),
@@ -105,12 +119,28 @@ pub async fn run(
         lvmd_ready,
         shutdown.clone(),
     ));
-    tasks.spawn(metrics::follow(gauges, latest_report, shutdown.clone()));
+    tasks.spawn(metrics::follow(
+        gauges,
+        latest_report.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(csi_driver::follow(
         client.clone(),
         csi_driver_ready,
         shutdown.clone(),
     ));
+    let csi_server = csi::serve(
+        csi::CsiOptions {
+            socket: options.csi_socket.clone(),
+            kubelet_dir: options.kubelet_dir.clone(),
+            node_name: options.node_name.clone(),
+        },
+        lvmd.clone(),
+        latest_report,
+        probe_ready,
+        registry.clone(),
+        shutdown.clone(),
+    );
     info!(node = %options.node_name, lvmd = %lvmd.description(), "topolvm-node started");
     let (metrics_tls, metrics_app) = if options.secure_metrics_server {
         let acceptor = topolvm_runtime::tls::self_signed_acceptor(&[
@@ -129,7 +159,12 @@ pub async fn run(
         topolvm_runtime::http::serve(metrics_listener, metrics_tls, metrics_app, shutdown.clone());
     let probes =
         topolvm_runtime::http::serve(health_listener, None, health.routes(), shutdown.clone());
-    let (metrics, probes) = tokio::join!(metrics, probes);
+    let (metrics, probes, csi_served) = tokio::join!(metrics, probes, async {
+        let result = csi_server.await;
+        // Without its socket the node is of no use to kubelet: stop the rest too.
+        shutdown.cancel();
+        result
+    });
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
@@ -139,5 +174,6 @@ pub async fn run(
     info!("topolvm-node stopped");
     metrics?;
     probes?;
+    csi_served?;
     Ok(())
 }

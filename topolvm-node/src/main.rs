@@ -29,6 +29,12 @@ struct Args {
     /// Serve /metrics over HTTPS (self-signed) to callers whose bearer token may `get /metrics`.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     secure_metrics_server: bool,
+    /// The CSI socket kubelet and the node-driver-registrar connect to.
+    #[arg(long, default_value = topolvm_core::names::DEFAULT_CSI_SOCKET)]
+    csi_socket: PathBuf,
+    /// kubelet's root directory; the node publishes volumes only below it.
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    kubelet_dir: PathBuf,
     /// Kubeconfig (default: $KUBECONFIG, then the in-cluster service account, then
     /// ~/.kube/config).
     #[arg(long)]
@@ -60,6 +66,8 @@ async fn main() -> anyhow::Result<()> {
         metrics_bind_address: args.metrics_bind_address,
         health_probe_bind_address: args.health_probe_bind_address,
         secure_metrics_server: args.secure_metrics_server,
+        csi_socket: args.csi_socket,
+        kubelet_dir: args.kubelet_dir,
     };
     topolvm_node::run(options, client, shutdown).await?;
     Ok(())

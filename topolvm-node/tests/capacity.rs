@@ -10,7 +10,8 @@
 //! the `topolvm.io/node` finalizer; they follow a CreateLV and an admin's `vgextend` within 2 s
 //! (TopoLVM: on its own operations, else up to 10 minutes); an annotation of a device class lvmd
 //! does not report is removed and other annotations are left alone; after lvmd restarts the
-//! annotations follow again. `/readyz` is false until the CSIDriver object exists. With
+//! annotations follow again. `/readyz` and the CSI Probe are false (not an error) until the
+//! CSIDriver object exists. With
 //! `--embed-lvmd` one topolvm-node process does all of this with lvmd inside it, binds no lvmd
 //! socket, and exports TopoLVM's `topolvm_*` gauges and lvmd's `lvmd_*` ones once each.
 #![cfg(feature = "e2e")]
@@ -28,6 +29,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::api::{Patch, PatchParams};
 use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
+use topolvm_e2e::csi::Kubelet;
 use topolvm_e2e::lvm::{
     self as common, DEFAULT_LOOP_SIZE, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup,
 };
@@ -163,6 +165,11 @@ async fn node_capacity_follows_lvm_within_seconds() {
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--health-probe-bind-address")
         .arg(health.to_string())
+        // The CSI socket in the test's own dir, never the host's /run/topolvm.
+        .arg("--csi-socket")
+        .arg(dir.path().join("csi.sock"))
+        .arg("--kubelet-dir")
+        .arg(dir.path().join("kubelet"))
         .env("RUST_LOG", "topolvm_node=debug,info");
     let _node_agent = ManagedProcess::spawn("topolvm-node", cmd, &dir.path().join("node.log"));
 
@@ -180,12 +187,19 @@ async fn node_capacity_follows_lvm_within_seconds() {
     );
     // Not ready without the CSIDriver object (kubelet could not mount TopoLVM volumes); ready
     // within moments of its creation.
+    // The CSI Probe says the same, as `ready=false` rather than an error (TopoLVM's error makes
+    // external-provisioner exit).
     let not_ready = common::http_get(health, "/readyz")
         .await
         .expect_err("not ready without the CSIDriver object");
     assert!(not_ready.to_string().contains(" 500 "), "{not_ready}");
+    let mut kubelet = Kubelet::connect(&dir.path().join("csi.sock"), &dir.path().join("kubelet"))
+        .await
+        .expect("the CSI socket");
+    assert_eq!(kubelet.probe().await.expect("Probe answers"), Some(false));
     create_csi_driver(cluster.client()).await;
     wait_for_readyz(health, "ok", Duration::from_secs(5)).await;
+    assert_eq!(kubelet.probe().await.expect("Probe answers"), Some(true));
 
     let mut lv = lvmd.lv_client().await;
     lv.create_lv(pb::CreateLvRequest {
@@ -261,6 +275,10 @@ async fn embedded_lvmd_serves_the_node_from_one_process() {
         .arg("--embed-lvmd")
         .arg("--config")
         .arg(config.config_path())
+        .arg("--csi-socket")
+        .arg(dir.path().join("csi.sock"))
+        .arg("--kubelet-dir")
+        .arg(dir.path().join("kubelet"))
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig("topolvm-node"))
         .arg("--metrics-bind-address")
