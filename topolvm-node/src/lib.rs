@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod capacity;
+pub mod logical_volume;
 pub mod lvmd_client;
 pub mod volume_condition;
 
@@ -28,6 +29,8 @@ pub struct Options {
     /// Go-style listen addresses (`:8080`), as TopoLVM's flags take them.
     pub metrics_bind_address: String,
     pub health_probe_bind_address: String,
+    /// Remove an orphan LV seen orphaned this long (`--orphan-gc-after`); `None`: only report.
+    pub orphan_gc_after: Option<std::time::Duration>,
 }
 
 /// Why topolvm-node stopped with an error.
@@ -37,6 +40,8 @@ pub enum RunError {
     NoNodeName,
     #[error(transparent)]
     Listen(#[from] topolvm_runtime::http::BindError),
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -58,14 +63,36 @@ pub async fn run(
     let health_listener = topolvm_runtime::http::bind(&options.health_probe_bind_address).await?;
     let tasks = TaskTracker::new();
     let lvmd = LvmdConnection::socket(&options.lvmd_socket);
-    let (report_sender, _latest_report) = lvmd_client::report_channel();
+    let (report_sender, latest_report) = lvmd_client::report_channel();
     tasks.spawn(capacity::run(
-        capacity::NodeCapacity::new(client, options.node_name.clone()),
+        capacity::NodeCapacity::new(client.clone(), options.node_name.clone()),
         lvmd.clone(),
         report_sender,
         lvmd_ready,
         shutdown.clone(),
     ));
+    let reconciler = logical_volume::Context::new(
+        client.clone(),
+        options.node_name.clone(),
+        lvmd.clone(),
+        logical_volume::Metrics::register(&registry)?,
+    );
+    tasks.spawn(logical_volume::run(
+        std::sync::Arc::new(reconciler),
+        shutdown.clone(),
+    ));
+    let orphans = logical_volume::orphans::OrphanScanner::new(
+        client.clone(),
+        options.node_name.clone(),
+        lvmd.clone(),
+        latest_report,
+        logical_volume::orphans::OrphanOptions {
+            gc_after: options.orphan_gc_after,
+            ..Default::default()
+        },
+        &registry,
+    )?;
+    tasks.spawn(orphans.run(shutdown.clone()));
     info!(node = %options.node_name, lvmd = %options.lvmd_socket.display(), "topolvm-node started");
     let metrics = topolvm_runtime::http::serve(
         metrics_listener,

@@ -24,6 +24,11 @@ struct Args {
     /// ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Remove an LV carrying topolvm-rs's ownership tag once it has been seen orphaned (its
+    /// LogicalVolume or pod gone) for this long, e.g. `30m`, `1h`. Without it orphans are only
+    /// reported (metric, Node Event, log).
+    #[arg(long, value_parser = topolvm_node::logical_volume::orphans::parse_duration)]
+    orphan_gc_after: Option<std::time::Duration>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -43,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         lvmd_socket: args.lvmd_socket,
         metrics_bind_address: args.metrics_bind_address,
         health_probe_bind_address: args.health_probe_bind_address,
+        orphan_gc_after: args.orphan_gc_after,
     };
     topolvm_node::run(options, client, shutdown).await?;
     Ok(())
