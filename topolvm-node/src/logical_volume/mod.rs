@@ -177,3 +177,6 @@ fn class_for_humans(device_class: &str) -> &str {
         device_class
     }
 }
+
+#[cfg(test)]
+mod tests;
