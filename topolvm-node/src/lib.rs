@@ -31,6 +31,8 @@ pub struct Options {
     pub health_probe_bind_address: String,
     /// Remove an orphan LV seen orphaned this long (`--orphan-gc-after`); `None`: only report.
     pub orphan_gc_after: Option<std::time::Duration>,
+    /// How often to look for orphan LVs (`--orphan-scan-interval`).
+    pub orphan_scan_interval: std::time::Duration,
 }
 
 /// Why topolvm-node stopped with an error.
@@ -88,7 +90,10 @@ pub async fn run(
         latest_report,
         logical_volume::orphans::OrphanOptions {
             gc_after: options.orphan_gc_after,
-            ..Default::default()
+            interval: options.orphan_scan_interval,
+            first_scan_after: options
+                .orphan_scan_interval
+                .min(std::time::Duration::from_secs(10)),
         },
         &registry,
     )?;

@@ -29,6 +29,9 @@ struct Args {
     /// reported (metric, Node Event, log).
     #[arg(long, value_parser = topolvm_node::logical_volume::orphans::parse_duration)]
     orphan_gc_after: Option<std::time::Duration>,
+    /// How often to look for orphan LVs (and soon after start).
+    #[arg(long, default_value = "1m", value_parser = topolvm_node::logical_volume::orphans::parse_duration)]
+    orphan_scan_interval: std::time::Duration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -49,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
         metrics_bind_address: args.metrics_bind_address,
         health_probe_bind_address: args.health_probe_bind_address,
         orphan_gc_after: args.orphan_gc_after,
+        orphan_scan_interval: args.orphan_scan_interval,
     };
     topolvm_node::run(options, client, shutdown).await?;
     Ok(())
