@@ -31,7 +31,7 @@ cargo test -p topolvm-e2e --features e2e --quiet
 cargo test -p topolvm-scheduler --features e2e --quiet --test e2e
 # topolvm-node against the control plane and a real lvmd on loop devices (starts target/debug/lvmd).
 cargo build -p lvmd --bin lvmd --quiet
-cargo test -p topolvm-node --features e2e --quiet --test capacity
+cargo test -p topolvm-node --features e2e --quiet --test capacity --test reconciler
 
 if [[ -n ${TOPOLVM_SKIP_VM:-} ]]; then
     echo "== VM tier skipped (TOPOLVM_SKIP_VM)"

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -217,6 +217,34 @@ async fn node_events(events: &Api<Event>, reason: &str) -> Vec<String> {
         .collect()
 }
 
+/// A pod bound to this node (no kubelet runs it); returns its UID.
+async fn make_pod_on_node(cluster: &Cluster) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(cluster.client(), "default");
+    // No controller-manager makes the default ServiceAccount, which admission requires.
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("account");
+    match accounts.create(&PostParams::default(), &account).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("creating the default ServiceAccount: {e}"),
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "ephemeral-owner"},
+        "spec": {
+            "nodeName": NODE,
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "c", "image": "example.invalid/none"}],
+        },
+    }))
+    .expect("a pod");
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), "default");
+    let pod = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("creating a pod on the node");
+    pod.uid().expect("uid")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
     let cluster = Cluster::start(ClusterOptions::api_only()).await;
@@ -352,11 +380,24 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
     assert!(!lv_names(&env, &vg).contains(&uid_a), "lv-a's LV is gone");
 
     // 7. Orphans: an LV with our tags whose object never existed (found by a GET of its name
-    // tag), and one without the name tag (found by the LIST).
+    // tag); one whose name tag names a live object of another UID; one without the name tag
+    // (found by the LIST); an inline ephemeral volume whose pod is gone. The ephemeral volume
+    // of a pod that is still on the node is not an orphan.
+    let pod_uid = make_pod_on_node(&cluster).await;
     let ghost = "0f0f0f0f-1111-4222-8333-944444444444";
+    let impostor = "0e0e0e0e-1111-4222-8333-944444444444";
+    let orphans = [ghost, impostor, "plain-orphan", "eph-dead"];
     for (name, tags) in [
         (ghost, vec![names::lv_tag_logical_volume("ghost")]),
+        (impostor, vec![names::lv_tag_logical_volume("lv-b")]),
         ("plain-orphan", vec![]),
+        (
+            "eph-dead",
+            vec![names::lv_tag_ephemeral_pod(
+                "0d0d0d0d-1111-4222-8333-944444444444",
+            )],
+        ),
+        ("eph-alive", vec![names::lv_tag_ephemeral_pod(&pod_uid)]),
     ] {
         lvmd_lv
             .create_lv(pb::CreateLvRequest {
@@ -369,22 +410,31 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
             .await
             .expect("an LV whose object does not exist");
     }
-    let gauge = format!("topolvm_node_orphan_volumes{{device_class=\"{CLASS}\"}} 2");
+    let gauge = format!("topolvm_node_orphan_volumes{{device_class=\"{CLASS}\"}} 4");
     eventually("the orphan gauge", WAIT, || async {
         metrics(&agent).await.contains(&gauge).then_some(())
     })
     .await;
     let reported = eventually("orphan Events on the Node", WAIT, || async {
         let messages = node_events(&events, "OrphanVolume").await;
-        let both = [ghost, "plain-orphan"]
-            .iter()
-            .all(|name| messages.iter().any(|m| m.contains(name)));
-        both.then_some(messages)
+        let all = orphans.iter().all(|name| {
+            messages
+                .iter()
+                .any(|m| m.starts_with(&format!("LV {name} ")))
+        });
+        all.then_some(messages)
     })
     .await;
-    for healthy in [&uid_b, &uid_c, &"by-hand".to_owned()] {
+    for healthy in [
+        &uid_b,
+        &uid_c,
+        &"by-hand".to_owned(),
+        &"eph-alive".to_owned(),
+    ] {
         assert!(
-            !reported.iter().any(|m| m.contains(healthy.as_str())),
+            !reported
+                .iter()
+                .any(|m| m.starts_with(&format!("LV {healthy} "))),
             "{healthy} is not an orphan: {reported:?}"
         );
     }
@@ -399,17 +449,28 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
     agent.start(Some("2s"));
     eventually("orphans removed", WAIT, || async {
         let names = lv_names(&env, &vg);
-        (!names.contains(ghost) && !names.contains("plain-orphan")).then_some(())
+        orphans
+            .iter()
+            .all(|orphan| !names.contains(*orphan))
+            .then_some(())
     })
     .await;
     assert_eq!(
         lv_names(&env, &vg),
-        BTreeSet::from(["by-hand".to_owned(), uid_b.clone(), uid_c.clone()]),
-        "the hand-made LV and the LVs of live objects stay"
+        BTreeSet::from([
+            "by-hand".to_owned(),
+            "eph-alive".to_owned(),
+            uid_b.clone(),
+            uid_c.clone()
+        ]),
+        "the hand-made LV and the LVs of live objects and pods stay"
     );
     eventually("the removal Events", WAIT, || async {
         let messages = node_events(&events, "OrphanVolumeRemoved").await;
-        messages.iter().any(|m| m.contains(ghost)).then_some(())
+        messages
+            .iter()
+            .any(|m| m.starts_with(&format!("LV {ghost} ")))
+            .then_some(())
     })
     .await;
 
@@ -424,6 +485,9 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
         left.is_empty().then_some(())
     })
     .await;
-    assert_eq!(lv_names(&env, &vg), BTreeSet::from(["by-hand".to_owned()]));
+    assert_eq!(
+        lv_names(&env, &vg),
+        BTreeSet::from(["by-hand".to_owned(), "eph-alive".to_owned()])
+    );
     agent.assert_running();
 }
