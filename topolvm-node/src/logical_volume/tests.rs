@@ -49,7 +49,7 @@ trait Fixture: Sized {
     fn sized(self, size: &str) -> Self;
     fn created(self, current_size: &str) -> Self;
     fn failed(self, code: Code) -> Self;
-    fn from_source(self, source: &str, access: Option<AccessType>) -> Self;
+    fn made_from(self, source: &str, access: Option<AccessType>) -> Self;
     fn deleting(self) -> Self;
     fn pending_deletion(self) -> Self;
 }
@@ -91,7 +91,7 @@ impl Fixture for LogicalVolume {
         });
         self
     }
-    fn from_source(mut self, source: &str, access: Option<AccessType>) -> Self {
+    fn made_from(mut self, source: &str, access: Option<AccessType>) -> Self {
         self.spec.source = source.to_owned();
         self.spec.access_type = access;
         self
@@ -451,7 +451,7 @@ async fn a_missing_source_is_recorded_not_waited_for() {
         logical_volume()
             .finalized()
             .labelled()
-            .from_source("pvc-gone", Some(AccessType::ReadOnly)),
+            .made_from("pvc-gone", Some(AccessType::ReadOnly)),
         lvmd.clone(),
         vec![
             get("/apis/topolvm.io/v1/logicalvolumes/pvc-gone", None),
@@ -471,7 +471,7 @@ async fn a_snapshot_smaller_than_its_source_is_invalid() {
         logical_volume()
             .finalized()
             .labelled()
-            .from_source("pvc-src", Some(AccessType::ReadWrite)),
+            .made_from("pvc-src", Some(AccessType::ReadWrite)),
         lvmd.clone(),
         vec![
             get("/apis/topolvm.io/v1/logicalvolumes/pvc-src", Some(&source)),
@@ -490,7 +490,7 @@ async fn a_source_without_access_type_is_invalid() {
         logical_volume()
             .finalized()
             .labelled()
-            .from_source("pvc-src", None),
+            .made_from("pvc-src", None),
         lvmd.clone(),
         vec![status_patch(failure_recorded(
             Code::InvalidArgument,
@@ -511,7 +511,7 @@ async fn a_snapshot_names_its_source_volume_and_access_type() {
         logical_volume()
             .finalized()
             .labelled()
-            .from_source("pvc-src", Some(AccessType::ReadOnly)),
+            .made_from("pvc-src", Some(AccessType::ReadOnly)),
         lvmd.clone(),
         vec![
             get("/apis/topolvm.io/v1/logicalvolumes/pvc-src", Some(&source)),
