@@ -143,6 +143,8 @@ struct FakeLvmd {
     calls: Mutex<Vec<Call>>,
     /// The answer to every mutation: `None` = success.
     fail_with: Option<tonic::Status>,
+    /// What GetLVList answers.
+    lvs: Vec<pb::LogicalVolume>,
 }
 
 impl FakeLvmd {
@@ -193,8 +195,11 @@ impl Volumes for Arc<FakeLvmd> {
         self.record(Call::Remove(r))
     }
     async fn list_lvs(&self, class: &str) -> Result<Vec<pb::LogicalVolume>, tonic::Status> {
-        self.record(Call::List(class.to_owned()))?;
-        Ok(Vec::new())
+        self.calls
+            .lock()
+            .expect("calls")
+            .push(Call::List(class.to_owned()));
+        Ok(self.lvs.clone())
     }
 }
 
@@ -688,4 +693,228 @@ async fn another_nodes_object_is_not_touched() {
     let result = scenario(lv, lvmd.clone(), vec![]).await;
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(lvmd.calls(), []);
+}
+
+// ---- the orphan scan ----
+
+mod orphan_scan {
+    use super::*;
+    use crate::logical_volume::orphans::{OrphanOptions, OrphanScanner};
+
+    fn lv_with_tags(name: &str, tags: &[String]) -> pb::LogicalVolume {
+        pb::LogicalVolume {
+            name: name.to_owned(),
+            size_bytes: 8 << 20,
+            tags: tags.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn ours(name: &str, object: &str) -> pb::LogicalVolume {
+        lv_with_tags(
+            name,
+            &[
+                names::LV_TAG_MANAGED.to_owned(),
+                names::lv_tag_volume_id(name),
+                names::lv_tag_device_class("ssd"),
+                names::lv_tag_logical_volume(object),
+            ],
+        )
+    }
+
+    fn post_event(reason: &'static str) -> Expect {
+        Expect {
+            method: Method::POST,
+            path: "/api/v1/namespaces/default/events",
+            content_type: None,
+            check: Box::new(move |body| {
+                assert_eq!(body["reason"], reason, "{body}");
+                assert_eq!(body["type"], "Warning", "{body}");
+                assert_eq!(body["involvedObject"]["kind"], "Node", "{body}");
+                assert_eq!(body["involvedObject"]["name"], NODE, "{body}");
+            }),
+            status: 201,
+            answer: json!({"metadata": {"name": "e", "namespace": "default"},
+                           "involvedObject": {"kind": "Node", "name": NODE}}),
+        }
+    }
+
+    fn server_error(path: &'static str) -> Expect {
+        Expect {
+            status: 500,
+            answer: json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                           "reason": "InternalError", "code": 500, "message": "etcd is away"}),
+            ..get(path, None)
+        }
+    }
+
+    /// One scan of `lvmd`'s volumes (class `ssd`) against `script`; returns the orphans' names
+    /// and the gauge's text.
+    async fn scan(
+        lvmd: Arc<FakeLvmd>,
+        report: bool,
+        gc_after: Option<Duration>,
+        script: Vec<Expect>,
+    ) -> (Result<Vec<String>, String>, String) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let registry = prometheus::Registry::new();
+        let watch = report.then(|| {
+            Arc::new(pb::WatchResponse {
+                items: vec![pb::WatchItem {
+                    device_class: "ssd".to_owned(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        });
+        let (_sender, latest) = tokio::sync::watch::channel(watch);
+        let mut scanner = OrphanScanner::new(
+            client,
+            NODE.to_owned(),
+            lvmd,
+            latest,
+            OrphanOptions {
+                gc_after,
+                ..OrphanOptions::default()
+            },
+            &registry,
+        )
+        .expect("scanner");
+        let server = tokio::spawn(serve(handle, script, logical_volume()));
+        let result = tokio::time::timeout(Duration::from_secs(5), scanner.scan())
+            .await
+            .expect("no request beyond the script");
+        drop(scanner);
+        drop(server.await.expect("every scripted request came"));
+        let gauge = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .expect("text");
+        let names = result
+            .map(|orphans| orphans.into_iter().map(|o| o.name).collect())
+            .map_err(|e| e.to_string());
+        (names, gauge)
+    }
+
+    #[tokio::test]
+    async fn an_lv_whose_object_is_gone_is_reported_and_kept_without_gc() {
+        let lvmd = Arc::new(FakeLvmd {
+            lvs: vec![ours("lv-1", "pvc-gone")],
+            ..FakeLvmd::default()
+        });
+        let (orphans, gauge) = scan(
+            lvmd.clone(),
+            true,
+            None,
+            vec![
+                get("/apis/topolvm.io/v1/logicalvolumes/pvc-gone", None),
+                post_event("OrphanVolume"),
+            ],
+        )
+        .await;
+        assert_eq!(orphans, Ok(vec!["lv-1".to_owned()]));
+        assert!(
+            gauge.contains("topolvm_node_orphan_volumes{device_class=\"ssd\"} 1"),
+            "{gauge}"
+        );
+        assert_eq!(
+            lvmd.calls(),
+            [Call::List("ssd".to_owned())],
+            "nothing removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_gc_an_orphan_seen_long_enough_is_removed_in_its_class() {
+        let lvmd = Arc::new(FakeLvmd {
+            lvs: vec![ours("lv-1", "pvc-gone")],
+            ..FakeLvmd::default()
+        });
+        let (orphans, _) = scan(
+            lvmd.clone(),
+            true,
+            Some(Duration::ZERO),
+            vec![
+                get("/apis/topolvm.io/v1/logicalvolumes/pvc-gone", None),
+                post_event("OrphanVolume"),
+                post_event("OrphanVolumeRemoved"),
+            ],
+        )
+        .await;
+        assert_eq!(orphans, Ok(vec!["lv-1".to_owned()]));
+        assert_eq!(
+            lvmd.calls(),
+            [
+                Call::List("ssd".to_owned()),
+                Call::Remove(pb::RemoveLvRequest {
+                    name: "lv-1".to_owned(),
+                    device_class: "ssd".to_owned(),
+                }),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_api_server_error_gives_no_verdict_and_removes_nothing() {
+        let lvmd = Arc::new(FakeLvmd {
+            lvs: vec![ours("lv-1", "pvc-x")],
+            ..FakeLvmd::default()
+        });
+        let (orphans, gauge) = scan(
+            lvmd.clone(),
+            true,
+            Some(Duration::ZERO),
+            vec![server_error("/apis/topolvm.io/v1/logicalvolumes/pvc-x")],
+        )
+        .await;
+        assert!(orphans.is_err(), "{orphans:?}");
+        assert!(!gauge.contains("topolvm_node_orphan_volumes{"), "{gauge}");
+        assert_eq!(lvmd.calls(), [Call::List("ssd".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn an_lv_whose_object_lives_is_not_an_orphan() {
+        let lvmd = Arc::new(FakeLvmd {
+            lvs: vec![ours(UID, NAME)],
+            ..FakeLvmd::default()
+        });
+        let live = logical_volume();
+        let (orphans, gauge) = scan(
+            lvmd,
+            true,
+            Some(Duration::ZERO),
+            vec![get(PATH, Some(&live))],
+        )
+        .await;
+        assert_eq!(orphans, Ok(vec![]));
+        assert!(
+            gauge.contains("topolvm_node_orphan_volumes{device_class=\"ssd\"} 0"),
+            "{gauge}"
+        );
+    }
+
+    #[tokio::test]
+    async fn lvs_without_our_tag_are_never_looked_at() {
+        let lvmd = Arc::new(FakeLvmd {
+            lvs: vec![
+                lv_with_tags("by-hand", &[]),
+                lv_with_tags("0d6c4a56-7a4e-4d4a-9d52-1f7c3b1e2a99", &[]),
+            ],
+            ..FakeLvmd::default()
+        });
+        let (orphans, _) = scan(lvmd.clone(), true, Some(Duration::ZERO), vec![]).await;
+        assert_eq!(orphans, Ok(vec![]));
+        assert_eq!(lvmd.calls(), [Call::List("ssd".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn before_lvmds_first_report_nothing_is_scanned() {
+        let lvmd = Arc::new(FakeLvmd {
+            lvs: vec![ours("lv-1", "pvc-gone")],
+            ..FakeLvmd::default()
+        });
+        let (orphans, _) = scan(lvmd.clone(), false, Some(Duration::ZERO), vec![]).await;
+        assert_eq!(orphans, Ok(vec![]));
+        assert_eq!(lvmd.calls(), []);
+    }
 }
