@@ -1,9 +1,9 @@
 //! topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's.
 //!
 //! Built so far: [`capacity`], the Node's live capacity annotations from lvmd's Watch stream,
-//! and [`volume_condition`], the health rule NodeGetVolumeStats will report,
-//! with `/metrics`, `/healthz` and `/readyz`. The CSI node service and the LogicalVolume
-//! reconciler come next (see README.md).
+//! [`logical_volume`], the LogicalVolume reconciler and orphan LV scan, and
+//! [`volume_condition`], the health rule NodeGetVolumeStats will report,
+//! with `/metrics`, `/healthz` and `/readyz`. The CSI node service comes next (see README.md).
 #![forbid(unsafe_code)]
 
 pub mod capacity;
@@ -88,13 +88,10 @@ pub async fn run(
         options.node_name.clone(),
         lvmd.clone(),
         latest_report,
-        logical_volume::orphans::OrphanOptions {
-            gc_after: options.orphan_gc_after,
-            interval: options.orphan_scan_interval,
-            first_scan_after: options
-                .orphan_scan_interval
-                .min(std::time::Duration::from_secs(10)),
-        },
+        logical_volume::orphans::OrphanOptions::new(
+            options.orphan_scan_interval,
+            options.orphan_gc_after,
+        ),
         &registry,
     )?;
     tasks.spawn(orphans.run(shutdown.clone()));

@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-/// topolvm-node: publishes lvmd's free capacity on this node's Node object, as TopoLVM's
-/// topolvm-node does (the CSI node service and volume reconciler are not built yet).
+/// topolvm-node: publishes lvmd's free capacity on this node's Node object and makes the LVs of
+/// this node's LogicalVolumes, as TopoLVM's topolvm-node does (the CSI node service is not built
+/// yet); reports orphan LVs.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {

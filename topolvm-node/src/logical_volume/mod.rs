@@ -151,14 +151,19 @@ pub async fn run<V: Volumes>(context: Arc<Context<V>>, shutdown: CancellationTok
     if names::node_label_value(&node).is_none() {
         warn!(%node, "the node name cannot be a label value: watching every LogicalVolume of the cluster");
     }
-    let backfill = tokio::spawn(backfill::run(api.clone(), node.clone(), shutdown.clone()));
+    let backfill_stop = shutdown.child_token();
+    let backfill = tokio::spawn(backfill::run(
+        api.clone(),
+        node.clone(),
+        backfill_stop.clone(),
+    ));
     info!(%node, "LogicalVolume reconciler started");
     Controller::new(api, own_objects(&node))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile::reconcile_timed, reconcile::error_policy, context)
         .for_each(|_| futures::future::ready(()))
         .await;
-    shutdown.cancel();
+    backfill_stop.cancel();
     let _ = backfill.await;
     info!(%node, "LogicalVolume reconciler stopped");
 }

@@ -57,6 +57,18 @@ pub struct OrphanOptions {
     pub gc_after: Option<Duration>,
 }
 
+impl OrphanOptions {
+    /// Scans every `interval` (the first one after at most 10 s) and removes orphans seen for
+    /// `gc_after`.
+    pub fn new(interval: Duration, gc_after: Option<Duration>) -> Self {
+        Self {
+            first_scan_after: interval.min(Duration::from_secs(10)),
+            interval,
+            gc_after,
+        }
+    }
+}
+
 impl Default for OrphanOptions {
     fn default() -> Self {
         Self {
@@ -346,8 +358,7 @@ impl<V: Volumes> OrphanScanner<V> {
                 api_version: Some("v1".to_owned()),
                 kind: Some("Node".to_owned()),
                 name: Some(self.node_name.clone()),
-                // kubelet's Events about a Node carry its name as the UID; kubectl describe
-                // finds them either way.
+                // As kubelet does for its Events about a Node.
                 uid: Some(self.node_name.clone()),
                 ..ObjectReference::default()
             },
