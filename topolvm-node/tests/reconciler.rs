@@ -359,6 +359,52 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
         "one LV per object, never two"
     );
 
+    // 5b. Killed in the middle of a burst: some objects are done, some half-way (finalizer or
+    // label patched, CreateLV sent or not); after the restart each has exactly one LV.
+    let burst: Vec<String> = (0..6).map(|i| format!("lv-burst-{i}")).collect();
+    for name in &burst {
+        create_as_topolvm_controller(&api, name, CLASS, "8Mi").await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    agent.kill();
+    agent.start(None);
+    let mut burst_uids = BTreeSet::new();
+    for name in &burst {
+        burst_uids.insert(wait_ready(&api, name, "8Mi").await.uid().expect("uid"));
+    }
+    let mut expected: BTreeSet<String> = BTreeSet::from([
+        "by-hand".to_owned(),
+        uid_a.clone(),
+        uid_b.clone(),
+        uid_c.clone(),
+    ]);
+    expected.extend(burst_uids.iter().cloned());
+    assert_eq!(
+        lv_names(&env, &vg),
+        expected,
+        "one LV per object after a crash mid-burst"
+    );
+    for name in &burst {
+        api.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    agent.kill();
+    agent.start(None);
+    eventually("the burst's LVs gone", WAIT, || async {
+        let names = lv_names(&env, &vg);
+        burst_uids.is_disjoint(&names).then_some(())
+    })
+    .await;
+    eventually("the burst's objects gone", WAIT, || async {
+        let left = api.list(&ListParams::default()).await.expect("list").items;
+        left.iter()
+            .all(|lv| !lv.name_any().starts_with("lv-burst-"))
+            .then_some(())
+    })
+    .await;
+
     // 6. Deleted while the node is down: after the restart the LV goes, then the object.
     agent.kill();
     api.delete("lv-a", &DeleteParams::default())
