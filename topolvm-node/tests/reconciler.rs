@@ -57,6 +57,14 @@ fn lvmd_binary() -> PathBuf {
     lvmd
 }
 
+/// The topolvm-node binary: cargo's build of it, or `TOPOLVM_NODE_BINARY` (a copy taken when
+/// another build may replace the one in a shared target directory).
+fn node_binary() -> PathBuf {
+    std::env::var_os("TOPOLVM_NODE_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_topolvm-node")))
+}
+
 /// topolvm-node as a DaemonSet would run it, killed or restarted at will.
 struct NodeAgent {
     process: Option<ManagedProcess>,
@@ -82,7 +90,7 @@ impl NodeAgent {
     fn start(&mut self, orphan_gc_after: Option<&str>) {
         assert!(self.process.is_none(), "already running");
         self.starts += 1;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
+        let mut cmd = Command::new(node_binary());
         cmd.arg("--nodename")
             .arg(NODE)
             .arg("--lvmd-socket")

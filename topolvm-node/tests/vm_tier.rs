@@ -38,6 +38,14 @@ fn vm_disks() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The topolvm-node binary: cargo's build of it, or `TOPOLVM_NODE_BINARY` (a copy taken when
+/// another build may replace the one in a shared target directory).
+fn node_binary() -> PathBuf {
+    std::env::var_os("TOPOLVM_NODE_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_topolvm-node")))
+}
+
 /// The lvmd binary next to this test's target directory (built by `cargo build -p lvmd`).
 fn lvmd_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
@@ -123,7 +131,7 @@ async fn snapshots_and_clones_of_thin_and_thick_volumes() {
     let lvmd = Lvmd::start(&env, LvmdOptions::new(lvmd_binary(), classes));
 
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
+    let mut cmd = Command::new(node_binary());
     cmd.arg("--nodename")
         .arg(NODE)
         .arg("--lvmd-socket")

@@ -918,3 +918,19 @@ mod orphan_scan {
         assert_eq!(lvmd.calls(), []);
     }
 }
+
+/// The selectors the API server evaluates (their syntax is Kubernetes' label selector syntax:
+/// `key=value` and `!key`); the e2e test proves the real API server applies them.
+#[test]
+fn this_nodes_objects_by_label_and_the_unlabelled_for_backfill() {
+    assert_eq!(
+        super::own_objects("worker-1").label_selector.as_deref(),
+        Some("topolvm.io/node=worker-1")
+    );
+    let long = format!("{}.example.com", "n".repeat(60));
+    assert_eq!(super::own_objects(&long).label_selector, None);
+    assert_eq!(
+        super::backfill::unlabelled().label_selector.as_deref(),
+        Some("!topolvm.io/node")
+    );
+}
