@@ -279,6 +279,18 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
     // An LV made by hand, which must survive everything below.
     vg.create_lv_by_hand("by-hand", "8m");
 
+    // Another node's object, as TopoLVM's controller makes it: never touched.
+    let other: LogicalVolume = serde_json::from_value(json!({
+        "apiVersion": "topolvm.io/v1",
+        "kind": "LogicalVolume",
+        "metadata": {"name": "lv-other"},
+        "spec": {"name": "lv-other", "nodeName": "node-b", "size": "8Mi", "deviceClass": CLASS},
+    }))
+    .expect("a LogicalVolume");
+    api.create(&PostParams::default(), &other)
+        .await
+        .expect("another node's object");
+
     // 1. Create, as TopoLVM's controller does it.
     create_as_topolvm_controller(&api, "lv-a", CLASS, "16Mi").await;
     let lv_a = wait_ready(&api, "lv-a", "16Mi").await;
@@ -307,6 +319,16 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
         BTreeSet::from(["by-hand".to_owned(), uid_a.clone()])
     );
     assert_eq!(wait_ready(&api, "lv-a", "16Mi").await.status, lv_a.status);
+
+    let other = api.get("lv-other").await.expect("get");
+    assert!(
+        other.labels().is_empty() && other.finalizers().is_empty() && other.status.is_none(),
+        "another node's object is left alone: {:?}",
+        other.metadata
+    );
+    api.delete("lv-other", &DeleteParams::default())
+        .await
+        .expect("delete lv-other");
 
     // 3. Grow.
     api.patch(
