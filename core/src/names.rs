@@ -159,6 +159,12 @@ pub const LV_TAG_DEVICE_CLASS_PREFIX: &str = "topolvm.io/device-class=";
 /// orphan once no pod with that UID exists on its node.
 pub const LV_TAG_EPHEMERAL_POD_PREFIX: &str = "topolvm.io/ephemeral-pod=";
 
+/// Prefix of the LVM tag topolvm-node asks lvmd to put on the LV of a LogicalVolume, naming the
+/// object (`topolvm.io/logicalvolume=<metadata.name>`). The LV's name is the object's UID, which
+/// cannot be looked up directly; with this tag one GET tells whether the object still exists,
+/// so an orphan LV is confirmed without listing every LogicalVolume of the cluster.
+pub const LV_TAG_LOGICAL_VOLUME_PREFIX: &str = "topolvm.io/logicalvolume=";
+
 /// Longest LVM tag LVM accepts.
 pub const LVM_TAG_MAX_LEN: usize = 1024;
 
@@ -273,6 +279,19 @@ pub fn node_label_value(node_name: &str) -> Option<&str> {
     (!node_name.is_empty() && is_valid_label_value(node_name)).then_some(node_name)
 }
 
+/// Returns the LVM tag that names the LogicalVolume object of an LV
+/// (`topolvm.io/logicalvolume=<name>`).
+pub fn lv_tag_logical_volume(name: &str) -> String {
+    format!("{LV_TAG_LOGICAL_VOLUME_PREFIX}{name}")
+}
+
+/// Returns the LogicalVolume name recorded by a tag made with [`lv_tag_logical_volume`], or
+/// `None` for any other tag (including one with an empty name).
+pub fn parse_lv_tag_logical_volume(tag: &str) -> Option<&str> {
+    tag.strip_prefix(LV_TAG_LOGICAL_VOLUME_PREFIX)
+        .filter(|name| !name.is_empty())
+}
+
 /// The LVM tag that marks an inline ephemeral volume made for the pod `pod_uid`.
 pub fn lv_tag_ephemeral_pod(pod_uid: &str) -> String {
     format!("{LV_TAG_EPHEMERAL_POD_PREFIX}{pod_uid}")
@@ -340,6 +359,23 @@ mod tests {
         assert_eq!(tag, "topolvm.io/volume=pvc-0a1b2c3d-4e5f");
         assert_eq!(parse_lv_tag_volume_id(&tag), Some("pvc-0a1b2c3d-4e5f"));
         assert!(is_valid_lvm_tag(&tag));
+    }
+
+    #[test]
+    fn logical_volume_tag_round_trips_and_is_a_valid_lvm_tag() {
+        // A LogicalVolume is named like a PV (`pvc-<uid>`), a DNS-1123 subdomain.
+        let tag = lv_tag_logical_volume("pvc-0a1b2c3d-4e5f.x");
+        assert_eq!(tag, "topolvm.io/logicalvolume=pvc-0a1b2c3d-4e5f.x");
+        assert!(is_valid_lvm_tag(&tag));
+        assert_eq!(
+            parse_lv_tag_logical_volume(&tag),
+            Some("pvc-0a1b2c3d-4e5f.x")
+        );
+        assert_eq!(
+            parse_lv_tag_logical_volume("topolvm.io/logicalvolume="),
+            None
+        );
+        assert_eq!(parse_lv_tag_logical_volume(&lv_tag_volume_id("x")), None);
     }
 
     #[test]

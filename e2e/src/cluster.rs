@@ -29,6 +29,8 @@ use crate::process::{ManagedProcess, free_port};
 pub const DEFAULT_K8S_BIN: &str = "/var/cache/topolvm-rs/k8s/bin";
 /// How long the API server may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longer wait inside the qemu VM (software emulation), where start-up takes 60 s or more.
+const READY_TIMEOUT_IN_VM: Duration = Duration::from_secs(300);
 /// The identities of the components we ship; each gets a client certificate and a kubeconfig,
 /// and is bound to the ClusterRole of the same name from `deploy/rbac/`.
 pub const COMPONENTS: &[&str] = &["topolvm-controller", "topolvm-node", "topolvm-scheduler"];
@@ -339,7 +341,12 @@ impl Cluster {
     }
 
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let timeout = if std::env::var_os("TOPOLVM_IN_VM").is_some() {
+            READY_TIMEOUT_IN_VM
+        } else {
+            READY_TIMEOUT
+        };
+        let deadline = Instant::now() + timeout;
         loop {
             for p in &mut self.processes {
                 p.assert_running();
@@ -352,7 +359,7 @@ impl Cluster {
             }
             assert!(
                 Instant::now() < deadline,
-                "kube-apiserver was not ready within {READY_TIMEOUT:?}"
+                "kube-apiserver was not ready within {timeout:?}"
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

@@ -87,6 +87,14 @@ impl ManagedProcess {
         }
     }
 
+    /// Kills the process with SIGKILL, as a crash or an OOM kill would, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops the process: SIGTERM, then SIGKILL after a grace period.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

@@ -2,15 +2,16 @@
 //!
 //! Built so far: [`capacity`], the Node's live capacity annotations from lvmd's Watch stream;
 //! [`csi`], the CSI Identity and Node services (with inline ephemeral volumes) on the CSI socket;
-//! [`metrics`], TopoLVM's capacity gauges; [`volume_condition`], the health rule
-//! NodeGetVolumeStats reports; [`csi_driver`], readiness on the CSIDriver object; lvmd either
-//! over its socket or embedded in this process ([`lvmd_client`]); with `/metrics`, `/healthz`
-//! and `/readyz`. See README.md for what is still to come.
+//! [`logical_volume`], the LogicalVolume reconciler and the orphan LV scan; [`metrics`],
+//! TopoLVM's capacity gauges; [`volume_condition`], the health rule NodeGetVolumeStats reports;
+//! [`csi_driver`], readiness on the CSIDriver object; lvmd either over its socket or embedded in
+//! this process ([`lvmd_client`]); with `/metrics`, `/healthz` and `/readyz`.
 #![forbid(unsafe_code)]
 
 pub mod capacity;
 pub mod csi;
 pub mod csi_driver;
+pub mod logical_volume;
 pub mod lvmd_client;
 pub mod metrics;
 pub mod volume_condition;
@@ -50,6 +51,10 @@ pub struct Options {
     pub csi_socket: PathBuf,
     /// kubelet's root directory: publish targets must lie under it.
     pub kubelet_dir: PathBuf,
+    /// Remove an orphan LV seen orphaned this long (`--orphan-gc-after`); `None`: only report.
+    pub orphan_gc_after: Option<std::time::Duration>,
+    /// How often to look for orphan LVs (`--orphan-scan-interval`).
+    pub orphan_scan_interval: std::time::Duration,
 }
 
 /// Why topolvm-node stopped with an error.
@@ -136,11 +141,33 @@ pub async fn run(
             node_name: options.node_name.clone(),
         },
         lvmd.clone(),
-        latest_report,
+        latest_report.clone(),
         probe_ready,
         registry.clone(),
         shutdown.clone(),
     );
+    let reconciler = logical_volume::Context::new(
+        client.clone(),
+        options.node_name.clone(),
+        lvmd.clone(),
+        logical_volume::Metrics::register(&registry)?,
+    );
+    tasks.spawn(logical_volume::run(
+        std::sync::Arc::new(reconciler),
+        shutdown.clone(),
+    ));
+    let orphans = logical_volume::orphans::OrphanScanner::new(
+        client.clone(),
+        options.node_name.clone(),
+        lvmd.clone(),
+        latest_report,
+        logical_volume::orphans::OrphanOptions::new(
+            options.orphan_scan_interval,
+            options.orphan_gc_after,
+        ),
+        &registry,
+    )?;
+    tasks.spawn(orphans.run(shutdown.clone()));
     info!(node = %options.node_name, lvmd = %lvmd.description(), "topolvm-node started");
     let (metrics_tls, metrics_app) = if options.secure_metrics_server {
         let acceptor = topolvm_runtime::tls::self_signed_acceptor(&[

@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 
-/// topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's. Publishes lvmd's free
-/// capacity on this node's Node object and TopoLVM's capacity gauges.
+/// topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's. Serves the CSI node
+/// service, makes the LVs of this node's LogicalVolumes through lvmd, publishes lvmd's free
+/// capacity on this node's Node object and TopoLVM's gauges, and reports orphan LVs.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -39,6 +40,14 @@ struct Args {
     /// ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Remove an LV carrying topolvm-rs's ownership tag once it has been seen orphaned (its
+    /// LogicalVolume or pod gone) for this long, e.g. `30m`, `1h`. Without it orphans are only
+    /// reported (metric, Node Event, log).
+    #[arg(long, value_parser = topolvm_node::logical_volume::orphans::parse_duration)]
+    orphan_gc_after: Option<std::time::Duration>,
+    /// How often to look for orphan LVs (and soon after start).
+    #[arg(long, default_value = "1m", value_parser = topolvm_node::logical_volume::orphans::parse_duration)]
+    orphan_scan_interval: std::time::Duration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -68,6 +77,8 @@ async fn main() -> anyhow::Result<()> {
         secure_metrics_server: args.secure_metrics_server,
         csi_socket: args.csi_socket,
         kubelet_dir: args.kubelet_dir,
+        orphan_gc_after: args.orphan_gc_after,
+        orphan_scan_interval: args.orphan_scan_interval,
     };
     topolvm_node::run(options, client, shutdown).await?;
     Ok(())

@@ -170,5 +170,8 @@ async fn metrics_need_a_token_rbac_allows() {
         .output()
         .expect("curl");
     let body = String::from_utf8_lossy(&body.stdout);
-    assert!(!body.contains("Unauthorized"), "{body}");
+    assert!(
+        body.contains("# TYPE topolvm_node_logicalvolume_reconcile_duration_seconds histogram"),
+        "{body}"
+    );
 }

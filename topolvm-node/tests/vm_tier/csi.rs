@@ -1,14 +1,10 @@
-//! VM tier: the CSI node service with real device-mapper, mkfs, mount and resize.
-//!
-//! `scripts/test-vm-tier.sh` builds this binary (and `target/debug/lvmd`) and runs it once in a
-//! qemu VM (`scripts/vm/run.sh`) with two scratch disks; anywhere else it fails. Each test makes
+//! The CSI node service with real device-mapper, mkfs, mount and resize. Each test makes
 //! a volume group with a thick class `thick` and a thin class `thin` (the default), a real lvmd
 //! with real activation, and the CSI node service from the library on a temporary socket with a
 //! temporary kubelet dir. The test follows lvmd's Watch stream into the service's latest report
 //! (the capacity module's job in the binary) and makes volumes through lvmd as the
 //! LogicalVolume reconciler would; every CSI call goes through `topolvm_e2e::csi`, kubelet's
 //! side. Judges: /proc/self/mountinfo, blkid, statvfs, the kernel's EROFS, lvmd's GetLVList.
-#![cfg(feature = "vm-tier")]
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -27,35 +23,9 @@ use topolvm_node::csi::{CsiOptions, serve};
 use topolvm_node::lvmd_client::{LvmdConnection, report_channel};
 use topolvm_proto::lvmd as pb;
 
+use super::{lvmd_binary, vm_disks};
+
 const MIB: u64 = 1 << 20;
-
-/// The scratch disks of the VM; panics outside it.
-fn vm_disks() -> Vec<PathBuf> {
-    assert_eq!(
-        std::env::var("TOPOLVM_IN_VM").as_deref(),
-        Ok("1"),
-        "the VM tier runs only inside the test VM: use scripts/test-vm-tier.sh"
-    );
-    let disks: Vec<PathBuf> = std::env::var("TOPOLVM_VM_DISKS")
-        .expect("TOPOLVM_VM_DISKS")
-        .split_whitespace()
-        .map(PathBuf::from)
-        .collect();
-    assert!(disks.len() >= 2, "two scratch disks needed, got {disks:?}");
-    disks
-}
-
-/// target/debug/lvmd next to this test binary (scripts/test-vm-tier.sh builds it).
-fn lvmd_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let lvmd = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join("lvmd");
-    assert!(lvmd.exists(), "{} is missing", lvmd.display());
-    lvmd
-}
 
 /// Unmounts everything under `dir` (deepest last mounted first) when dropped, so a failing test
 /// leaves no mount behind and the volume group can go.

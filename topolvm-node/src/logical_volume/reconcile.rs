@@ -1,0 +1,483 @@
+//! One LogicalVolume's reconciliation: a single `finalizer()` call whose Apply makes or grows
+//! the LV and whose Cleanup removes it. Both are idempotent, so a crash between any two steps
+//! is repaired by running them again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event, finalizer};
+use serde_json::{Value, json};
+use tonic::Code;
+use topolvm_core::crd::LogicalVolume;
+use topolvm_core::names;
+use topolvm_core::quantity::format_bytes_quantity;
+use topolvm_proto::lvmd as pb;
+use tracing::{debug, error, info, instrument, warn};
+
+use super::volumes::Volumes;
+use super::{Error, Metrics, backoff, class_for_humans};
+
+/// What every reconciliation shares.
+pub struct Context<V> {
+    pub client: kube::Client,
+    pub node_name: String,
+    pub volumes: V,
+    pub metrics: Metrics,
+    /// Failures in a row per object UID, for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl<V> std::fmt::Debug for Context<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("node_name", &self.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V: Volumes> Context<V> {
+    pub fn new(client: kube::Client, node_name: String, volumes: V, metrics: Metrics) -> Self {
+        Self {
+            client,
+            node_name,
+            volumes,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+}
+
+fn failure_key(lv: &LogicalVolume) -> String {
+    lv.uid().unwrap_or_else(|| lv.name_any())
+}
+
+/// [`reconcile`] with its duration and result recorded.
+pub(super) async fn reconcile_timed<V: Volumes>(
+    lv: Arc<LogicalVolume>,
+    ctx: Arc<Context<V>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let key = failure_key(&lv);
+    let result = reconcile(lv, ctx.clone()).await;
+    ctx.metrics.record(&result, started.elapsed().as_secs_f64());
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&key);
+    }
+    result
+}
+
+/// Counts the failure and retries the object with a backoff that grows with its failures in a
+/// row.
+pub(super) fn error_policy<V: Volumes>(
+    lv: Arc<LogicalVolume>,
+    error: &Error,
+    ctx: Arc<Context<V>>,
+) -> Action {
+    ctx.metrics.record_error(error);
+    let failures = match ctx.failures.lock() {
+        Ok(mut failures) => {
+            let count = failures.entry(failure_key(&lv)).or_default();
+            *count = count.saturating_add(1);
+            *count
+        }
+        Err(_) => 1,
+    };
+    let delay = backoff(failures.saturating_sub(1));
+    warn!(logicalvolume = %lv.name_any(), error = %error, failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Brings one LogicalVolume's LV in line with the object.
+#[instrument(skip_all, fields(logicalvolume = %lv.name_any()))]
+pub async fn reconcile<V: Volumes>(
+    lv: Arc<LogicalVolume>,
+    ctx: Arc<Context<V>>,
+) -> Result<Action, Error> {
+    if lv.spec.node_name != ctx.node_name {
+        // Only reachable when watching every object (a node name too long for a label value),
+        // or if someone relabelled an object by hand.
+        return Ok(Action::await_change());
+    }
+    if lv
+        .annotations()
+        .contains_key(names::PENDING_DELETION_ANNOTATION)
+    {
+        // The controller removed our finalizer for a node it thinks is dead; adding it back
+        // would block the deletion it is doing.
+        if lv
+            .finalizers()
+            .iter()
+            .any(|f| f == names::LOGICAL_VOLUME_FINALIZER)
+        {
+            error!("pending deletion but still carries our finalizer; leaving it alone");
+        } else {
+            info!("pending deletion; leaving it alone");
+        }
+        return Ok(Action::await_change());
+    }
+    let api: Api<LogicalVolume> = Api::all(ctx.client.clone());
+    finalizer(&api, names::LOGICAL_VOLUME_FINALIZER, lv, |event| async {
+        match event {
+            Event::Apply(lv) => apply(&api, &ctx, &lv).await,
+            Event::Cleanup(lv) => cleanup(&ctx, &lv).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn kube_error(lv: &LogicalVolume) -> impl FnOnce(kube::Error) -> Error + '_ {
+    move |source| Error::Kube {
+        name: lv.name_any(),
+        source,
+    }
+}
+
+/// Writes `status` fields with a merge patch of the status subresource. A `null` removes the
+/// field: the test bed's API server (our build of 1.20) refuses `""` in a custom resource's
+/// string field, and TopoLVM's empty message is the same as none.
+async fn patch_status(
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+    status: Value,
+) -> Result<(), Error> {
+    api.patch_status(
+        &lv.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(kube_error(lv))?;
+    Ok(())
+}
+
+/// Records a failure in `status.code` and `status.message`, where the controller waits for it.
+async fn record_failure(
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+    code: Code,
+    message: &str,
+) -> Result<(), Error> {
+    let message = if message.is_empty() {
+        Value::Null
+    } else {
+        Value::from(message)
+    };
+    patch_status(api, lv, json!({ "code": code as i32, "message": message })).await
+}
+
+/// Records a failure found before calling lvmd, and returns it as the reconcile error.
+async fn refuse(
+    api: &Api<LogicalVolume>,
+    lv: &LogicalVolume,
+    code: Code,
+    message: String,
+) -> Result<Action, Error> {
+    warn!(code = ?code, %message, "refused");
+    record_failure(api, lv, code, &message).await?;
+    Err(Error::Refused {
+        name: lv.name_any(),
+        message,
+    })
+}
+
+async fn apply<V: Volumes>(
+    api: &Api<LogicalVolume>,
+    ctx: &Context<V>,
+    lv: &LogicalVolume,
+) -> Result<Action, Error> {
+    ensure_labels(api, ctx, lv).await?;
+    let status = lv.status.clone().unwrap_or_default();
+    if !status.volume_id.is_empty() {
+        return expand(api, ctx, lv, &status.volume_id).await;
+    }
+    if !status.is_ok() {
+        // The controller deletes an object whose creation failed; a retry here would race it.
+        debug!(
+            code = status.code,
+            "creation failed before; waiting for the controller"
+        );
+        return Ok(Action::await_change());
+    }
+    create(api, ctx, lv).await
+}
+
+/// Adds TopoLVM's `created-by` label and, where it was missing, our node label (objects made
+/// by TopoLVM's controller have neither).
+async fn ensure_labels<V: Volumes>(
+    api: &Api<LogicalVolume>,
+    ctx: &Context<V>,
+    lv: &LogicalVolume,
+) -> Result<(), Error> {
+    let labels = lv.labels();
+    let mut wanted = serde_json::Map::new();
+    if labels.get(names::CREATED_BY_LABEL).map(String::as_str) != Some(names::CREATED_BY_VALUE) {
+        wanted.insert(
+            names::CREATED_BY_LABEL.into(),
+            names::CREATED_BY_VALUE.into(),
+        );
+    }
+    if let Some(node) = names::node_label_value(&ctx.node_name)
+        && labels
+            .get(names::LOGICAL_VOLUME_NODE_LABEL)
+            .map(String::as_str)
+            != Some(node)
+    {
+        wanted.insert(names::LOGICAL_VOLUME_NODE_LABEL.into(), node.into());
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    api.patch(
+        &lv.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": { "labels": wanted } })),
+    )
+    .await
+    .map_err(kube_error(lv))?;
+    Ok(())
+}
+
+async fn create<V: Volumes>(
+    api: &Api<LogicalVolume>,
+    ctx: &Context<V>,
+    lv: &LogicalVolume,
+) -> Result<Action, Error> {
+    let uid = lv.uid().ok_or(Error::Incomplete("metadata.uid"))?;
+    let size = match lv.spec.size_bytes().map(i64::try_from) {
+        Ok(Ok(size)) if size > 0 => size,
+        Ok(_) => {
+            let message = format!(
+                "spec.size {:?} is not a positive size lvmd can take",
+                lv.spec.size.0
+            );
+            return refuse(api, lv, Code::InvalidArgument, message).await;
+        }
+        Err(e) => return refuse(api, lv, Code::InvalidArgument, format!("spec.size: {e}")).await,
+    };
+    let tags = vec![names::lv_tag_logical_volume(&lv.name_any())];
+    let (operation, result) = if lv.spec.source.is_empty() {
+        let request = pb::CreateLvRequest {
+            name: uid.clone(),
+            tags,
+            device_class: lv.spec.device_class.clone(),
+            lvcreate_option_class: lv.spec.lvcreate_option_class.clone(),
+            size_bytes: size,
+            ..Default::default()
+        };
+        ("CreateLV", ctx.volumes.create_lv(request).await)
+    } else {
+        let request = match snapshot_request(api, ctx, lv, &uid, size, tags).await? {
+            Ok(request) => request,
+            Err((code, message)) => return refuse(api, lv, code, message).await,
+        };
+        (
+            "CreateLVSnapshot",
+            ctx.volumes.create_snapshot(request).await,
+        )
+    };
+    match result {
+        Ok(volume) => {
+            let current = u64::try_from(volume.size_bytes).unwrap_or_default();
+            info!(volume = %volume.name, size_bytes = volume.size_bytes, "LV ready");
+            patch_status(
+                api,
+                lv,
+                json!({
+                    "volumeID": volume.name,
+                    "currentSize": format_bytes_quantity(current),
+                    "code": 0,
+                    "message": null,
+                }),
+            )
+            .await?;
+            Ok(Action::await_change())
+        }
+        Err(status) => {
+            let (code, message) = if operation == "CreateLV" && status.code() == Code::NotFound {
+                // lvmd's only NOT_FOUND for CreateLV is an unknown device class. Another node
+                // may have it: RESOURCE_EXHAUSTED makes the provisioner reschedule.
+                (
+                    Code::ResourceExhausted,
+                    format!(
+                        "device class {} is not on node {}: {}",
+                        class_for_humans(&lv.spec.device_class),
+                        ctx.node_name,
+                        status.message()
+                    ),
+                )
+            } else {
+                (status.code(), status.message().to_owned())
+            };
+            warn!(operation, code = ?code, %message, "lvmd refused");
+            record_failure(api, lv, code, &message).await?;
+            Err(Error::Lvmd {
+                name: lv.name_any(),
+                operation,
+                status,
+            })
+        }
+    }
+}
+
+/// CreateLVSnapshot's request for a LogicalVolume made from `spec.source`, or the status code
+/// and message of why it cannot be made.
+async fn snapshot_request<V: Volumes>(
+    api: &Api<LogicalVolume>,
+    ctx: &Context<V>,
+    lv: &LogicalVolume,
+    uid: &str,
+    size: i64,
+    tags: Vec<String>,
+) -> Result<Result<pb::CreateLvSnapshotRequest, (Code, String)>, Error> {
+    let source_name = &lv.spec.source;
+    let Some(access_type) = lv.spec.access_type else {
+        return Ok(Err((
+            Code::InvalidArgument,
+            "spec.accessType must be ro or rw for a volume made from spec.source".to_owned(),
+        )));
+    };
+    let Some(source) = api.get_opt(source_name).await.map_err(kube_error(lv))? else {
+        return Ok(Err((
+            Code::NotFound,
+            format!("source LogicalVolume {source_name} does not exist"),
+        )));
+    };
+    if source.spec.node_name != ctx.node_name {
+        return Ok(Err((
+            Code::InvalidArgument,
+            format!(
+                "source LogicalVolume {source_name} is on node {}, not {}",
+                source.spec.node_name, ctx.node_name
+            ),
+        )));
+    }
+    let source_status = source.status.clone().unwrap_or_default();
+    if source_status.volume_id.is_empty() {
+        if !source_status.is_ok() {
+            return Ok(Err((
+                Code::FailedPrecondition,
+                format!(
+                    "source LogicalVolume {source_name} failed: {}",
+                    source_status.message
+                ),
+            )));
+        }
+        return Err(Error::SourceNotReady {
+            name: lv.name_any(),
+            source_name: source_name.clone(),
+        });
+    }
+    if let Some(Ok(current)) = source_status.current_size_bytes()
+        && u64::try_from(size).is_ok_and(|size| size < current)
+    {
+        return Ok(Err((
+            Code::InvalidArgument,
+            format!(
+                "spec.size {} bytes is smaller than the {current} bytes of source {source_name}",
+                size
+            ),
+        )));
+    }
+    Ok(Ok(pb::CreateLvSnapshotRequest {
+        name: uid.to_owned(),
+        tags,
+        device_class: lv.spec.device_class.clone(),
+        source_volume: source_status.volume_id,
+        access_type: access_type.as_str().to_owned(),
+        size_bytes: size,
+        ..Default::default()
+    }))
+}
+
+/// Grows the LV to `spec.size` when it is larger than `status.currentSize`, or when
+/// `currentSize` is unset (a crash after CreateLV, or TopoLVM's crash-recovery path, which
+/// leaves it unset).
+async fn expand<V: Volumes>(
+    api: &Api<LogicalVolume>,
+    ctx: &Context<V>,
+    lv: &LogicalVolume,
+    volume_id: &str,
+) -> Result<Action, Error> {
+    let status = lv.status.clone().unwrap_or_default();
+    let wanted = match lv.spec.size_bytes().map(i64::try_from) {
+        Ok(Ok(size)) if size > 0 => size,
+        Ok(_) => {
+            let message = format!(
+                "spec.size {:?} is not a positive size lvmd can take",
+                lv.spec.size.0
+            );
+            return refuse(api, lv, Code::InvalidArgument, message).await;
+        }
+        Err(e) => return refuse(api, lv, Code::InvalidArgument, format!("spec.size: {e}")).await,
+    };
+    if let Some(Ok(current)) = status.current_size_bytes()
+        && u64::try_from(wanted).is_ok_and(|wanted| wanted <= current)
+    {
+        return Ok(Action::await_change());
+    }
+    let request = pb::ResizeLvRequest {
+        name: volume_id.to_owned(),
+        device_class: lv.spec.device_class.clone(),
+        size_bytes: wanted,
+        ..Default::default()
+    };
+    match ctx.volumes.resize_lv(request).await {
+        Ok(size) => {
+            let current = u64::try_from(size).unwrap_or_default();
+            info!(volume = %volume_id, size_bytes = size, "LV resized");
+            patch_status(
+                api,
+                lv,
+                json!({ "currentSize": format_bytes_quantity(current), "code": 0, "message": null }),
+            )
+            .await?;
+            Ok(Action::await_change())
+        }
+        Err(status) => {
+            warn!(operation = "ResizeLV", code = ?status.code(), message = %status.message(), "lvmd refused");
+            record_failure(api, lv, status.code(), status.message()).await?;
+            Err(Error::Lvmd {
+                name: lv.name_any(),
+                operation: "ResizeLV",
+                status,
+            })
+        }
+    }
+}
+
+/// Removes the LV. It goes by the object's UID even when `status.volumeID` is empty: a crash
+/// between CreateLV and the status write leaves an LV the status does not mention.
+async fn cleanup<V: Volumes>(ctx: &Context<V>, lv: &LogicalVolume) -> Result<Action, Error> {
+    let uid = lv.uid().ok_or(Error::Incomplete("metadata.uid"))?;
+    let volume_id = lv
+        .status
+        .as_ref()
+        .map(|s| s.volume_id.clone())
+        .filter(|id| !id.is_empty())
+        .unwrap_or(uid);
+    let request = pb::RemoveLvRequest {
+        name: volume_id.clone(),
+        device_class: lv.spec.device_class.clone(),
+    };
+    match ctx.volumes.remove_lv(request).await {
+        Ok(()) => info!(volume = %volume_id, "LV removed"),
+        Err(status) if status.code() == Code::NotFound => {
+            debug!(volume = %volume_id, "LV already gone");
+        }
+        Err(status) => {
+            return Err(Error::Lvmd {
+                name: lv.name_any(),
+                operation: "RemoveLV",
+                status,
+            });
+        }
+    }
+    Ok(Action::await_change())
+}
