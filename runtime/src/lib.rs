@@ -9,6 +9,7 @@
 //!   addresses and graceful shutdown; [`tls`]: certificates re-read when their files change;
 //! - [`endpoints`]: `/metrics` from a Prometheus registry, `/healthz` and `/readyz`;
 //! - [`delegated_auth`]: TokenReview + SubjectAccessReview in front of an endpoint (secure metrics);
+//! - [`existence`]: readiness that follows whether one named object exists (a watch);
 //! - [`kubernetes`]: building the client, and the one error type of Kubernetes-side work;
 //! - [`leader`]: leader election on a Lease, with client-go's rules;
 //! - [`logging`]: the tracing subscriber (text or JSON lines).
@@ -18,6 +19,7 @@
 
 pub mod delegated_auth;
 pub mod endpoints;
+pub mod existence;
 pub mod http;
 pub mod in_process;
 pub mod kubernetes;

@@ -4,13 +4,12 @@
 //! [`csi`], the CSI Identity and Node services (with inline ephemeral volumes) on the CSI socket;
 //! [`logical_volume`], the LogicalVolume reconciler and the orphan LV scan; [`metrics`],
 //! TopoLVM's capacity gauges; [`volume_condition`], the health rule NodeGetVolumeStats reports;
-//! [`csi_driver`], readiness on the CSIDriver object; lvmd either over its socket or embedded in
+//! readiness on the CSIDriver object (`topolvm_runtime::existence`); lvmd either over its socket or embedded in
 //! this process ([`lvmd_client`]); with `/metrics`, `/healthz` and `/readyz`.
 #![forbid(unsafe_code)]
 
 pub mod capacity;
 pub mod csi;
-pub mod csi_driver;
 pub mod logical_volume;
 pub mod lvmd_client;
 pub mod metrics;
@@ -129,8 +128,11 @@ pub async fn run(
         latest_report.clone(),
         shutdown.clone(),
     ));
-    tasks.spawn(csi_driver::follow(
-        client.clone(),
+    // Like TopoLVM's node, not ready while the CSIDriver object is missing: kubelet would not
+    // know how to mount TopoLVM volumes.
+    tasks.spawn(topolvm_runtime::existence::follow(
+        kube::Api::<k8s_openapi::api::storage::v1::CSIDriver>::all(client.clone()),
+        topolvm_core::names::PLUGIN_NAME,
         csi_driver_ready,
         shutdown.clone(),
     ));

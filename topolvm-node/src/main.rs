@@ -43,14 +43,20 @@ struct Args {
     /// Remove an LV carrying topolvm-rs's ownership tag once it has been seen orphaned (its
     /// LogicalVolume or pod gone) for this long, e.g. `30m`, `1h`. Without it orphans are only
     /// reported (metric, Node Event, log).
-    #[arg(long, value_parser = topolvm_node::logical_volume::orphans::parse_duration)]
+    #[arg(long, value_parser = parse_go_duration)]
     orphan_gc_after: Option<std::time::Duration>,
     /// How often to look for orphan LVs (and soon after start).
-    #[arg(long, default_value = "1m", value_parser = topolvm_node::logical_volume::orphans::parse_duration)]
+    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
     orphan_scan_interval: std::time::Duration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+}
+
+/// A Go duration, as TopoLVM's flags take them (`90s`, `30m`, `1h30m`).
+fn parse_go_duration(value: &str) -> Result<std::time::Duration, String> {
+    topolvm_core::config::parse_duration(value)
+        .ok_or_else(|| format!("{value:?} is not a duration such as 90s, 30m or 1h30m"))
 }
 
 #[tokio::main]
