@@ -32,7 +32,7 @@ cargo test -p topolvm-scheduler --features e2e --quiet --test e2e
 cargo test -p topolvm-runtime --features e2e --quiet --test leader
 # topolvm-node against the control plane and a real lvmd on loop devices (starts target/debug/lvmd).
 cargo build -p lvmd --bin lvmd --quiet
-cargo test -p topolvm-node --features e2e --quiet --test capacity --test secure_metrics --test reconciler
+cargo test -p topolvm-node --features e2e --quiet --test capacity --test secure_metrics --test reconciler --test deploy
 
 if [[ -n ${TOPOLVM_SKIP_VM:-} ]]; then
     echo "== VM tier skipped (TOPOLVM_SKIP_VM)"
