@@ -505,6 +505,26 @@ impl Disk {
 // ---------------------------------------------------------------------------------------------
 // VolumeGroup
 
+/// The scratch disks of the test VM (`TOPOLVM_VM_DISKS`, set by `scripts/vm/run.sh`), at least
+/// two; panics outside the VM, naming the script that runs the VM tier.
+pub fn vm_disks() -> Vec<PathBuf> {
+    assert_eq!(
+        std::env::var("TOPOLVM_IN_VM").as_deref(),
+        Ok("1"),
+        "the VM tier runs only inside the test VM: use scripts/test-vm-tier.sh"
+    );
+    let disks: Vec<PathBuf> = std::env::var("TOPOLVM_VM_DISKS")
+        .expect("TOPOLVM_VM_DISKS")
+        .split_whitespace()
+        .map(PathBuf::from)
+        .collect();
+    assert!(
+        disks.len() >= 2,
+        "the VM tier needs two scratch disks, got {disks:?}"
+    );
+    disks
+}
+
 /// A volume group made from [`Disk`]s. Drop removes the volume group, wipes the physical volume
 /// labels and then releases the disks (detaching loop devices).
 #[derive(Debug)]

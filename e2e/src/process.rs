@@ -14,6 +14,26 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+/// A binary of this workspace next to the running test's own target directory
+/// (`target/<profile>/<name>`, the test binary being in `target/<profile>/deps`): how tests start
+/// another package's binary, which cargo does not build for them. Panics, naming the command
+/// that builds it, when it is missing.
+pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p {package} --bin {name}`, with --release \
+         for a benchmark)",
+        path.display()
+    );
+    path
+}
+
 /// How long a process gets to exit after SIGTERM before its group is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 

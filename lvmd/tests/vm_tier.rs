@@ -15,30 +15,11 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
+use common::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup, vm_disks};
 use tonic::Code;
 use topolvm_proto::lvmd as pb;
 
 const MIB: u64 = 1 << 20;
-
-/// The scratch disks of the VM; panics outside it.
-fn vm_disks() -> Vec<PathBuf> {
-    assert_eq!(
-        std::env::var("TOPOLVM_IN_VM").as_deref(),
-        Ok("1"),
-        "the VM tier runs only inside the test VM: use scripts/test-vm-tier.sh"
-    );
-    let disks: Vec<PathBuf> = std::env::var("TOPOLVM_VM_DISKS")
-        .expect("TOPOLVM_VM_DISKS")
-        .split_whitespace()
-        .map(PathBuf::from)
-        .collect();
-    assert!(
-        disks.len() >= 2,
-        "the VM tier needs two scratch disks, got {disks:?}"
-    );
-    disks
-}
 
 /// A volume group on the first `n` scratch disks with real activation.
 fn real_vg(n: usize) -> (LvmEnv, VolumeGroup) {

@@ -149,6 +149,25 @@ impl DelegatedAuth {
     }
 }
 
+/// A binary's `/metrics` endpoint: plain HTTP from `registry`, or, with `secure` (TopoLVM's
+/// `--secure-metrics-server`), HTTPS with a self-signed certificate for `names` and every request
+/// checked by the API server through `client`. Returns the TLS acceptor to serve with and the
+/// router.
+pub fn metrics_endpoint(
+    registry: prometheus::Registry,
+    secure: bool,
+    client: &kube::Client,
+    names: &[String],
+) -> Result<(Option<tokio_rustls::TlsAcceptor>, Router), crate::tls::TlsError> {
+    let routes = crate::endpoints::metrics_routes(registry);
+    if !secure {
+        return Ok((None, routes));
+    }
+    let acceptor = crate::tls::self_signed_acceptor(names)?;
+    let auth = DelegatedAuth::new(client.clone());
+    Ok((Some(acceptor), protect(routes, auth)))
+}
+
 /// `router` with every request checked by `auth` first.
 pub fn protect(router: Router, auth: Arc<DelegatedAuth>) -> Router {
     router.layer(axum::middleware::from_fn_with_state(auth, require_access))

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use topolvm_core::csi_identity::IdentityService;
 use topolvm_core::names::PLUGIN_NAME;
 use topolvm_core::size::MinimumAllocation;
-use topolvm_runtime::endpoints::{Health, metrics_routes};
+use topolvm_runtime::endpoints::Health;
 use topolvm_runtime::leader::{Candidate, Timing};
 use tracing::{error, info};
 
@@ -169,16 +169,12 @@ pub async fn run(
     };
 
     info!(csi_socket = %options.csi_socket.display(), "topolvm-controller started");
-    let (metrics_tls, metrics_app) = if options.secure_metrics_server {
-        let acceptor = topolvm_runtime::tls::self_signed_acceptor(&["localhost".to_owned()])?;
-        let auth = topolvm_runtime::delegated_auth::DelegatedAuth::new(client.clone());
-        (
-            Some(acceptor),
-            topolvm_runtime::delegated_auth::protect(metrics_routes(registry), auth),
-        )
-    } else {
-        (None, metrics_routes(registry))
-    };
+    let (metrics_tls, metrics_app) = topolvm_runtime::delegated_auth::metrics_endpoint(
+        registry,
+        options.secure_metrics_server,
+        &client,
+        &["localhost".to_owned()],
+    )?;
     let metrics =
         topolvm_runtime::http::serve(metrics_listener, metrics_tls, metrics_app, shutdown.clone());
     let probes =

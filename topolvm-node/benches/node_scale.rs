@@ -15,7 +15,6 @@
 //!
 //! Results are in topolvm-node/README.md.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -29,27 +28,12 @@ use topolvm_core::crd::{LogicalVolume, LogicalVolumeSpec};
 use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
-use topolvm_e2e::process::{ManagedProcess, free_port};
+use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
 use topolvm_proto::lvmd as pb;
 
 const NODE: &str = "bench-node";
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-fn sibling_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the bench binary's path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --release -p lvmd --bin lvmd` first",
-        path.display()
-    );
-    path
-}
 
 /// Resident and peak resident set of `pid` in KiB, from /proc.
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -161,7 +145,7 @@ async fn main() {
     let lvmd = Lvmd::start(
         &env,
         LvmdOptions::new(
-            sibling_binary("lvmd"),
+            workspace_binary("lvmd", "lvmd"),
             common::thick_default_class("ssd", vg.name()),
         ),
     );
@@ -197,7 +181,8 @@ async fn main() {
     let start = Instant::now();
     let others: Vec<LogicalVolume> = (0..other_nodes)
         .flat_map(|n| {
-            (0..per_node).map(move |i| logical_volume(&format!("other-{n}-{i}"), &format!("node-{n}")))
+            (0..per_node)
+                .map(move |i| logical_volume(&format!("other-{n}-{i}"), &format!("node-{n}")))
         })
         .collect();
     let total = others.len() + per_node;
@@ -241,7 +226,12 @@ async fn main() {
                 Ok(None) => panic!("the watch ended"),
                 Err(_) => panic!("no annotation change within 30 s"),
             };
-            let now = node.metadata.annotations.unwrap_or_default().get(&key).cloned();
+            let now = node
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get(&key)
+                .cloned();
             if now != before {
                 latencies.push(answered.elapsed());
                 let _ = asked;
@@ -250,13 +240,29 @@ async fn main() {
         }
     }
 
-    println!("topolvm-node at scale ({total} LogicalVolumes in the cluster, {per_node} on this node)");
+    println!(
+        "topolvm-node at scale ({total} LogicalVolumes in the cluster, {per_node} on this node)"
+    );
     println!("| measure | value |");
     println!("|---|---|");
-    println!("| {per_node} own volumes provisioned (create to status.volumeID) | {:.1} s |", provisioned.as_secs_f64());
-    println!("| RSS with only its own {per_node} LogicalVolumes | {:.1} MiB |", rss_own as f64 / 1024.0);
-    println!("| {} other nodes' LogicalVolumes created in | {:.1} s |", total - per_node, created_in.as_secs_f64());
-    println!("| RSS with {total} LogicalVolumes in the cluster | {:.1} MiB (peak {:.1} MiB) |", rss_all as f64 / 1024.0, hwm_all as f64 / 1024.0);
+    println!(
+        "| {per_node} own volumes provisioned (create to status.volumeID) | {:.1} s |",
+        provisioned.as_secs_f64()
+    );
+    println!(
+        "| RSS with only its own {per_node} LogicalVolumes | {:.1} MiB |",
+        rss_own as f64 / 1024.0
+    );
+    println!(
+        "| {} other nodes' LogicalVolumes created in | {:.1} s |",
+        total - per_node,
+        created_in.as_secs_f64()
+    );
+    println!(
+        "| RSS with {total} LogicalVolumes in the cluster | {:.1} MiB (peak {:.1} MiB) |",
+        rss_all as f64 / 1024.0,
+        hwm_all as f64 / 1024.0
+    );
     println!(
         "| lvmd change to Node annotation, {samples} samples | p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms |",
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,

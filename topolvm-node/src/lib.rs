@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use topolvm_runtime::endpoints::{Health, metrics_routes};
+use topolvm_runtime::endpoints::Health;
 use tracing::info;
 
 use crate::lvmd_client::LvmdConnection;
@@ -171,19 +171,12 @@ pub async fn run(
     )?;
     tasks.spawn(orphans.run(shutdown.clone()));
     info!(node = %options.node_name, lvmd = %lvmd.description(), "topolvm-node started");
-    let (metrics_tls, metrics_app) = if options.secure_metrics_server {
-        let acceptor = topolvm_runtime::tls::self_signed_acceptor(&[
-            options.node_name.clone(),
-            "localhost".to_owned(),
-        ])?;
-        let auth = topolvm_runtime::delegated_auth::DelegatedAuth::new(client.clone());
-        (
-            Some(acceptor),
-            topolvm_runtime::delegated_auth::protect(metrics_routes(registry), auth),
-        )
-    } else {
-        (None, metrics_routes(registry))
-    };
+    let (metrics_tls, metrics_app) = topolvm_runtime::delegated_auth::metrics_endpoint(
+        registry,
+        options.secure_metrics_server,
+        &client,
+        &[options.node_name.clone(), "localhost".to_owned()],
+    )?;
     let metrics =
         topolvm_runtime::http::serve(metrics_listener, metrics_tls, metrics_app, shutdown.clone());
     let probes =

@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -33,27 +32,11 @@ use topolvm_e2e::csi::Kubelet;
 use topolvm_e2e::lvm::{
     self as common, DEFAULT_LOOP_SIZE, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup,
 };
-use topolvm_e2e::process::{ManagedProcess, free_port};
+use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
 use topolvm_proto::lvmd as pb;
 
 const NODE: &str = "node-a";
 const MIB: u64 = 1 << 20;
-
-/// The lvmd binary of this workspace, next to this test's own target directory.
-fn lvmd_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let lvmd = dir.join("lvmd");
-    assert!(
-        lvmd.exists(),
-        "{} is missing: run `cargo build -p lvmd --bin lvmd` first",
-        lvmd.display()
-    );
-    lvmd
-}
 
 /// The Node's capacity annotations, its other annotations, and whether it has our finalizer.
 async fn node_state(nodes: &Api<Node>) -> (BTreeMap<String, String>, bool) {
@@ -148,8 +131,11 @@ async fn node_capacity_follows_lvm_within_seconds() {
     let mut vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let mut lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(lvmd_binary(), common::thick_default_class("ssd", vg.name()))
-            .extra("full-refresh-interval: 10m"),
+        LvmdOptions::new(
+            workspace_binary("lvmd", "lvmd"),
+            common::thick_default_class("ssd", vg.name()),
+        )
+        .extra("full-refresh-interval: 10m"),
     );
 
     let dir = tempfile::tempdir().expect("tmp");
@@ -262,7 +248,10 @@ async fn embedded_lvmd_serves_the_node_from_one_process() {
     // The lvmd.yaml an lvmd daemon would read; this one is only written, never started.
     let config = Lvmd::configure(
         &env,
-        LvmdOptions::new(lvmd_binary(), common::thick_default_class("ssd", vg.name())),
+        LvmdOptions::new(
+            workspace_binary("lvmd", "lvmd"),
+            common::thick_default_class("ssd", vg.name()),
+        ),
     );
 
     let dir = tempfile::tempdir().expect("tmp");

@@ -62,7 +62,11 @@ async fn the_example_daemonset_is_valid_and_its_flags_exist() {
 
     let mut daemonset = None;
     let documents = manifest();
-    assert_eq!(documents.len(), 3, "ServiceAccount, ClusterRoleBinding, DaemonSet");
+    assert_eq!(
+        documents.len(),
+        3,
+        "ServiceAccount, ClusterRoleBinding, DaemonSet"
+    );
     for doc in &documents {
         let kind = doc["kind"].as_str().expect("kind").to_owned();
         let back = match kind.as_str() {
@@ -97,7 +101,12 @@ async fn the_example_daemonset_is_valid_and_its_flags_exist() {
     }
 
     let daemonset = daemonset.expect("a DaemonSet");
-    let pod = daemonset.spec.expect("spec").template.spec.expect("pod spec");
+    let pod = daemonset
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec");
     let node = pod
         .containers
         .iter()

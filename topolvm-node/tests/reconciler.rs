@@ -33,29 +33,13 @@ use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::lvm::{
     self as common, DEFAULT_LOOP_SIZE, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup,
 };
-use topolvm_e2e::process::{ManagedProcess, free_port};
+use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
 use topolvm_proto::lvmd as pb;
 
 const NODE: &str = "node-a";
 const CLASS: &str = "ssd";
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(30);
-
-/// The lvmd binary of this workspace, next to this test's own target directory.
-fn lvmd_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let lvmd = dir.join("lvmd");
-    assert!(
-        lvmd.exists(),
-        "{} is missing: run `cargo build -p lvmd --bin lvmd` first",
-        lvmd.display()
-    );
-    lvmd
-}
 
 /// topolvm-node as a DaemonSet would run it, killed or restarted at will.
 struct NodeAgent {
@@ -262,7 +246,10 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(lvmd_binary(), common::thick_default_class(CLASS, vg.name())),
+        LvmdOptions::new(
+            workspace_binary("lvmd", "lvmd"),
+            common::thick_default_class(CLASS, vg.name()),
+        ),
     );
     let mut lvmd_lv = lvmd.lv_client().await;
     let dir = tempfile::tempdir().expect("tmp");

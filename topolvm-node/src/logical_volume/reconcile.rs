@@ -244,22 +244,27 @@ async fn ensure_labels<V: Volumes>(
     Ok(())
 }
 
+/// `spec.size` in bytes as lvmd takes it (a positive `int64`), or why it cannot be.
+fn requested_size(lv: &LogicalVolume) -> Result<i64, String> {
+    match lv.spec.size_bytes().map(i64::try_from) {
+        Ok(Ok(size)) if size > 0 => Ok(size),
+        Ok(_) => Err(format!(
+            "spec.size {:?} is not a positive size lvmd can take",
+            lv.spec.size.0
+        )),
+        Err(e) => Err(format!("spec.size: {e}")),
+    }
+}
+
 async fn create<V: Volumes>(
     api: &Api<LogicalVolume>,
     ctx: &Context<V>,
     lv: &LogicalVolume,
 ) -> Result<Action, Error> {
     let uid = lv.uid().ok_or(Error::Incomplete("metadata.uid"))?;
-    let size = match lv.spec.size_bytes().map(i64::try_from) {
-        Ok(Ok(size)) if size > 0 => size,
-        Ok(_) => {
-            let message = format!(
-                "spec.size {:?} is not a positive size lvmd can take",
-                lv.spec.size.0
-            );
-            return refuse(api, lv, Code::InvalidArgument, message).await;
-        }
-        Err(e) => return refuse(api, lv, Code::InvalidArgument, format!("spec.size: {e}")).await,
+    let size = match requested_size(lv) {
+        Ok(size) => size,
+        Err(message) => return refuse(api, lv, Code::InvalidArgument, message).await,
     };
     let tags = vec![names::lv_tag_logical_volume(&lv.name_any())];
     let (operation, result) = if lv.spec.source.is_empty() {
@@ -406,16 +411,9 @@ async fn expand<V: Volumes>(
     volume_id: &str,
 ) -> Result<Action, Error> {
     let status = lv.status.clone().unwrap_or_default();
-    let wanted = match lv.spec.size_bytes().map(i64::try_from) {
-        Ok(Ok(size)) if size > 0 => size,
-        Ok(_) => {
-            let message = format!(
-                "spec.size {:?} is not a positive size lvmd can take",
-                lv.spec.size.0
-            );
-            return refuse(api, lv, Code::InvalidArgument, message).await;
-        }
-        Err(e) => return refuse(api, lv, Code::InvalidArgument, format!("spec.size: {e}")).await,
+    let wanted = match requested_size(lv) {
+        Ok(size) => size,
+        Err(message) => return refuse(api, lv, Code::InvalidArgument, message).await,
     };
     if let Some(Ok(current)) = status.current_size_bytes()
         && u64::try_from(wanted).is_ok_and(|wanted| wanted <= current)

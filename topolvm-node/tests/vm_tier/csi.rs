@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use topolvm_e2e::csi::{InlineVolume, Kubelet, PersistentVolume, Pod};
 use topolvm_e2e::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
+use topolvm_e2e::process::workspace_binary;
 use topolvm_node::csi::{CsiOptions, serve};
 use topolvm_node::lvmd_client::{LvmdConnection, report_channel};
 use topolvm_proto::lvmd as pb;
 
-use super::{lvmd_binary, vm_disks};
+use topolvm_e2e::lvm::vm_disks;
 
 const MIB: u64 = 1 << 20;
 
@@ -85,7 +86,10 @@ impl Bed {
              - {{name: thick, volume-group: {vg}, spare-gb: 0}}",
             vg = vg.name()
         );
-        let lvmd = Lvmd::start(&env, LvmdOptions::new(lvmd_binary(), classes));
+        let lvmd = Lvmd::start(
+            &env,
+            LvmdOptions::new(workspace_binary("lvmd", "lvmd"), classes),
+        );
         let lv = lvmd.lv_client().await;
 
         let dir = tempfile::Builder::new()

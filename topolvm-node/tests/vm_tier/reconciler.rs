@@ -17,9 +17,9 @@ use serde_json::json;
 use topolvm_core::crd::{LogicalVolume, LogicalVolumeStatus};
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
-use topolvm_e2e::process::{ManagedProcess, free_port};
+use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
 
-use super::{lvmd_binary, vm_disks};
+use topolvm_e2e::lvm::vm_disks;
 
 const NODE: &str = "vm-node";
 const WAIT: Duration = Duration::from_secs(120);
@@ -96,7 +96,10 @@ async fn snapshots_and_clones_of_thin_and_thick_volumes() {
          - {{name: thick, volume-group: {vg}, spare-gb: 0}}",
         vg = vg.name()
     );
-    let lvmd = Lvmd::start(&env, LvmdOptions::new(lvmd_binary(), classes));
+    let lvmd = Lvmd::start(
+        &env,
+        LvmdOptions::new(workspace_binary("lvmd", "lvmd"), classes),
+    );
 
     let dir = tempfile::tempdir().expect("tmp");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
