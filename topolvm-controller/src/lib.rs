@@ -8,6 +8,9 @@
 //! to come.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
+pub mod webhook;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
