@@ -9,6 +9,9 @@
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod node_cleanup;
+#[cfg(test)]
+mod test_api;
 pub mod webhook;
 
 use std::path::PathBuf;
