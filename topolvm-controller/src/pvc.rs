@@ -289,6 +289,11 @@ mod tests {
             &pod("p", volumes.clone(), Some("not a time")),
             since
         ));
+        // "later than" the transition, as TopoLVM compares: the same instant is not enough.
+        assert!(needs_nudge(
+            &pod("p", volumes.clone(), Some("2026-11-30T09:00:00Z")),
+            since
+        ));
         assert!(!needs_nudge(
             &pod("p", volumes.clone(), Some("2026-11-30T09:00:00.000000001Z")),
             since
