@@ -57,6 +57,15 @@ where
     }
 }
 
+/// This crate's topolvm-controller binary; `TOPOLVM_CONTROLLER_BIN` overrides it (a copy taken
+/// right after the build, when several checkouts share one target directory and may rebuild
+/// the binary under the test's feet).
+fn controller_binary() -> std::path::PathBuf {
+    std::env::var_os("TOPOLVM_CONTROLLER_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_topolvm-controller").into())
+}
+
 /// One topolvm-controller replica.
 struct Controller {
     process: ManagedProcess,
@@ -68,7 +77,7 @@ impl Controller {
         let dir = cluster.dir().join(name);
         std::fs::create_dir_all(&dir).expect("replica directory");
         let metrics = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-controller"));
+        let mut cmd = Command::new(controller_binary());
         cmd.arg("--kubeconfig")
             .arg(cluster.kubeconfig("topolvm-controller"))
             .arg("--csi-socket")
@@ -230,6 +239,7 @@ async fn the_api_server_calls_the_webhook_and_failure_only_blocks_normal_namespa
     let cluster = Cluster::start(ClusterOptions::api_only()).await;
     cluster.install_crds().await;
     let client = cluster.client();
+    install_controller_role(&client).await;
     storage_class(&client).await;
 
     // A serving certificate for 127.0.0.1 (Pki::serving adds the IP), from a CA of our own.
@@ -340,6 +350,22 @@ async fn the_api_server_calls_the_webhook_and_failure_only_blocks_normal_namespa
     }
 }
 
+/// Applies the ClusterRole `topolvm-controller` from this checkout's `deploy/rbac/` again (the
+/// test bed binds it to the controller's identity already). The test bed reads the file through
+/// the e2e crate's own path, which a target directory shared between checkouts may point at
+/// another checkout; the role under test must be this one.
+async fn install_controller_role(client: &kube::Client) {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac/clusterroles.yaml");
+    let text = std::fs::read_to_string(&path).expect("reading deploy/rbac/clusterroles.yaml");
+    let role = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_yaml::Value::deserialize(doc).expect("YAML"))
+        .map(|doc| serde_json::to_value(doc).expect("JSON"))
+        .find(|doc| doc["metadata"]["name"] == "topolvm-controller")
+        .expect("the ClusterRole topolvm-controller");
+    apply(&Api::<ClusterRole>::all(client.clone()), role).await;
+}
+
 /// A Node as topolvm-node leaves it: with the finalizer `topolvm.io/node`.
 async fn node_with_finalizer(cluster: &Cluster, name: &str) {
     cluster.make_node(name, &[], &[("ssd", 10 << 30)]).await;
@@ -359,6 +385,7 @@ async fn a_deleted_node_is_cleaned_up_without_its_agent_unless_skipped() {
     let cluster = Cluster::start(ClusterOptions::api_only().with_controller_manager()).await;
     cluster.install_crds().await;
     let client = cluster.client();
+    install_controller_role(&client).await;
     storage_class(&client).await;
     namespace(&client, "app", json!({})).await;
     let nodes = Api::<Node>::all(client.clone());
@@ -440,6 +467,7 @@ async fn the_other_replica_takes_over_from_a_killed_leader_and_reconciles() {
     let cluster = Cluster::start(ClusterOptions::api_only()).await;
     cluster.install_crds().await;
     let client = cluster.client();
+    install_controller_role(&client).await;
     storage_class(&client).await;
     namespace(&client, "app", json!({})).await;
 
