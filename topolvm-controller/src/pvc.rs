@@ -151,7 +151,7 @@ pub async fn reconcile(
     let class = Api::<StorageClass>::all(ctx.client.clone())
         .get_opt(class_name)
         .await?;
-    if !class.is_some_and(|c| c.provisioner == PLUGIN_NAME) {
+    if class.is_none_or(|c| c.provisioner != PLUGIN_NAME) {
         return Ok(Action::await_change());
     }
     // From the API server: a pod created moments ago must not be missed.

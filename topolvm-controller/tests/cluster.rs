@@ -480,7 +480,7 @@ async fn the_other_replica_takes_over_from_a_killed_leader_and_reconciles() {
         "--stray-volume-grace-period=3s",
         "--stray-volume-scan-interval=1s",
     ];
-    let mut replicas = vec![
+    let mut replicas = [
         Controller::start(&cluster, "replica-a", &flags),
         Controller::start(&cluster, "replica-b", &flags),
     ];
