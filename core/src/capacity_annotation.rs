@@ -379,6 +379,24 @@ mod tests {
         assert_eq!(unknown_name["capacity.topolvm.io/00default"], "999");
     }
 
+    /// An inline volume's `size` as topolvm-node reads it when it makes the LV
+    /// (topolvm-node/src/csi/ephemeral.rs): a quantity, 1 GiB when absent, refused when 0 or
+    /// not a quantity.
+    #[test]
+    fn inline_volume_sizes() {
+        let with = |size: &str| map(&[("size", size)]);
+        assert_eq!(webhook_inline_bytes(&BTreeMap::new()), Ok(GIB));
+        assert_eq!(webhook_inline_bytes(&with("200Mi")), Ok(200 << 20));
+        assert_eq!(webhook_inline_bytes(&with("1G")), Ok(1_000_000_000));
+        for bad in ["0", "lots", "-1Gi", ""] {
+            assert_eq!(
+                webhook_inline_bytes(&with(bad)),
+                Err(InlineSizeError(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+    }
+
     /// Go's `strconv` rules (pkg.go.dev/strconv: ParseUint takes no sign; base 10 allows no
     /// underscores or prefixes; a range error wins once the digits overflow).
     #[test]

@@ -3,9 +3,10 @@
 //! socket (the sidecars elect their own leader) and the pod webhook; the reconcilers run only on
 //! the replica holding the leader election Lease.
 //!
-//! Built so far: start-up, flags, metrics (optionally secure), health and readiness (the
-//! CSIDriver object), the Identity service and leader election. See README.md for what is still
-//! to come.
+//! Modules: [`webhook`] (the pod mutating webhook), [`node_cleanup`] (after a deleted Node),
+//! [`pvc`] (legacy finalizers, the filesystem-resize nudge), [`stray`] (LogicalVolumes no PV or
+//! claim refers to), [`metrics`]. `run` wires them: the webhook next to the metrics server on
+//! every replica, the reconcilers in the leader-only block.
 #![forbid(unsafe_code)]
 
 pub mod metrics;
