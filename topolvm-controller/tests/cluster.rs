@@ -16,6 +16,8 @@
 //! - Two replicas: the leader is killed with SIGKILL, the other takes over within the lease
 //!   duration and reconciles (it deletes a stray LogicalVolume after the grace period, and keeps
 //!   one whose claim exists).
+//! - The claim reconciler strips TopoLVM's legacy PVC finalizers and annotates the pods of a
+//!   claim whose filesystem resize is pending, leaving a pod with a recent enough nudge alone.
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeMap;
@@ -543,4 +545,108 @@ async fn the_other_replica_takes_over_from_a_killed_leader_and_reconciles() {
             .await,
         Some(1.0)
     );
+}
+
+#[tokio::test]
+async fn the_claim_reconciler_strips_legacy_finalizers_and_nudges_a_pending_resize() {
+    let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    cluster.install_crds().await;
+    let client = cluster.client();
+    install_controller_role(&client).await;
+    storage_class(&client).await;
+    namespace(&client, "app", json!({})).await;
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "app");
+    let pods = Api::<Pod>::namespaced(client.clone(), "app");
+
+    // A claim as TopoLVM's PVC webhook (before v0.40) left it.
+    let legacy: PersistentVolumeClaim = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "legacy", "finalizers": ["topolvm.io/pvc", "topolvm.cybozu.com/pvc"]},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": CLASS,
+                 "resources": {"requests": {"storage": "1Gi"}}}}))
+    .expect("a claim");
+    claims
+        .create(&PostParams::default(), &legacy)
+        .await
+        .expect("creating the legacy claim");
+
+    // A claim whose filesystem resize is pending, as kubelet's resize controller marks it,
+    // used by a pod with an old nudge and by one without any.
+    claim(&client, "app", "growing", "1Gi", None).await;
+    let since = "2026-01-01T00:00:00Z";
+    claims
+        .patch_status(
+            "growing",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Bound", "conditions": [{
+                "type": "FileSystemResizePending", "status": "True",
+                "lastTransitionTime": since}]}})),
+        )
+        .await
+        .expect("marking the resize pending");
+    let mut old_nudge = pod("old-nudge", "growing");
+    old_nudge.metadata.annotations = Some(BTreeMap::from([(
+        "topolvm.io/last-resizefs-requested-at".to_owned(),
+        "2025-12-31T23:59:59.5Z".to_owned(),
+    )]));
+    let mut recent_nudge = pod("recent-nudge", "growing");
+    let recent = "2026-01-01T00:00:01.25Z";
+    recent_nudge.metadata.annotations = Some(BTreeMap::from([(
+        "topolvm.io/last-resizefs-requested-at".to_owned(),
+        recent.to_owned(),
+    )]));
+    for p in [
+        pod("fresh", "growing"),
+        old_nudge,
+        recent_nudge,
+        pod("other", "legacy"),
+    ] {
+        pods.create(&PostParams::default(), &p)
+            .await
+            .expect("creating a pod");
+    }
+
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let mut controller = Controller::start(&cluster, "controller", &["--enable-webhooks=false"]);
+    eventually("the legacy finalizers are removed", WAIT, || {
+        let claims = claims.clone();
+        async move {
+            let c = claims.get("legacy").await.ok()?;
+            (!c.finalizers().iter().any(|f| f.ends_with("/pvc"))).then_some(())
+        }
+    })
+    .await;
+    for name in ["fresh", "old-nudge"] {
+        let at = eventually("the pod is nudged", WAIT, || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get(name).await.ok()?;
+                let value = p
+                    .annotations()
+                    .get("topolvm.io/last-resizefs-requested-at")?
+                    .clone();
+                // Go's time.Parse(time.RFC3339Nano, ...) reads it: RFC 3339 with a Z.
+                let at: k8s_openapi::jiff::Timestamp = value.parse().ok()?;
+                (value.ends_with('Z') && at >= started).then_some(at)
+            }
+        })
+        .await;
+        assert!(at >= started, "{name}: {at}");
+    }
+    let untouched = pods.get("recent-nudge").await.expect("pod");
+    assert_eq!(
+        untouched
+            .annotations()
+            .get("topolvm.io/last-resizefs-requested-at")
+            .map(String::as_str),
+        Some(recent),
+        "a nudge later than the condition is enough"
+    );
+    let other = pods.get("other").await.expect("pod");
+    assert!(
+        !other
+            .annotations()
+            .contains_key("topolvm.io/last-resizefs-requested-at")
+    );
+    controller.process.assert_running();
 }
