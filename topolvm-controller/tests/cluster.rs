@@ -514,10 +514,12 @@ async fn the_other_replica_takes_over_from_a_killed_leader_and_reconciles() {
     let takeover = killed.elapsed();
     eprintln!("takeover after SIGKILL of the leader: {takeover:?}");
     assert!(new_holder.ends_with(&format!("_{}", pid_of(&replicas[follower]))));
-    // client-go's rule: the follower waits out the lease duration as it observed it, then
-    // tries at the next retry period.
+    // client-go's rule: the follower waits out the lease duration from the last renewal it
+    // observed (at most one retry period before the kill), then takes the Lease at its next
+    // retry. The bound is that rule plus slack for a loaded test machine; it is not a speed goal.
+    let retry_period = Duration::from_secs(1);
     assert!(
-        takeover <= lease_duration + Duration::from_secs(3),
+        takeover <= lease_duration + 2 * retry_period + Duration::from_secs(4),
         "took {takeover:?}, lease duration {lease_duration:?}"
     );
 
