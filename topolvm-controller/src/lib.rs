@@ -206,7 +206,11 @@ pub async fn run(
     // The webhook, on every replica: it is stateless.
     let webhook = {
         let shutdown = shutdown.clone();
-        let ready = health.readiness("webhook");
+        // Only a served webhook has a readiness check: `--enable-webhooks=false` must not leave
+        // /readyz failing for good.
+        let ready = webhook_listener
+            .as_ref()
+            .map(|_| health.readiness("webhook"));
         let app = webhook::routes(webhook::ApiLookup(client.clone()), controller_metrics);
         let cert_dir = webhook_cert_dir(&options.cert_dir);
         async move {
@@ -216,7 +220,9 @@ pub async fn run(
             let Some(tls) = webhook_tls(&cert_dir, &shutdown).await else {
                 return Ok(());
             };
-            ready.set_ready(true);
+            if let Some(ready) = &ready {
+                ready.set_ready(true);
+            }
             topolvm_runtime::http::serve(listener, Some(tls), app, shutdown).await
         }
     };
