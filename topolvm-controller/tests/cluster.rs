@@ -72,6 +72,7 @@ fn controller_binary() -> std::path::PathBuf {
 struct Controller {
     process: ManagedProcess,
     metrics: String,
+    readyz: String,
 }
 
 impl Controller {
@@ -79,6 +80,7 @@ impl Controller {
         let dir = cluster.dir().join(name);
         std::fs::create_dir_all(&dir).expect("replica directory");
         let metrics = format!("127.0.0.1:{}", free_port());
+        let health = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(controller_binary());
         cmd.arg("--kubeconfig")
             .arg(cluster.kubeconfig("topolvm-controller"))
@@ -87,7 +89,7 @@ impl Controller {
             .arg("--metrics-bind-address")
             .arg(&metrics)
             .arg("--health-probe-bind-address")
-            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg(&health)
             .arg("--leader-election-namespace=default")
             .args(extra)
             .env("RUST_LOG", "topolvm_controller=debug,info");
@@ -95,7 +97,13 @@ impl Controller {
         Self {
             process,
             metrics: format!("http://{metrics}/metrics"),
+            readyz: format!("http://{health}/readyz"),
         }
+    }
+
+    /// Whether `/readyz` answers 200.
+    async fn is_ready(&self) -> bool {
+        http_get_status(&self.readyz).await == Some(200)
     }
 
     /// The value of an unlabelled metric, `None` while /metrics does not answer.
@@ -106,8 +114,25 @@ impl Controller {
     }
 }
 
-/// A plain HTTP GET on loopback (the metrics endpoint), without another HTTP client crate.
+/// The status code of a plain HTTP GET on loopback.
+async fn http_get_status(url: &str) -> Option<u16> {
+    let response = http_get_raw(url).await?;
+    response.split(' ').nth(1)?.parse().ok()
+}
+
+/// The body of a plain HTTP GET on loopback (the metrics endpoint).
 async fn http_get(url: &str) -> Option<String> {
+    Some(
+        http_get_raw(url)
+            .await?
+            .split_once("\r\n\r\n")?
+            .1
+            .to_owned(),
+    )
+}
+
+/// A plain HTTP/1.0 GET on loopback, the whole response, without another HTTP client crate.
+async fn http_get_raw(url: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/')?;
@@ -116,7 +141,19 @@ async fn http_get(url: &str) -> Option<String> {
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.ok()?;
-    Some(response.split_once("\r\n\r\n")?.1.to_owned())
+    Some(response)
+}
+
+/// The CSIDriver object `topolvm.io`, without which the controller is not ready.
+async fn csi_driver(client: &kube::Client) {
+    use k8s_openapi::api::storage::v1::CSIDriver;
+    apply(
+        &Api::<CSIDriver>::all(client.clone()),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+               "metadata": {"name": "topolvm.io"},
+               "spec": {"attachRequired": false, "podInfoOnMount": true}}),
+    )
+    .await;
 }
 
 async fn apply<K>(api: &Api<K>, object: Value) -> K
@@ -287,6 +324,12 @@ async fn the_api_server_calls_the_webhook_and_failure_only_blocks_normal_namespa
     })
     .await;
     controller.process.assert_running();
+    csi_driver(&client).await;
+    eventually("ready with the webhook serving", WAIT, || {
+        let c = &controller;
+        async move { c.is_ready().await.then_some(()) }
+    })
+    .await;
     assert_eq!(
         created
             .annotations()
@@ -403,6 +446,13 @@ async fn a_deleted_node_is_cleaned_up_without_its_agent_unless_skipped() {
     logical_volume(&client, "pvc-kept-1", "kept", true).await;
 
     let mut controller = Controller::start(&cluster, "controller", &["--enable-webhooks=false"]);
+    // Without the webhook there is no webhook readiness check to wait for.
+    csi_driver(&client).await;
+    eventually("ready without the webhook", WAIT, || {
+        let c = &controller;
+        async move { c.is_ready().await.then_some(()) }
+    })
+    .await;
     nodes
         .delete("gone", &DeleteParams::default())
         .await
