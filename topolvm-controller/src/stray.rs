@@ -292,6 +292,97 @@ mod tests {
         assert!(decide(vec![old("my-volume"), old("pvc-"), renamed], vec![], vec![]).is_empty());
     }
 
+    // ---- one scan against a scripted API server ----
+
+    use crate::test_api::{Step, list, pair, serve};
+    use http::Method;
+
+    const STRAY: &str = "pvc-5b7a1f2e-0c1d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    /// The three lists of a scan: one stray volume (uid `lv-uid`, resourceVersion 9).
+    fn lists() -> Vec<Step> {
+        let mut stray = old(STRAY);
+        stray["metadata"]["resourceVersion"] = json!("9");
+        vec![
+            Step::new(
+                Method::GET,
+                "/apis/topolvm.io/v1/logicalvolumes?",
+                list("LogicalVolumeList", vec![stray]),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/persistentvolumes?",
+                list("PersistentVolumeList", vec![]),
+            ),
+            Step::new(
+                Method::GET,
+                "/api/v1/persistentvolumeclaims?",
+                list("PersistentVolumeClaimList", vec![]),
+            ),
+        ]
+    }
+
+    async fn scan_once(
+        grace_period: Duration,
+        previous: &[&str],
+        script: Vec<Step>,
+    ) -> (BTreeSet<String>, Metrics) {
+        let (client, handle) = pair();
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::register(&registry).expect("metrics");
+        let server = tokio::spawn(serve(handle, script));
+        let options = StrayOptions {
+            grace_period,
+            interval: Duration::from_secs(60),
+        };
+        let previous = previous.iter().map(|s| (*s).to_owned()).collect();
+        let found = tokio::time::timeout(
+            Duration::from_secs(5),
+            scan(&client, options, &previous, &metrics),
+        )
+        .await
+        .expect("no request beyond the script")
+        .expect("the scan succeeds");
+        drop(server.await.expect("every scripted request came"));
+        (found, metrics)
+    }
+
+    #[tokio::test]
+    async fn the_first_sighting_is_only_counted() {
+        let (found, metrics) = scan_once(Duration::from_secs(1), &[], lists()).await;
+        assert_eq!(found, BTreeSet::from([STRAY.to_owned()]));
+        assert_eq!(metrics.strays_found.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_second_sighting_deletes_with_preconditions() {
+        let mut script = lists();
+        script.push(
+            Step::new(
+                Method::DELETE,
+                format!("/apis/topolvm.io/v1/logicalvolumes/{STRAY}?"),
+                old(STRAY),
+            )
+            .checking(|body| {
+                assert_eq!(
+                    body["preconditions"],
+                    json!({"uid": "lv-uid", "resourceVersion": "9"}),
+                    "{body}"
+                );
+            }),
+        );
+        let (found, metrics) = scan_once(Duration::from_secs(1), &[STRAY], script).await;
+        assert_eq!(found.len(), 1);
+        assert_eq!(metrics.strays_found.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_zero_grace_period_never_deletes() {
+        // The volume is stray at once, and seen before; still nothing beyond the lists.
+        let (found, _) = scan_once(Duration::ZERO, &[STRAY], lists()).await;
+        assert_eq!(found.len(), 1);
+    }
+
     #[test]
     fn a_volume_being_deleted_is_left_to_its_deletion() {
         let mut deleting = old("pvc-3333");
