@@ -17,8 +17,8 @@
 //! [`node_capacity_patch`] compares the desired keys with the Node's current annotations.
 //!
 //! **Pods (the pod webhook, NODE-CONTROLLER.md B.6).** A pod's `capacity.topolvm.io/<class>`
-//! is the sum of the bytes its unbound TopoLVM claims ask for, per class
-//! ([`webhook_device_class`], [`webhook_claim_bytes`]).
+//! is the sum of the bytes its unbound TopoLVM claims and inline volumes ask for, per class
+//! ([`webhook_device_class`], [`webhook_claim_bytes`], [`webhook_inline_bytes`]).
 //!
 //! **Reading.** The readers parse the values with different Go functions, and a value that one
 //! accepts another may refuse; [`parse_go_uint`] and [`parse_go_int`] reproduce Go's rules:
@@ -36,7 +36,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::names::{
     DEFAULT_CAPACITY_ANNOTATION_KEY, DEFAULT_DEVICE_CLASS_ANNOTATION_NAME, DEVICE_CLASS_PARAMETER,
-    capacity_annotation_device_class, capacity_annotation_key,
+    INLINE_VOLUME_SIZE_ATTRIBUTE, capacity_annotation_device_class, capacity_annotation_key,
 };
 use crate::quantity::{QuantityError, quantity_bytes};
 use crate::size::DEFAULT_VOLUME_SIZE;
@@ -132,16 +132,36 @@ pub fn node_capacity_patch(
 }
 
 /// The class under which the pod webhook counts a claim of a StorageClass with these
-/// parameters: the `topolvm.io/device-class` parameter when the key is present, `00default`
-/// when it is absent. `None` when the parameter is present but empty: TopoLVM then skips the
-/// volume silently (and we keep its behaviour so pods are annotated alike).
-pub fn webhook_device_class(parameters: &BTreeMap<String, String>) -> Option<&str> {
+/// parameters: the `topolvm.io/device-class` parameter, and `00default` when it is absent **or
+/// empty**. An empty parameter means the default class to the CSI controller (CreateVolume
+/// makes the LV in the default class), so it must to the scheduler too; TopoLVM's webhook skips
+/// such volumes silently, and the pod is then placed without regard to their size.
+pub fn webhook_device_class(parameters: &BTreeMap<String, String>) -> &str {
     match parameters.get(DEVICE_CLASS_PARAMETER) {
-        None => Some(DEFAULT_DEVICE_CLASS_ANNOTATION_NAME),
-        Some(class) if class.is_empty() => None,
-        Some(class) => Some(class),
+        Some(class) if !class.is_empty() => class,
+        _ => DEFAULT_DEVICE_CLASS_ANNOTATION_NAME,
     }
 }
+
+/// The bytes the pod webhook counts for a CSI inline ephemeral volume of our driver: its
+/// volume attribute `size` (a quantity, read as topolvm-node reads it when it makes the LV),
+/// and [`DEFAULT_VOLUME_SIZE`] when there is none. A size topolvm-node would refuse (not a
+/// quantity, or 0) is an error: the pod could never start.
+pub fn webhook_inline_bytes(attributes: &BTreeMap<String, String>) -> Result<u64, InlineSizeError> {
+    match attributes.get(INLINE_VOLUME_SIZE_ATTRIBUTE) {
+        None => Ok(DEFAULT_VOLUME_SIZE),
+        Some(quantity) => match crate::quantity::parse_quantity_bytes(quantity) {
+            Ok(0) => Err(InlineSizeError(quantity.clone())),
+            Ok(bytes) => Ok(bytes),
+            Err(_) => Err(InlineSizeError(quantity.clone())),
+        },
+    }
+}
+
+/// The volume attribute `size` of an inline ephemeral volume is not a positive quantity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("volume attribute {INLINE_VOLUME_SIZE_ATTRIBUTE} {0:?} is not a positive quantity")]
+pub struct InlineSizeError(pub String);
 
 /// The bytes the pod webhook counts for a claim: its `spec.resources.requests.storage` as a
 /// byte count (a fraction of a byte rounds up, like Go's `Quantity.Value()`), and
@@ -357,6 +377,24 @@ mod tests {
         assert_eq!(without_name["capacity.topolvm.io/00default"], "999");
         let unknown_name = node_capacity_annotations(&watch, Some("gone"));
         assert_eq!(unknown_name["capacity.topolvm.io/00default"], "999");
+    }
+
+    /// An inline volume's `size` as topolvm-node reads it when it makes the LV
+    /// (topolvm-node/src/csi/ephemeral.rs): a quantity, 1 GiB when absent, refused when 0 or
+    /// not a quantity.
+    #[test]
+    fn inline_volume_sizes() {
+        let with = |size: &str| map(&[("size", size)]);
+        assert_eq!(webhook_inline_bytes(&BTreeMap::new()), Ok(GIB));
+        assert_eq!(webhook_inline_bytes(&with("200Mi")), Ok(200 << 20));
+        assert_eq!(webhook_inline_bytes(&with("1G")), Ok(1_000_000_000));
+        for bad in ["0", "lots", "-1Gi", ""] {
+            assert_eq!(
+                webhook_inline_bytes(&with(bad)),
+                Err(InlineSizeError(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
     }
 
     /// Go's `strconv` rules (pkg.go.dev/strconv: ParseUint takes no sign; base 10 allows no

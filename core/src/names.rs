@@ -41,6 +41,11 @@ pub const CAPACITY_RESOURCE: &str = "topolvm.io/capacity";
 /// StorageClass parameter that selects the device class.
 pub const DEVICE_CLASS_PARAMETER: &str = "topolvm.io/device-class";
 
+/// Volume attribute of a CSI inline ephemeral volume (a pod's `volumes[].csi` of our driver)
+/// with its size, a Kubernetes quantity; 1 GiB when absent. Its device class is the attribute
+/// [`DEVICE_CLASS_PARAMETER`].
+pub const INLINE_VOLUME_SIZE_ATTRIBUTE: &str = "size";
+
 /// StorageClass parameter that selects an lvcreate option class of lvmd's config.
 pub const LVCREATE_OPTION_CLASS_PARAMETER: &str = "topolvm.io/lvcreate-option-class";
 

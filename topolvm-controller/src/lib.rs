@@ -3,16 +3,26 @@
 //! socket (the sidecars elect their own leader) and the pod webhook; the reconcilers run only on
 //! the replica holding the leader election Lease.
 //!
-//! Built so far: start-up, flags, metrics (optionally secure), health and readiness (the
-//! CSIDriver object), the Identity service and leader election. See README.md for what is still
-//! to come.
+//! Modules: [`webhook`] (the pod mutating webhook), [`node_cleanup`] (after a deleted Node),
+//! [`pvc`] (legacy finalizers, the filesystem-resize nudge), [`stray`] (LogicalVolumes no PV or
+//! claim refers to), [`metrics`]. `run` wires them: the webhook next to the metrics server on
+//! every replica, the reconcilers in the leader-only block.
 #![forbid(unsafe_code)]
+
+pub mod metrics;
+pub mod node_cleanup;
+pub mod pvc;
+pub mod stray;
+#[cfg(test)]
+mod test_api;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use k8s_openapi::api::storage::v1::CSIDriver;
 use thiserror::Error;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use topolvm_core::csi_identity::IdentityService;
@@ -20,7 +30,13 @@ use topolvm_core::names::PLUGIN_NAME;
 use topolvm_core::size::MinimumAllocation;
 use topolvm_runtime::endpoints::Health;
 use topolvm_runtime::leader::{Candidate, Timing};
+use topolvm_runtime::tls::TlsFiles;
 use tracing::{error, info};
+
+use crate::metrics::Metrics;
+
+/// controller-runtime's certificate directory when `--cert-dir` is empty.
+pub const DEFAULT_CERT_DIR: &str = "/tmp/k8s-webhook-server/serving-certs";
 
 /// How the Lease is named and timed (`--leader-election-*`).
 #[derive(Debug, Clone)]
@@ -46,6 +62,8 @@ pub struct Options {
     pub leader_election: Option<LeaderElection>,
     pub skip_node_finalize: bool,
     pub minimum_allocation: MinimumAllocation,
+    /// The scan for stray LogicalVolumes (`--stray-volume-*`).
+    pub stray: stray::StrayOptions,
 }
 
 /// Why topolvm-controller stopped with an error.
@@ -109,6 +127,12 @@ pub async fn run(
     let metrics_listener = topolvm_runtime::http::bind(&options.metrics_bind_address).await?;
     let health_listener = topolvm_runtime::http::bind(&options.health_probe_bind_address).await?;
     let csi_listener = topolvm_runtime::unix::bind(&options.csi_socket).await?;
+    let webhook_listener = if options.enable_webhooks {
+        Some(topolvm_runtime::http::bind(&options.webhook_addr).await?)
+    } else {
+        None
+    };
+    let controller_metrics = Metrics::register(&registry)?;
     let candidate = match &options.leader_election {
         Some(election) => Some(Candidate::new(
             client.clone(),
@@ -147,17 +171,26 @@ pub async fn run(
         result
     };
 
-    // Leader-only work.
+    // Leader-only work: the reconcilers.
+    let reconcilers = Reconcilers {
+        client: client.clone(),
+        metrics: controller_metrics.clone(),
+        skip_node_finalize: options.skip_node_finalize,
+        stray: options.stray,
+    };
     let leader_shutdown = shutdown.clone();
     let leading = async move {
         let Some(candidate) = candidate else {
-            leader_shutdown.cancelled().await;
+            info!("leader election off: running the reconcilers");
+            reconcilers.run(leader_shutdown.clone()).await;
             return Ok(());
         };
         let Some(leadership) = candidate.acquire(leader_shutdown.clone()).await else {
             return Ok(());
         };
         let lost = leadership.lost();
+        let stop = leader_shutdown.child_token();
+        let running = tokio::spawn(reconcilers.clone().run(stop.clone()));
         tokio::select! {
             _ = leader_shutdown.cancelled() => {}
             _ = lost.cancelled() => {
@@ -165,7 +198,33 @@ pub async fn run(
                 leader_shutdown.cancel();
             }
         }
+        stop.cancel();
+        let _ = running.await;
         leadership.finished().await
+    };
+
+    // The webhook, on every replica: it is stateless.
+    let webhook = {
+        let shutdown = shutdown.clone();
+        // Only a served webhook has a readiness check: `--enable-webhooks=false` must not leave
+        // /readyz failing for good.
+        let ready = webhook_listener
+            .as_ref()
+            .map(|_| health.readiness("webhook"));
+        let app = webhook::routes(webhook::ApiLookup(client.clone()), controller_metrics);
+        let cert_dir = webhook_cert_dir(&options.cert_dir);
+        async move {
+            let Some(listener) = webhook_listener else {
+                return Ok(());
+            };
+            let Some(tls) = webhook_tls(&cert_dir, &shutdown).await else {
+                return Ok(());
+            };
+            if let Some(ready) = &ready {
+                ready.set_ready(true);
+            }
+            topolvm_runtime::http::serve(listener, Some(tls), app, shutdown).await
+        }
     };
 
     info!(csi_socket = %options.csi_socket.display(), "topolvm-controller started");
@@ -179,7 +238,8 @@ pub async fn run(
         topolvm_runtime::http::serve(metrics_listener, metrics_tls, metrics_app, shutdown.clone());
     let probes =
         topolvm_runtime::http::serve(health_listener, None, health.routes(), shutdown.clone());
-    let (metrics, probes, csi, leading) = tokio::join!(metrics, probes, csi, leading);
+    let (metrics, probes, csi, leading, webhook) =
+        tokio::join!(metrics, probes, csi, leading, webhook);
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
@@ -188,5 +248,75 @@ pub async fn run(
     probes?;
     csi?;
     leading?;
+    webhook?;
     Ok(())
+}
+
+/// The leader-only work.
+#[derive(Clone)]
+struct Reconcilers {
+    client: kube::Client,
+    metrics: Metrics,
+    skip_node_finalize: bool,
+    stray: stray::StrayOptions,
+}
+
+impl Reconcilers {
+    /// Runs the node clean-up, the claim reconciler and the stray scan until `stop`; the leader
+    /// gauge is 1 meanwhile.
+    async fn run(self, stop: CancellationToken) {
+        self.metrics.leader.set(1);
+        let nodes = node_cleanup::run(
+            Arc::new(node_cleanup::Context {
+                client: self.client.clone(),
+                skip_node_finalize: self.skip_node_finalize,
+                metrics: self.metrics.clone(),
+            }),
+            stop.clone(),
+        );
+        let claims = pvc::run(
+            Arc::new(pvc::Context {
+                client: self.client.clone(),
+                metrics: self.metrics.clone(),
+            }),
+            stop.clone(),
+        );
+        let strays = stray::run(self.client.clone(), self.stray, self.metrics.clone(), stop);
+        tokio::join!(nodes, claims, strays);
+        self.metrics.leader.set(0);
+    }
+}
+
+/// `--cert-dir`, or controller-runtime's default when empty.
+fn webhook_cert_dir(flag: &str) -> PathBuf {
+    if flag.is_empty() {
+        PathBuf::from(DEFAULT_CERT_DIR)
+    } else {
+        PathBuf::from(flag)
+    }
+}
+
+/// The webhook's TLS acceptor on `tls.crt` and `tls.key` of `dir` (re-read when they change).
+/// While they cannot be loaded (a Secret not mounted yet), it logs and tries again, and the
+/// webhook's readiness stays false. `None` on shutdown.
+async fn webhook_tls(dir: &std::path::Path, shutdown: &CancellationToken) -> Option<TlsAcceptor> {
+    let files = TlsFiles {
+        cert_file: dir.join("tls.crt"),
+        key_file: dir.join("tls.key"),
+    };
+    let mut logged = false;
+    loop {
+        match topolvm_runtime::tls::acceptor(&files) {
+            Ok(acceptor) => return Some(acceptor),
+            Err(e) if !logged => {
+                error!(error = %e, dir = %dir.display(), "cannot load the webhook's certificate; retrying (the webhook is not ready)");
+                logged = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
 }

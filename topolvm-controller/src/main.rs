@@ -53,6 +53,14 @@ struct Args {
     /// Do not clean up after deleted Nodes (their PVCs and LogicalVolumes).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     skip_node_finalize: bool,
+    /// How long a LogicalVolume without PersistentVolume and claim may exist before it is
+    /// deleted as stray (it is counted in topolvm_controller_stray_logicalvolumes at once);
+    /// 0s: count only, never delete. Not a TopoLVM flag.
+    #[arg(long, default_value = "10m", value_parser = parse_go_duration)]
+    stray_volume_grace_period: Duration,
+    /// Time between two scans for stray LogicalVolumes. Not a TopoLVM flag.
+    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
+    stray_volume_scan_interval: Duration,
     /// Smallest raw block volume (a Kubernetes quantity).
     #[arg(long, default_value = "8Mi", value_parser = parse_quantity_bytes)]
     minimum_allocation_block: u64,
@@ -125,6 +133,10 @@ async fn main() -> anyhow::Result<()> {
             }),
         skip_node_finalize: args.skip_node_finalize,
         minimum_allocation,
+        stray: topolvm_controller::stray::StrayOptions {
+            grace_period: args.stray_volume_grace_period,
+            interval: args.stray_volume_scan_interval,
+        },
     };
     topolvm_controller::run(options, client, shutdown).await?;
     Ok(())

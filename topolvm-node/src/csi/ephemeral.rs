@@ -25,7 +25,7 @@ pub const EPHEMERAL_KEY: &str = "csi.storage.k8s.io/ephemeral";
 /// The volume-context key of the pod's UID (podInfoOnMount).
 pub const POD_UID_KEY: &str = "csi.storage.k8s.io/pod.uid";
 /// The volume attribute giving an inline volume's size (a Kubernetes quantity).
-pub const SIZE_ATTRIBUTE: &str = "size";
+pub const SIZE_ATTRIBUTE: &str = topolvm_core::names::INLINE_VOLUME_SIZE_ATTRIBUTE;
 
 /// What an inline ephemeral volume should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
