@@ -4,9 +4,11 @@
 //! the replica holding the leader election Lease.
 //!
 //! Built so far: start-up, flags, metrics (optionally secure), health and readiness (the
-//! CSIDriver object), the Identity service and leader election. See README.md for what is still
+//! CSIDriver object), the Identity and Controller services ([`csi`]) and leader election. See README.md for what is still
 //! to come.
 #![forbid(unsafe_code)]
+
+pub mod csi;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -133,9 +135,17 @@ pub async fn run(
         let ready = csi_driver_ready.clone();
         Arc::new(move || ready.is_ready())
     };
+    let controller = csi::start(
+        client.clone(),
+        options.minimum_allocation.clone(),
+        &registry,
+        &tasks,
+        &shutdown,
+    )?;
     let routes = tonic::service::Routes::new(
         IdentityService::new(env!("CARGO_PKG_VERSION"), probe_ready).server(),
-    );
+    )
+    .add_service(controller.server());
     let csi_socket = options.csi_socket.clone();
     let csi_shutdown = shutdown.clone();
     let csi = async move {
