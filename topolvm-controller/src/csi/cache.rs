@@ -242,6 +242,17 @@ impl Cache {
         self.bump();
     }
 
+    /// Fills the cache as a finished first listing would.
+    #[cfg(test)]
+    pub fn loaded(&self, nodes: HashMap<String, NodeRecord>, volumes: &[LogicalVolume]) {
+        let mut listed = Volumes::default();
+        for lv in volumes {
+            listed.insert(VolumeRecord::of(lv));
+        }
+        self.replace_volumes(listed);
+        self.replace_nodes(nodes);
+    }
+
     /// Follows LogicalVolumes until `shutdown`.
     pub async fn follow_volumes(
         self: Arc<Self>,

@@ -72,6 +72,11 @@ pub fn create_size(
     minimum: &MinimumAllocation,
 ) -> Result<u64, Error> {
     let (required, limit) = range.map_or((0, 0), |r| (r.required_bytes, r.limit_bytes));
+    // TopoLVM raises the request to the minimum first, which hides a negative one; the CSI
+    // spec makes it invalid either way.
+    if required < 0 {
+        return Err(size::SizeError::NegativeRequired(required).into());
+    }
     Ok(size::create_volume_size(
         required,
         limit,

@@ -94,7 +94,7 @@ pub fn deadline_of<T>(request: &Request<T>) -> Option<Instant> {
 }
 
 /// gRPC's `TimeoutValue TimeoutUnit`: up to 8 digits and one of H M S m u n.
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+pub(super) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
