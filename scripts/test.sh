@@ -17,7 +17,7 @@ scripts/setup.sh
 
 echo "== style: rustfmt and clippy"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e,topolvm-scheduler/e2e,topolvm-node/e2e,topolvm-node/vm-tier,topolvm-runtime/e2e --quiet -- -D warnings
+cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e,topolvm-scheduler/e2e,topolvm-node/e2e,topolvm-node/vm-tier,topolvm-runtime/e2e,topolvm-controller/e2e --quiet -- -D warnings
 
 echo "== unit tier"
 cargo test --workspace --quiet
@@ -33,6 +33,9 @@ cargo test -p topolvm-runtime --features e2e --quiet --test leader
 # topolvm-node against the control plane and a real lvmd on loop devices (starts target/debug/lvmd).
 cargo build -p lvmd --bin lvmd --quiet
 cargo test -p topolvm-node --features e2e --quiet --test capacity --test secure_metrics --test reconciler
+# topolvm-controller's CSI service with the real topolvm-node and lvmd (starts target/debug/{lvmd,topolvm-node}).
+cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node --quiet
+cargo test -p topolvm-controller --features e2e --quiet --test csi
 
 if [[ -n ${TOPOLVM_SKIP_VM:-} ]]; then
     echo "== VM tier skipped (TOPOLVM_SKIP_VM)"

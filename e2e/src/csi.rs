@@ -850,16 +850,23 @@ mod sidecar_tests {
             node("cp", None),
             node("w2", Some("w2")),
         ];
-        let req = Sidecars::create_volume_request(&pvc, &class, "w2", &nodes).unwrap();
+        let req =
+            Sidecars::create_volume_request(&pvc, &class, "w2", &nodes).expect("test fixture");
         assert_eq!(req.name, "pvc-1234-abcd");
         assert_eq!(
             req.parameters,
             HashMap::from([("topolvm.io/device-class".to_owned(), "ssd".to_owned())])
         );
-        assert_eq!(req.capacity_range.unwrap().required_bytes, 1610612736);
+        assert_eq!(
+            req.capacity_range.expect("test fixture").required_bytes,
+            1610612736
+        );
         assert_eq!(req.volume_capabilities.len(), 1);
         let cap = &req.volume_capabilities[0];
-        assert_eq!(cap.access_mode.unwrap().mode, Mode::SingleNodeWriter as i32);
+        assert_eq!(
+            cap.access_mode.expect("test fixture").mode,
+            Mode::SingleNodeWriter as i32
+        );
         match &cap.access_type {
             Some(AccessType::Mount(m)) => {
                 assert_eq!(m.fs_type, "xfs");
@@ -873,14 +880,14 @@ mod sidecar_tests {
                 .map(|t| t.segments[topolvm_core::names::TOPOLOGY_NODE_KEY].clone())
                 .collect()
         };
-        let topology = req.accessibility_requirements.unwrap();
+        let topology = req.accessibility_requirements.expect("test fixture");
         assert_eq!(names(&topology.requisite), ["w1", "w2", "w3"]);
         assert_eq!(names(&topology.preferred), ["w2", "w3", "w1"]);
 
         let mut bad = class.clone();
         bad.parameters
             .as_mut()
-            .unwrap()
+            .expect("test fixture")
             .insert("csi.storage.k8s.io/unknown".to_owned(), "x".to_owned());
         assert!(Sidecars::create_volume_request(&pvc, &bad, "w2", &nodes).is_err());
         // GetCapacity keeps the raw parameters.

@@ -322,7 +322,52 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
         Code::AlreadyExists
     );
 
-    // 3. Out of space on the node: lvmd's RESOURCE_EXHAUSTED reaches the provisioner (it
+    // 3. Snapshots of a thick class need device-mapper, absent here: either lvmd makes one
+    // (then it is deleted again) or the refusal comes back and no object stays.
+    let snap_request =
+        Sidecars::create_snapshot_request("0001", &volume.volume_id, &BTreeMap::new());
+    match sidecars.create_snapshot(snap_request.clone()).await {
+        Ok(snapshot) => {
+            println!("thick snapshot made on the host: {}", snapshot.snapshot_id);
+            assert_eq!(snapshot.source_volume_id, volume.volume_id);
+            assert!(lv_sizes(&env, &vg).contains_key(&snapshot.snapshot_id));
+            sidecars
+                .delete_snapshot(&snapshot.snapshot_id)
+                .await
+                .expect("DeleteSnapshot");
+            assert!(!lv_sizes(&env, &vg).contains_key(&snapshot.snapshot_id));
+        }
+        Err(status) => {
+            println!(
+                "thick snapshot refused on the host: {:?} {}",
+                status.code(),
+                status.message()
+            );
+        }
+    }
+    eventually("no snapshot object left", WAIT, || async {
+        lvs_api
+            .get_opt(&snap_request.name)
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        code(
+            sidecars
+                .create_snapshot(Sidecars::create_snapshot_request(
+                    "0002",
+                    "no-such-volume",
+                    &BTreeMap::new()
+                ))
+                .await
+        ),
+        Code::NotFound
+    );
+
+    // 4. Out of space on the node: lvmd's RESOURCE_EXHAUSTED reaches the provisioner (it
     // reschedules) and nothing is left behind.
     let huge = make_pvc(&admin, "huge", "topolvm-ssd", "1Gi").await;
     let huge_request =
@@ -342,7 +387,7 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
     .await;
     assert_eq!(lv_sizes(&env, &vg).len(), 1);
 
-    // 4. A device class the node lacks: RESOURCE_EXHAUSTED too (issue 909), nothing left.
+    // 5. A device class the node lacks: RESOURCE_EXHAUSTED too (issue 909), nothing left.
     let other_class = make_pvc(&admin, "other-class", "topolvm-hdd", "16Mi").await;
     let other_request =
         Sidecars::create_volume_request(&other_class, &missing, NODE, &all_nodes).expect("request");
@@ -360,7 +405,7 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
     })
     .await;
 
-    // 5. Expand: the LV grows; too much is RESOURCE_EXHAUSTED; a smaller retry then succeeds
+    // 6. Expand: the LV grows; too much is RESOURCE_EXHAUSTED; a smaller retry then succeeds
     // without the earlier error.
     let pv = PersistentVolume::filesystem(&name, &volume.volume_id, "ext4");
     let grown = sidecars
@@ -387,7 +432,7 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
         Some(&(64 * MIB))
     );
 
-    // 6. ValidateVolumeCapabilities confirms only what we support.
+    // 7. ValidateVolumeCapabilities confirms only what we support.
     let validate = |mode: Mode| csi::ValidateVolumeCapabilitiesRequest {
         volume_id: volume.volume_id.clone(),
         volume_capabilities: vec![csi::VolumeCapability {
@@ -417,48 +462,6 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
             sidecars
                 .controller()
                 .validate_volume_capabilities(unknown)
-                .await
-        ),
-        Code::NotFound
-    );
-
-    // 7. Snapshots of a thick class need device-mapper, absent here: either lvmd makes one
-    // (then it is deleted again) or the refusal comes back and no object stays.
-    let snap_request =
-        Sidecars::create_snapshot_request("0001", &volume.volume_id, &BTreeMap::new());
-    match sidecars.create_snapshot(snap_request.clone()).await {
-        Ok(snapshot) => {
-            println!("thick snapshot made on the host: {}", snapshot.snapshot_id);
-            sidecars
-                .delete_snapshot(&snapshot.snapshot_id)
-                .await
-                .expect("DeleteSnapshot");
-        }
-        Err(status) => {
-            println!(
-                "thick snapshot refused on the host: {:?} {}",
-                status.code(),
-                status.message()
-            );
-        }
-    }
-    eventually("no snapshot object left", WAIT, || async {
-        lvs_api
-            .get_opt(&snap_request.name)
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    assert_eq!(
-        code(
-            sidecars
-                .create_snapshot(Sidecars::create_snapshot_request(
-                    "0002",
-                    "no-such-volume",
-                    &BTreeMap::new()
-                ))
                 .await
         ),
         Code::NotFound

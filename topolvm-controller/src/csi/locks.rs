@@ -79,7 +79,7 @@ mod tests {
             "the second holder of a key must wait"
         );
         drop(first);
-        waiter.await.unwrap();
+        waiter.await.expect("test fixture");
         assert_eq!(locks.len(), 0);
     }
 }

@@ -37,7 +37,7 @@ struct Api {
 
 impl Api {
     fn seen(&self) -> Vec<(Method, String, Value)> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().expect("test fixture").clone()
     }
 }
 
@@ -49,16 +49,25 @@ fn mock(script: Script) -> (kube::Client, Api) {
         while let Some((request, respond)) = handle.next_request().await {
             let method = request.method().clone();
             let path = request.uri().path().to_owned();
-            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let bytes = request
+                .into_body()
+                .collect_bytes()
+                .await
+                .expect("test fixture");
             let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let (status, answer) = script(&method, &path, &body);
-            record.lock().unwrap().push((method, path, body));
+            record
+                .lock()
+                .expect("test fixture")
+                .push((method, path, body));
             respond.send_response(
                 Response::builder()
                     .status(status)
                     .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
+                    .body(Body::from(
+                        serde_json::to_vec(&answer).expect("test fixture"),
+                    ))
+                    .expect("test fixture"),
             );
         }
     });
@@ -105,7 +114,7 @@ fn service(
     let service = ControllerService::new(
         Volumes::new(client, cache.clone()),
         MinimumAllocation::default(),
-        Metrics::new(&registry).unwrap(),
+        Metrics::new(&registry).expect("test fixture"),
     );
     (service, cache, api)
 }
@@ -171,7 +180,7 @@ fn lv(name: &str, uid: &str, node: &str, size: &str) -> LogicalVolume {
 fn ready(mut lv: LogicalVolume) -> LogicalVolume {
     let size = lv.spec.size.clone();
     lv.status = Some(LogicalVolumeStatus {
-        volume_id: lv.metadata.uid.clone().unwrap(),
+        volume_id: lv.metadata.uid.clone().expect("test fixture"),
         current_size: Some(size),
         ..Default::default()
     });
@@ -189,7 +198,7 @@ fn with_timeout<T>(message: T, timeout: &str) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
-        .insert("grpc-timeout", timeout.parse().unwrap());
+        .insert("grpc-timeout", timeout.parse().expect("test fixture"));
     request
 }
 
@@ -449,13 +458,13 @@ async fn capabilities_are_topolvms() {
     let caps = svc
         .controller_get_capabilities(tonic::Request::new(Default::default()))
         .await
-        .unwrap()
+        .expect("test fixture")
         .into_inner()
         .capabilities;
     let types: Vec<rpc::Type> = caps
         .iter()
         .map(|c| match c.r#type {
-            Some(Type::Rpc(r)) => rpc::Type::try_from(r.r#type).unwrap(),
+            Some(Type::Rpc(r)) => rpc::Type::try_from(r.r#type).expect("test fixture"),
             None => panic!("empty capability"),
         })
         .collect();
@@ -477,7 +486,7 @@ fn sizes_follow_minimum_allocation_and_rounding() {
     let min = MinimumAllocation::default();
     let rwo = Mode::SingleNodeWriter;
     let size = |caps: &[csi::VolumeCapability], r: Option<csi::CapacityRange>| {
-        let access = request::check_create_capabilities(caps).unwrap();
+        let access = request::check_create_capabilities(caps).expect("test fixture");
         request::create_size(r.as_ref(), access, &min).map_err(|e| status_of(&e).code())
     };
     // ext4 with no request: the minimum, 32Mi, not the 1Gi default (TopoLVM's documented quirk).
@@ -500,7 +509,10 @@ fn sizes_follow_minimum_allocation_and_rounding() {
         size(&[mount("xfs", rwo)], range(0, 100 * MIB as i64)),
         Err(Code::InvalidArgument)
     );
-    assert_eq!(request::expand_size(range(0, 0).as_ref()).unwrap(), 1 << 30);
+    assert_eq!(
+        request::expand_size(range(0, 0).as_ref()).expect("test fixture"),
+        1 << 30
+    );
 }
 
 #[test]
@@ -611,7 +623,7 @@ async fn create_is_idempotent_by_name_and_refuses_incompatible_repeats() {
         Box::new(move |method, path, _| {
             assert_eq!(method, Method::GET, "{path}");
             assert_eq!(path, "/apis/topolvm.io/v1/logicalvolumes/pvc-abc");
-            (200, serde_json::to_value(&answer).unwrap())
+            (200, serde_json::to_value(&answer).expect("test fixture"))
         }),
         &[(
             "n1",
@@ -628,10 +640,10 @@ async fn create_is_idempotent_by_name_and_refuses_incompatible_repeats() {
     let volume = svc
         .create_volume(tonic::Request::new(req))
         .await
-        .unwrap()
+        .expect("test fixture")
         .into_inner()
         .volume
-        .unwrap();
+        .expect("test fixture");
     assert_eq!(volume.volume_id, "uid-1");
     assert_eq!(volume.capacity_bytes, GIB);
     assert_eq!(volume.accessible_topology, vec![segment("n1")]);
@@ -691,14 +703,20 @@ async fn create_makes_a_labelled_object_and_answers_when_the_node_does() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     cache.apply_volume(&ready(node_side));
-    let volume = call.await.unwrap().unwrap().into_inner().volume.unwrap();
+    let volume = call
+        .await
+        .expect("test fixture")
+        .expect("test fixture")
+        .into_inner()
+        .volume
+        .expect("test fixture");
     assert_eq!(volume.volume_id, "uid-9");
     assert_eq!(volume.accessible_topology, vec![segment("n2")]);
     let posted = api
         .seen()
         .into_iter()
         .find(|(m, _, _)| m == Method::POST)
-        .unwrap()
+        .expect("test fixture")
         .2;
     assert_eq!(posted["metadata"]["name"], "pvc-new");
     assert_eq!(posted["metadata"]["labels"]["topolvm.io/node"], "n2");
@@ -715,8 +733,8 @@ async fn a_refusal_returns_the_nodes_code_and_deletes_the_object() {
     let answer = refused.clone();
     let (svc, _, api) = service(
         Box::new(move |method, _, _| match *method {
-            Method::GET => (200, serde_json::to_value(&answer).unwrap()),
-            Method::DELETE => (200, serde_json::to_value(&answer).unwrap()),
+            Method::GET => (200, serde_json::to_value(&answer).expect("test fixture")),
+            Method::DELETE => (200, serde_json::to_value(&answer).expect("test fixture")),
             _ => panic!("unexpected {method}"),
         }),
         &[],
@@ -749,7 +767,7 @@ async fn the_grpc_deadline_ends_the_wait_and_keeps_the_object() {
     let answer = pending.clone();
     let (svc, _, api) = service(
         Box::new(move |method, _, _| match *method {
-            Method::GET => (200, serde_json::to_value(&answer).unwrap()),
+            Method::GET => (200, serde_json::to_value(&answer).expect("test fixture")),
             _ => panic!("unexpected {method}"),
         }),
         &[],
@@ -791,7 +809,7 @@ async fn delete_with_the_node_gone_removes_the_finalizer_itself() {
         Box::new(move |method, path, _| match (method.clone(), path) {
             (Method::GET, "/api/v1/nodes/gone") => not_found(),
             (Method::GET, _) | (Method::PATCH, _) | (Method::DELETE, _) => {
-                (200, serde_json::to_value(&answer).unwrap())
+                (200, serde_json::to_value(&answer).expect("test fixture"))
             }
             _ => panic!("unexpected {method} {path}"),
         }),
@@ -815,7 +833,7 @@ async fn delete_with_the_node_gone_removes_the_finalizer_itself() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     cache.delete_volume("pvc-o");
-    call.await.unwrap().unwrap();
+    call.await.expect("test fixture").expect("test fixture");
     let patch = api
         .seen()
         .into_iter()
@@ -845,7 +863,7 @@ async fn delete_with_the_node_gone_removes_the_finalizer_itself() {
         ..Default::default()
     }))
     .await
-    .unwrap();
+    .expect("test fixture");
 }
 
 /// An earlier failed resize leaves `status.code` set: it is cleared before `spec.size` is
@@ -860,14 +878,14 @@ async fn expand_never_returns_the_code_of_an_earlier_attempt() {
     let raised = {
         let mut lv = stale.clone();
         lv.spec.size = Quantity("2Gi".to_owned());
-        lv.status.as_mut().unwrap().code = 0;
+        lv.status.as_mut().expect("test fixture").code = 0;
         lv.metadata.generation = Some(3);
         lv
     };
     let answer = raised.clone();
     let (svc, cache, api) = service(
         Box::new(move |method, _, _| match *method {
-            Method::PATCH => (200, serde_json::to_value(&answer).unwrap()),
+            Method::PATCH => (200, serde_json::to_value(&answer).expect("test fixture")),
             _ => panic!("unexpected {method}"),
         }),
         &[("n1", node(&[]))],
@@ -896,9 +914,13 @@ async fn expand_never_returns_the_code_of_an_earlier_attempt() {
         "answered from the earlier attempt's failure"
     );
     let mut grown = raised.clone();
-    grown.status.as_mut().unwrap().current_size = Some(Quantity("2Gi".to_owned()));
+    grown.status.as_mut().expect("test fixture").current_size = Some(Quantity("2Gi".to_owned()));
     cache.apply_volume(&grown);
-    let answer = call.await.unwrap().unwrap().into_inner();
+    let answer = call
+        .await
+        .expect("test fixture")
+        .expect("test fixture")
+        .into_inner();
     assert_eq!(answer.capacity_bytes, 2 * GIB);
     assert!(answer.node_expansion_required);
     let seen = api.seen();
@@ -908,7 +930,7 @@ async fn expand_never_returns_the_code_of_an_earlier_attempt() {
     assert_eq!(seen[1].2["spec"]["size"], "2Gi");
     let at = seen[1].2["metadata"]["annotations"]["topolvm.io/resize-requested-at"]
         .as_str()
-        .unwrap();
+        .expect("test fixture");
     assert!(at.ends_with(" +0000 UTC"), "{at}");
     // Already big enough: no write, and no node expansion for block.
     let (svc, _, _) = service(no_api(), &[], &[ready(lv("pvc-f", "uid-f", "n1", "1Gi"))]);
@@ -920,7 +942,7 @@ async fn expand_never_returns_the_code_of_an_earlier_attempt() {
             ..Default::default()
         }))
         .await
-        .unwrap()
+        .expect("test fixture")
         .into_inner();
     assert_eq!(answer.capacity_bytes, GIB);
     assert!(!answer.node_expansion_required);
@@ -942,7 +964,7 @@ async fn validate_confirms_only_what_is_supported() {
                 },
             ))
             .await
-            .unwrap()
+            .expect("test fixture")
             .into_inner()
         }
     };
@@ -951,7 +973,13 @@ async fn validate_confirms_only_what_is_supported() {
         block(Mode::SingleNodeWriter),
     ])
     .await;
-    assert_eq!(ok.confirmed.unwrap().volume_capabilities.len(), 2);
+    assert_eq!(
+        ok.confirmed
+            .expect("test fixture")
+            .volume_capabilities
+            .len(),
+        2
+    );
     let no = ask(vec![mount("xfs", Mode::MultiNodeMultiWriter)]).await;
     assert!(no.confirmed.is_none());
     assert!(
@@ -979,10 +1007,13 @@ fn refusals_keep_the_nodes_code() {
 
 #[test]
 fn object_names() {
-    assert_eq!(request::object_name("PVC-0A", "name").unwrap(), "pvc-0a");
+    assert_eq!(
+        request::object_name("PVC-0A", "name").expect("test fixture"),
+        "pvc-0a"
+    );
     let long = format!("a{}", "B".repeat(127));
     assert_eq!(
-        request::object_name(&long, "name").unwrap(),
+        request::object_name(&long, "name").expect("test fixture"),
         long.to_lowercase()
     );
     assert!(request::object_name("-x", "name").is_err());
