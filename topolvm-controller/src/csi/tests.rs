@@ -1031,3 +1031,155 @@ fn grpc_timeouts() {
     assert_eq!(parse_grpc_timeout("5x"), None);
     let _ = BTreeMap::<(), ()>::new();
 }
+
+fn from_volume(id: &str) -> Option<csi::VolumeContentSource> {
+    Some(csi::VolumeContentSource {
+        r#type: Some(csi::volume_content_source::Type::Volume(
+            csi::volume_content_source::VolumeSource {
+                volume_id: id.to_owned(),
+            },
+        )),
+    })
+}
+
+/// Clones and restores (NODE-CONTROLLER.md B.2 step 5): the source decides the node; a
+/// smaller size is OUT_OF_RANGE (CSI spec: unsupported capacity), another device class or a
+/// node the requirements exclude INVALID_ARGUMENT, a missing source NOT_FOUND.
+#[tokio::test]
+async fn content_sources_pin_the_node_and_are_checked() {
+    let mut source = ready(lv("pvc-src", "uid-src", "n1", "2Gi"));
+    source.spec.device_class = "ssd".to_owned();
+    let (svc, cache, api) = service(
+        Box::new(|method, path, body| match (method.clone(), path) {
+            (Method::GET, "/apis/topolvm.io/v1/logicalvolumes") => (
+                200,
+                json!({"apiVersion": "topolvm.io/v1", "kind": "LogicalVolumeList", "metadata": {}, "items": []}),
+            ),
+            (Method::GET, _) => not_found(),
+            (Method::POST, _) => {
+                let mut created = body.clone();
+                created["metadata"]["uid"] = json!("uid-clone");
+                (201, created)
+            }
+            _ => panic!("unexpected {method} {path}"),
+        }),
+        &[],
+        &[source],
+    );
+    let ssd = HashMap::from([("topolvm.io/device-class".to_owned(), "ssd".to_owned())]);
+    let clone = |size: i64, id: &str, params: &HashMap<String, String>, node: Option<&str>| {
+        csi::CreateVolumeRequest {
+            parameters: params.clone(),
+            volume_content_source: from_volume(id),
+            accessibility_requirements: node.map(|n| csi::TopologyRequirement {
+                requisite: vec![segment(n)],
+                preferred: vec![],
+            }),
+            ..create(
+                "pvc-clone",
+                vec![block(Mode::SingleNodeWriter)],
+                range(size, 0),
+            )
+        }
+    };
+    for (what, req, want) in [
+        (
+            "missing source",
+            clone(2 * GIB, "uid-nope", &ssd, None),
+            Code::NotFound,
+        ),
+        (
+            "smaller than the source",
+            clone(GIB, "uid-src", &ssd, None),
+            Code::OutOfRange,
+        ),
+        (
+            "other device class",
+            clone(2 * GIB, "uid-src", &HashMap::new(), None),
+            Code::InvalidArgument,
+        ),
+        (
+            "node excluded",
+            clone(2 * GIB, "uid-src", &ssd, Some("n2")),
+            Code::InvalidArgument,
+        ),
+    ] {
+        assert_eq!(
+            code_of(svc.create_volume(tonic::Request::new(req)).await).await,
+            want,
+            "{what}"
+        );
+    }
+    let call = tokio::spawn({
+        let svc = svc.clone();
+        let req = clone(2 * GIB, "uid-src", &ssd, Some("n1"));
+        async move { svc.create_volume(tonic::Request::new(req)).await }
+    });
+    while !api.seen().iter().any(|(m, _, _)| m == Method::POST) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut made = ready(lv("pvc-clone", "uid-clone", "n1", "2Gi"));
+    made.spec.source = "pvc-src".to_owned();
+    cache.apply_volume(&made);
+    let volume = call
+        .await
+        .expect("test fixture")
+        .expect("test fixture")
+        .into_inner()
+        .volume
+        .expect("test fixture");
+    // The provisioner fails a clone whose answer does not echo the source.
+    assert_eq!(volume.content_source, from_volume("uid-src"));
+    let posted = api
+        .seen()
+        .into_iter()
+        .find(|(m, _, _)| m == Method::POST)
+        .expect("test fixture")
+        .2;
+    assert_eq!(posted["spec"]["source"], "pvc-src");
+    assert_eq!(posted["spec"]["accessType"], "rw");
+    assert_eq!(posted["spec"]["nodeName"], "n1");
+}
+
+/// `topolvm_controller_csi_requests_total{method,code}` counts every call by its code.
+#[tokio::test]
+async fn requests_are_counted_by_method_and_code() {
+    let (client, _) = mock(no_api());
+    let registry = prometheus::Registry::new();
+    let svc = ControllerService::new(
+        Volumes::new(client, Arc::new(Cache::default())),
+        MinimumAllocation::default(),
+        Metrics::new(&registry).expect("test fixture"),
+    );
+    let _ = svc
+        .delete_volume(tonic::Request::new(csi::DeleteVolumeRequest::default()))
+        .await;
+    let _ = svc
+        .controller_get_capabilities(tonic::Request::new(Default::default()))
+        .await;
+    let text = {
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(
+            &prometheus::TextEncoder::new(),
+            &registry.gather(),
+            &mut out,
+        )
+        .expect("test fixture");
+        String::from_utf8(out).expect("test fixture")
+    };
+    assert!(
+        text.contains(
+            r#"topolvm_controller_csi_requests_total{code="InvalidArgument",method="DeleteVolume"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"topolvm_controller_csi_requests_total{code="Ok",method="ControllerGetCapabilities"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(
+        "topolvm_controller_csi_request_duration_seconds_count{method=\"DeleteVolume\"} 1"
+    ));
+}

@@ -312,9 +312,14 @@ impl Volumes {
     /// Grows the LogicalVolume of `record` to `size` and waits for the node agent.
     ///
     /// A failure code left by an earlier attempt is cleared before `spec.size` is raised, and
-    /// only records of the new generation count, so an earlier failure is never reported for
-    /// this attempt. One race remains: a ResizeLV the node started for the previous
-    /// `spec.size` that fails after the clear records its failure on the new generation.
+    /// only records of the new generation (spec changes raise `metadata.generation`, status
+    /// writes do not) count, so an earlier failure is never reported for this attempt.
+    ///
+    /// The race left by that alone: the node is still retrying the previous size (it retries a
+    /// failed resize, and our clear wakes it too) and writes that failure after our spec
+    /// change. Our topolvm-node closes it by writing a resize failure only onto the version
+    /// it read (`resourceVersion` in the patch; the API server answers 409 otherwise). Behind
+    /// TopoLVM's own node, which writes unconditionally, the race remains.
     pub async fn expand(
         &self,
         record: &VolumeRecord,
