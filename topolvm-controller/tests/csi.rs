@@ -541,3 +541,117 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
     node_agent.assert_running();
     controller.assert_running();
 }
+
+/// The controller's resident memory with 10,000 LogicalVolumes in the cluster (the target is
+/// at most 60 MiB). A measurement, printed, not a pass/fail check:
+///
+/// ```text
+/// cargo test -p topolvm-controller --features e2e --test csi -- --ignored --nocapture memory
+/// ```
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: creates 10,000 objects"]
+async fn memory_with_ten_thousand_logical_volumes() {
+    const COUNT: usize = 10_000;
+    let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    cluster.install_crds().await;
+    cluster.make_node(NODE, &[], &[]).await;
+    let api: Api<LogicalVolume> = Api::all(cluster.client());
+    let started = Instant::now();
+    futures::stream::iter(0..COUNT)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let name = format!("pvc-{i:08}-0000-4000-8000-000000000000");
+                let lv: LogicalVolume = serde_json::from_value(json!({
+                    "apiVersion": "topolvm.io/v1",
+                    "kind": "LogicalVolume",
+                    "metadata": {
+                        "name": name,
+                        "labels": {
+                            names::LOGICAL_VOLUME_NODE_LABEL: NODE,
+                            names::CREATED_BY_LABEL: names::CREATED_BY_VALUE,
+                        },
+                        "finalizers": [names::LOGICAL_VOLUME_FINALIZER],
+                    },
+                    "spec": {"name": name, "nodeName": NODE, "size": "1Gi", "deviceClass": CLASS},
+                }))
+                .expect("a LogicalVolume");
+                let created = api
+                    .create(&PostParams::default(), &lv)
+                    .await
+                    .expect("create");
+                let status = json!({"status": {
+                    "volumeID": created.uid().expect("uid"),
+                    "currentSize": "1Gi",
+                }});
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                    .await
+                    .expect("status");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    println!("{COUNT} LogicalVolumes made in {:?}", started.elapsed());
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let socket = dir.path().join("controller.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-controller"));
+    cmd.arg("--csi-socket")
+        .arg(&socket)
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig("topolvm-controller"))
+        .arg("--leader-election=false")
+        .arg("--enable-webhooks=false")
+        .arg("--metrics-bind-address")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--health-probe-bind-address")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--webhook-addr")
+        .arg(format!("127.0.0.1:{}", free_port()));
+    let controller = ManagedProcess::spawn(
+        "topolvm-controller",
+        cmd,
+        &dir.path().join("controller.log"),
+    );
+    eventually("the controller's socket", WAIT, || async {
+        socket.exists().then_some(())
+    })
+    .await;
+    let mut sidecars = Sidecars::connect(&socket).await.expect("connect");
+    // GetCapacity waits for the caches' first listing: once it answers, all are loaded.
+    sidecars.timeout = Duration::from_secs(120);
+    sidecars
+        .get_capacity(csi::GetCapacityRequest::default())
+        .await
+        .expect("GetCapacity");
+    // A lookup by id that must come from the cache.
+    let last = api
+        .get(&format!("pvc-{:08}-0000-4000-8000-000000000000", COUNT - 1))
+        .await
+        .expect("get");
+    let uid = last.uid().expect("uid");
+    let confirmed = sidecars
+        .controller()
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: uid,
+            volume_capabilities: vec![csi::VolumeCapability {
+                access_mode: Some(AccessMode {
+                    mode: Mode::SingleNodeWriter as i32,
+                }),
+                access_type: Some(AccessType::Mount(MountVolume::default())),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("validate");
+    assert!(confirmed.into_inner().confirmed.is_some());
+    let pid = controller.pid().expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    for line in status
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+    {
+        println!("topolvm-controller with {COUNT} LogicalVolumes: {line}");
+    }
+}
