@@ -121,7 +121,12 @@ impl Volumes {
         self.by_name.insert(record.name.clone(), Arc::new(record));
     }
 
-    fn remove(&mut self, name: &str) {
+    /// Forgets `name`; with `uid`, only if the record is of that object (a late Delete event
+    /// of an earlier object must not drop the one recreated under its name).
+    fn remove(&mut self, name: &str, uid: Option<&str>) {
+        if uid.is_some_and(|uid| self.by_name.get(name).is_some_and(|r| r.uid != uid)) {
+            return;
+        }
         if let Some(old) = self.by_name.remove(name)
             && self.by_id.get(&old.volume_id).map(String::as_str) == Some(name)
         {
@@ -212,7 +217,13 @@ impl Cache {
     }
 
     pub fn delete_volume(&self, name: &str) {
-        self.write().volumes.remove(name);
+        self.write().volumes.remove(name, None);
+        self.bump();
+    }
+
+    fn delete_volume_of(&self, lv: &LogicalVolume) {
+        let uid = lv.uid();
+        self.write().volumes.remove(&lv.name_any(), uid.as_deref());
         self.bump();
     }
 
@@ -282,7 +293,7 @@ impl Cache {
                     self.replace_volumes(volumes);
                 }
                 Some(Ok(Event::Apply(lv))) => self.apply_volume(&lv),
-                Some(Ok(Event::Delete(lv))) => self.delete_volume(&lv.name_any()),
+                Some(Ok(Event::Delete(lv))) => self.delete_volume_of(&lv),
             }
         }
     }
@@ -326,4 +337,74 @@ fn watcher(
     api: Api<LogicalVolume>,
 ) -> impl futures::Stream<Item = Result<Event<LogicalVolume>, watcher::Error>> {
     kube::runtime::watcher(api, watcher::Config::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use topolvm_core::crd::{LogicalVolumeSpec, LogicalVolumeStatus};
+
+    fn lv(name: &str, uid: &str, volume_id: &str) -> LogicalVolume {
+        let mut lv = LogicalVolume::new(
+            name,
+            LogicalVolumeSpec {
+                name: name.to_owned(),
+                node_name: "n1".to_owned(),
+                size: Quantity("1Gi".to_owned()),
+                ..LogicalVolumeSpec::default()
+            },
+        );
+        lv.metadata.uid = Some(uid.to_owned());
+        lv.status = Some(LogicalVolumeStatus {
+            volume_id: volume_id.to_owned(),
+            ..Default::default()
+        });
+        lv
+    }
+
+    #[test]
+    fn both_indexes_follow_updates_and_deletes() {
+        let cache = Cache::default();
+        cache.apply_volume(&lv("a", "u1", ""));
+        assert!(cache.volume("a").is_some());
+        assert!(cache.volume_by_id("u1").is_none());
+        cache.apply_volume(&lv("a", "u1", "u1"));
+        assert_eq!(
+            cache.volume_by_id("u1").map(|r| r.name.clone()),
+            Some("a".to_owned())
+        );
+        // The object is deleted and made again under its name before the Delete event of the
+        // first one arrives: the new one stays.
+        cache.apply_volume(&lv("a", "u2", ""));
+        assert!(
+            cache.volume_by_id("u1").is_none(),
+            "the old id left with its object"
+        );
+        cache.delete_volume_of(&lv("a", "u1", "u1"));
+        assert_eq!(
+            cache.volume("a").map(|r| r.uid.clone()),
+            Some("u2".to_owned())
+        );
+        cache.delete_volume_of(&lv("a", "u2", ""));
+        assert!(cache.volume("a").is_none());
+    }
+
+    #[test]
+    fn nodes_keep_only_the_topology_label_and_capacity_annotations() {
+        let labels = BTreeMap::from([
+            (names::TOPOLOGY_NODE_KEY.to_owned(), "n1".to_owned()),
+            ("kubernetes.io/hostname".to_owned(), "n1".to_owned()),
+        ]);
+        let annotations = BTreeMap::from([
+            ("capacity.topolvm.io/ssd".to_owned(), "5".to_owned()),
+            ("node.alpha.kubernetes.io/ttl".to_owned(), "0".to_owned()),
+        ]);
+        let record = NodeRecord::of(&labels, &annotations);
+        assert_eq!(record.topology.as_deref(), Some("n1"));
+        assert_eq!(
+            record.capacity,
+            BTreeMap::from([("capacity.topolvm.io/ssd".to_owned(), "5".to_owned())])
+        );
+    }
 }
