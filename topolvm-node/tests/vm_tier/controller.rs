@@ -22,7 +22,12 @@ use super::{lvmd_binary, vm_disks};
 const NODE: &str = "vm-node";
 const MIB: i64 = 1 << 20;
 
+/// `TOPOLVM_CONTROLLER_BIN` if set (a copy of one's own build: the shared target directory's
+/// binary may be rebuilt from another checkout meanwhile), else target/debug/topolvm-controller.
 fn controller_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TOPOLVM_CONTROLLER_BIN") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("the test binary's path");
     let path = exe
         .parent()
