@@ -452,3 +452,447 @@ mod tests {
         assert_eq!(uid.matches('-').count(), 4);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The controller sidecars' side of the CSI socket.
+// ---------------------------------------------------------------------------------------
+
+/// The `csi.storage.k8s.io/` StorageClass keys external-provisioner consumes and removes before
+/// CreateVolume (`EP:pkg/controller/controller.go`, NODE-CONTROLLER.md C). Any other key with
+/// that prefix makes it fail.
+pub const PROVISIONER_STRIPPED_KEYS: [&str; 17] = [
+    "csi.storage.k8s.io/fstype",
+    "csi.storage.k8s.io/secret-name",
+    "csi.storage.k8s.io/secret-namespace",
+    "csi.storage.k8s.io/provisioner-secret-name",
+    "csi.storage.k8s.io/provisioner-secret-namespace",
+    "csi.storage.k8s.io/controller-publish-secret-name",
+    "csi.storage.k8s.io/controller-publish-secret-namespace",
+    "csi.storage.k8s.io/node-stage-secret-name",
+    "csi.storage.k8s.io/node-stage-secret-namespace",
+    "csi.storage.k8s.io/node-publish-secret-name",
+    "csi.storage.k8s.io/node-publish-secret-namespace",
+    "csi.storage.k8s.io/controller-expand-secret-name",
+    "csi.storage.k8s.io/controller-expand-secret-namespace",
+    "csi.storage.k8s.io/node-expand-secret-name",
+    "csi.storage.k8s.io/node-expand-secret-namespace",
+    "csi.storage.k8s.io/controller-modify-secret-name",
+    "csi.storage.k8s.io/controller-modify-secret-namespace",
+];
+
+/// external-provisioner's default `--timeout`, sent as the gRPC deadline of every call.
+pub const PROVISIONER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why the provisioner would not send a request for these objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotProvisionable(pub String);
+
+impl std::fmt::Display for NotProvisionable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotProvisionable {}
+
+fn with_deadline<T>(message: T, timeout: std::time::Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// Stand-in for the csi-provisioner, csi-resizer and csi-snapshotter sidecars, which the test
+/// bed does not run: it builds exactly the Controller requests they build from Kubernetes
+/// objects (NODE-CONTROLLER.md C, read from external-provisioner's `pkg/controller`), so tests
+/// drive topolvm-controller as a cluster would. Product code never uses it.
+///
+/// - **CreateVolume** (external-provisioner with TopoLVM's chart flags: Topology on, no
+///   `--strict-topology`, no `--extra-create-metadata`, no `--default-fstype`):
+///   name `pvc-<PVC uid>`; parameters = StorageClass parameters without
+///   [`PROVISIONER_STRIPPED_KEYS`] (another `csi.storage.k8s.io/` key is refused); one
+///   capability per PVC access mode (block for `volumeMode: Block`, else mount with the
+///   StorageClass's `csi.storage.k8s.io/fstype` and `mountOptions`); `capacity_range` with
+///   only `required_bytes` (the storage request, rounded up); `requisite` = one
+///   `topology.topolvm.io/node` term per Node labelled with it, sorted and de-duplicated;
+///   `preferred` = requisite rotated so the selected node's term comes first. StorageClass
+///   `allowedTopologies` is not modelled (refused).
+/// - **GetCapacity**: the raw StorageClass parameters (not stripped), no capabilities, one
+///   segment `{topology.topolvm.io/node: <node>}`.
+/// - **DeleteVolume**: the PV's volumeHandle.
+/// - **ControllerExpandVolume** (external-resizer): the PV's volumeHandle, `required_bytes` = the
+///   new request, the capability from the PV (first access mode; block, or mount with the PV's
+///   fsType and mountOptions).
+/// - **CreateSnapshot** (external-snapshotter): name `snapshot-<VolumeSnapshot uid>`, the
+///   source PV's volumeHandle, the VolumeSnapshotClass parameters without the
+///   `csi.storage.k8s.io/snapshotter-secret-*` keys.
+///
+/// Every call carries [`PROVISIONER_TIMEOUT`] as its gRPC deadline, as the sidecars do.
+#[derive(Debug, Clone)]
+pub struct Sidecars {
+    controller: csi::controller_client::ControllerClient<Channel>,
+    /// The deadline of every call.
+    pub timeout: std::time::Duration,
+}
+
+impl Sidecars {
+    /// Connects to the controller's CSI socket.
+    pub async fn connect(socket: &Path) -> Result<Self, tonic::transport::Error> {
+        let channel = topolvm_runtime::unix::connect(socket).await?;
+        Ok(Self {
+            controller: csi::controller_client::ControllerClient::new(channel),
+            timeout: PROVISIONER_TIMEOUT,
+        })
+    }
+
+    /// The raw client, for requests no sidecar sends (bad input).
+    pub fn controller(&mut self) -> &mut csi::controller_client::ControllerClient<Channel> {
+        &mut self.controller
+    }
+
+    /// external-provisioner's CreateVolumeRequest for `pvc` of `class`, with the scheduler's
+    /// `selected_node` and the cluster's `nodes`.
+    pub fn create_volume_request(
+        pvc: &k8s_openapi::api::core::v1::PersistentVolumeClaim,
+        class: &k8s_openapi::api::storage::v1::StorageClass,
+        selected_node: &str,
+        nodes: &[k8s_openapi::api::core::v1::Node],
+    ) -> Result<csi::CreateVolumeRequest, NotProvisionable> {
+        let uid = pvc
+            .metadata
+            .uid
+            .as_deref()
+            .ok_or_else(|| NotProvisionable("the PVC has no uid".into()))?;
+        let class_parameters = class.parameters.clone().unwrap_or_default();
+        let mut parameters = HashMap::new();
+        for (key, value) in &class_parameters {
+            if PROVISIONER_STRIPPED_KEYS.contains(&key.as_str()) {
+                continue;
+            }
+            if key.starts_with("csi.storage.k8s.io/") {
+                return Err(NotProvisionable(format!(
+                    "unknown StorageClass parameter {key}"
+                )));
+            }
+            parameters.insert(key.clone(), value.clone());
+        }
+        if class.allowed_topologies.is_some() {
+            return Err(NotProvisionable(
+                "allowedTopologies is not modelled by this stand-in".into(),
+            ));
+        }
+        let spec = pvc.spec.clone().unwrap_or_default();
+        let fs_type = class_parameters
+            .get("csi.storage.k8s.io/fstype")
+            .cloned()
+            .unwrap_or_default();
+        let block = spec.volume_mode.as_deref() == Some("Block");
+        let modes = spec.access_modes.clone().unwrap_or_default();
+        if modes.iter().any(|m| m == "ReadWriteOncePod") && modes.len() > 1 {
+            return Err(NotProvisionable(
+                "ReadWriteOncePod cannot be combined with another access mode".into(),
+            ));
+        }
+        let volume_capabilities = modes
+            .iter()
+            .map(|mode| csi::VolumeCapability {
+                access_mode: Some(AccessMode {
+                    mode: csi_access_mode(mode) as i32,
+                }),
+                access_type: Some(if block {
+                    AccessType::Block(BlockVolume {})
+                } else {
+                    AccessType::Mount(MountVolume {
+                        fs_type: fs_type.clone(),
+                        mount_flags: class.mount_options.clone().unwrap_or_default(),
+                        ..Default::default()
+                    })
+                }),
+            })
+            .collect();
+        let required_bytes = spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(topolvm_core::quantity::quantity_bytes)
+            .transpose()
+            .map_err(|e| NotProvisionable(format!("storage request: {e}")))?
+            .ok_or_else(|| NotProvisionable("the PVC requests no storage".into()))?;
+        let requirements = Self::topology_requirement(selected_node, nodes)?;
+        Ok(csi::CreateVolumeRequest {
+            name: format!("pvc-{uid}"),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: i64::try_from(required_bytes)
+                    .map_err(|_| NotProvisionable("storage request too large".into()))?,
+                limit_bytes: 0,
+            }),
+            volume_capabilities,
+            parameters,
+            accessibility_requirements: Some(requirements),
+            ..Default::default()
+        })
+    }
+
+    /// `requisite` from every Node with the topology key; `preferred` rotated to the selected
+    /// node (`EP:pkg/controller/topology.go`, non-strict).
+    pub fn topology_requirement(
+        selected_node: &str,
+        nodes: &[k8s_openapi::api::core::v1::Node],
+    ) -> Result<csi::TopologyRequirement, NotProvisionable> {
+        let key = topolvm_core::names::TOPOLOGY_NODE_KEY;
+        let value_of = |node: &k8s_openapi::api::core::v1::Node| {
+            node.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(key))
+                .cloned()
+        };
+        let selected = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(selected_node))
+            .and_then(value_of)
+            .ok_or_else(|| {
+                NotProvisionable(format!(
+                    "the selected node {selected_node} lacks the label {key}"
+                ))
+            })?;
+        let mut values: Vec<String> = nodes.iter().filter_map(value_of).collect();
+        values.sort();
+        values.dedup();
+        let term = |v: &String| csi::Topology {
+            segments: HashMap::from([(key.to_owned(), v.clone())]),
+        };
+        let requisite: Vec<csi::Topology> = values.iter().map(term).collect();
+        let at = values.iter().position(|v| *v == selected).unwrap_or(0);
+        let mut preferred = requisite.clone();
+        preferred.rotate_left(at);
+        Ok(csi::TopologyRequirement {
+            requisite,
+            preferred,
+        })
+    }
+
+    pub async fn create_volume(
+        &mut self,
+        request: csi::CreateVolumeRequest,
+    ) -> Result<csi::Volume, Status> {
+        let response = self
+            .controller
+            .create_volume(with_deadline(request, self.timeout))
+            .await?;
+        response
+            .into_inner()
+            .volume
+            .ok_or_else(|| Status::internal("CreateVolume answered without a volume"))
+    }
+
+    pub async fn delete_volume(&mut self, volume_handle: &str) -> Result<(), Status> {
+        let request = csi::DeleteVolumeRequest {
+            volume_id: volume_handle.to_owned(),
+            ..Default::default()
+        };
+        self.controller
+            .delete_volume(with_deadline(request, self.timeout))
+            .await?;
+        Ok(())
+    }
+
+    /// The capacity-tracking request for `class` on `node` (None: without a segment, as
+    /// csi-sanity asks).
+    pub fn get_capacity_request(
+        class: &k8s_openapi::api::storage::v1::StorageClass,
+        node: Option<&str>,
+    ) -> csi::GetCapacityRequest {
+        csi::GetCapacityRequest {
+            volume_capabilities: Vec::new(),
+            parameters: class
+                .parameters
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            accessible_topology: node.map(|n| csi::Topology {
+                segments: HashMap::from([(
+                    topolvm_core::names::TOPOLOGY_NODE_KEY.to_owned(),
+                    n.to_owned(),
+                )]),
+            }),
+        }
+    }
+
+    pub async fn get_capacity(&mut self, request: csi::GetCapacityRequest) -> Result<i64, Status> {
+        let response = self
+            .controller
+            .get_capacity(with_deadline(request, self.timeout))
+            .await?;
+        Ok(response.into_inner().available_capacity)
+    }
+
+    /// external-resizer's request to grow `pv` to `new_bytes`.
+    pub fn expand_request(
+        pv: &PersistentVolume,
+        new_bytes: i64,
+    ) -> csi::ControllerExpandVolumeRequest {
+        csi::ControllerExpandVolumeRequest {
+            volume_id: pv.volume_handle.clone(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: new_bytes,
+                limit_bytes: 0,
+            }),
+            secrets: HashMap::new(),
+            volume_capability: Some(Kubelet::capability(pv)),
+        }
+    }
+
+    pub async fn expand(
+        &mut self,
+        request: csi::ControllerExpandVolumeRequest,
+    ) -> Result<csi::ControllerExpandVolumeResponse, Status> {
+        Ok(self
+            .controller
+            .controller_expand_volume(with_deadline(request, self.timeout))
+            .await?
+            .into_inner())
+    }
+
+    /// external-snapshotter's request for a VolumeSnapshot of uid `snapshot_uid` of the volume
+    /// `source_handle`, with the VolumeSnapshotClass `parameters`.
+    pub fn create_snapshot_request(
+        snapshot_uid: &str,
+        source_handle: &str,
+        parameters: &BTreeMap<String, String>,
+    ) -> csi::CreateSnapshotRequest {
+        csi::CreateSnapshotRequest {
+            source_volume_id: source_handle.to_owned(),
+            name: format!("snapshot-{snapshot_uid}"),
+            secrets: HashMap::new(),
+            parameters: parameters
+                .iter()
+                .filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/snapshotter-secret-"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
+    pub async fn create_snapshot(
+        &mut self,
+        request: csi::CreateSnapshotRequest,
+    ) -> Result<csi::Snapshot, Status> {
+        self.controller
+            .create_snapshot(with_deadline(request, self.timeout))
+            .await?
+            .into_inner()
+            .snapshot
+            .ok_or_else(|| Status::internal("CreateSnapshot answered without a snapshot"))
+    }
+
+    pub async fn delete_snapshot(&mut self, snapshot_handle: &str) -> Result<(), Status> {
+        let request = csi::DeleteSnapshotRequest {
+            snapshot_id: snapshot_handle.to_owned(),
+            ..Default::default()
+        };
+        self.controller
+            .delete_snapshot(with_deadline(request, self.timeout))
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod sidecar_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{
+        Node, PersistentVolumeClaim, PersistentVolumeClaimSpec, VolumeResourceRequirements,
+    };
+    use k8s_openapi::api::storage::v1::StorageClass;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+    fn node(name: &str, label: Option<&str>) -> Node {
+        let mut node = Node::default();
+        node.metadata.name = Some(name.to_owned());
+        node.metadata.labels = label.map(|l| {
+            BTreeMap::from([(
+                topolvm_core::names::TOPOLOGY_NODE_KEY.to_owned(),
+                l.to_owned(),
+            )])
+        });
+        node
+    }
+
+    /// The request of NODE-CONTROLLER.md C for a WaitForFirstConsumer PVC (the example of
+    /// issue 909: requisite = all nodes, preferred starting with the selected one).
+    #[test]
+    fn create_volume_request_is_the_provisioners() {
+        let mut pvc = PersistentVolumeClaim::default();
+        pvc.metadata.uid = Some("1234-abcd".to_owned());
+        pvc.spec = Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOncePod".to_owned()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity("1.5Gi".to_owned()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let class = StorageClass {
+            parameters: Some(BTreeMap::from([
+                ("csi.storage.k8s.io/fstype".to_owned(), "xfs".to_owned()),
+                ("topolvm.io/device-class".to_owned(), "ssd".to_owned()),
+            ])),
+            mount_options: Some(vec!["noatime".to_owned()]),
+            ..Default::default()
+        };
+        let nodes = [
+            node("w3", Some("w3")),
+            node("w1", Some("w1")),
+            node("cp", None),
+            node("w2", Some("w2")),
+        ];
+        let req =
+            Sidecars::create_volume_request(&pvc, &class, "w2", &nodes).expect("test fixture");
+        assert_eq!(req.name, "pvc-1234-abcd");
+        assert_eq!(
+            req.parameters,
+            HashMap::from([("topolvm.io/device-class".to_owned(), "ssd".to_owned())])
+        );
+        assert_eq!(
+            req.capacity_range.expect("test fixture").required_bytes,
+            1610612736
+        );
+        assert_eq!(req.volume_capabilities.len(), 1);
+        let cap = &req.volume_capabilities[0];
+        assert_eq!(
+            cap.access_mode.expect("test fixture").mode,
+            Mode::SingleNodeWriter as i32
+        );
+        match &cap.access_type {
+            Some(AccessType::Mount(m)) => {
+                assert_eq!(m.fs_type, "xfs");
+                assert_eq!(m.mount_flags, ["noatime"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let names = |terms: &[csi::Topology]| -> Vec<String> {
+            terms
+                .iter()
+                .map(|t| t.segments[topolvm_core::names::TOPOLOGY_NODE_KEY].clone())
+                .collect()
+        };
+        let topology = req.accessibility_requirements.expect("test fixture");
+        assert_eq!(names(&topology.requisite), ["w1", "w2", "w3"]);
+        assert_eq!(names(&topology.preferred), ["w2", "w3", "w1"]);
+
+        let mut bad = class.clone();
+        bad.parameters
+            .as_mut()
+            .expect("test fixture")
+            .insert("csi.storage.k8s.io/unknown".to_owned(), "x".to_owned());
+        assert!(Sidecars::create_volume_request(&pvc, &bad, "w2", &nodes).is_err());
+        // GetCapacity keeps the raw parameters.
+        let capacity = Sidecars::get_capacity_request(&class, Some("w1"));
+        assert_eq!(capacity.parameters.len(), 2);
+        assert!(capacity.volume_capabilities.is_empty());
+    }
+}

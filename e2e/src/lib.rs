@@ -5,7 +5,9 @@
 //!   kubeconfig and one per component we ship; or an existing cluster from
 //!   `TOPOLVM_E2E_KUBECONFIG`.
 //! - [`csi`]: kubelet's side of the CSI socket: the Node requests kubelet sends for a pod's
-//!   volumes (targets, capability, volume context), for tests of the node service.
+//!   volumes (targets, capability, volume context), for tests of the node service; and the
+//!   controller sidecars' side (`Sidecars`: provisioner, resizer, snapshotter), for tests of
+//!   topolvm-controller.
 //! - [`lvm`]: real LVM (an isolated `LVM_SYSTEM_DIR`, loop devices or a VM's disks, volume
 //!   groups that remove themselves) and a real lvmd process with gRPC clients: the harness of
 //!   lvmd's host tier, VM tier (inside `scripts/vm/run.sh`) and benchmark.

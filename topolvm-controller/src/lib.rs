@@ -3,12 +3,14 @@
 //! socket (the sidecars elect their own leader) and the pod webhook; the reconcilers run only on
 //! the replica holding the leader election Lease.
 //!
-//! Modules: [`webhook`] (the pod mutating webhook), [`node_cleanup`] (after a deleted Node),
-//! [`pvc`] (legacy finalizers, the filesystem-resize nudge), [`stray`] (LogicalVolumes no PV or
-//! claim refers to), [`metrics`]. `run` wires them: the webhook next to the metrics server on
-//! every replica, the reconcilers in the leader-only block.
+//! Modules: [`csi`] (the Identity and Controller services on the CSI socket), [`webhook`] (the
+//! pod mutating webhook), [`node_cleanup`] (after a deleted Node), [`pvc`] (legacy finalizers,
+//! the filesystem-resize nudge), [`stray`] (LogicalVolumes no PV or claim refers to),
+//! [`metrics`]. `run` wires them: the CSI socket and the webhook on every replica, the
+//! reconcilers in the leader-only block.
 #![forbid(unsafe_code)]
 
+pub mod csi;
 pub mod metrics;
 pub mod node_cleanup;
 pub mod pvc;
@@ -157,9 +159,17 @@ pub async fn run(
         let ready = csi_driver_ready.clone();
         Arc::new(move || ready.is_ready())
     };
+    let controller = csi::start(
+        client.clone(),
+        options.minimum_allocation.clone(),
+        &registry,
+        &tasks,
+        &shutdown,
+    )?;
     let routes = tonic::service::Routes::new(
         IdentityService::new(env!("CARGO_PKG_VERSION"), probe_ready).server(),
-    );
+    )
+    .add_service(controller.server());
     let csi_socket = options.csi_socket.clone();
     let csi_shutdown = shutdown.clone();
     let csi = async move {

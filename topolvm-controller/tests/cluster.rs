@@ -21,7 +21,6 @@
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,26 +37,10 @@ use serde_json::{Value, json};
 use topolvm_core::crd::LogicalVolume;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions, FIELD_MANAGER};
 use topolvm_e2e::pki::Pki;
-use topolvm_e2e::process::{ManagedProcess, free_port};
+use topolvm_e2e::process::{ManagedProcess, eventually, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CLASS: &str = "topolvm-provisioner";
-
-/// Polls `check` until it returns `Some`, or panics after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// One topolvm-controller replica.
 struct Controller {

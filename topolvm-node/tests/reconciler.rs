@@ -17,11 +17,10 @@
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -33,7 +32,7 @@ use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::lvm::{
     self as common, DEFAULT_LOOP_SIZE, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup,
 };
-use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
+use topolvm_e2e::process::{ManagedProcess, eventually, free_port, workspace_binary};
 use topolvm_proto::lvmd as pb;
 
 const NODE: &str = "node-a";
@@ -109,22 +108,6 @@ impl NodeAgent {
         if let Some(process) = self.process.as_mut() {
             process.assert_running();
         }
-    }
-}
-
-/// Polls `check` until it returns `Some`, or panics after `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -440,7 +440,25 @@ async fn expand<V: Volumes>(
         }
         Err(status) => {
             warn!(operation = "ResizeLV", code = ?status.code(), message = %status.message(), "lvmd refused");
-            record_failure(api, lv, status.code(), status.message()).await?;
+            // Only onto the version this attempt read: topolvm-controller clears an earlier
+            // failure before it changes spec.size, and a failure of the size asked before
+            // must not land on the new request (a conflict drops it; the newer version is
+            // reconciled next).
+            let message = if status.message().is_empty() {
+                Value::Null
+            } else {
+                Value::from(status.message())
+            };
+            api.patch_status(
+                &lv.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({
+                    "metadata": { "resourceVersion": lv.resource_version() },
+                    "status": { "code": status.code() as i32, "message": message },
+                })),
+            )
+            .await
+            .map_err(kube_error(lv))?;
             Err(Error::Lvmd {
                 name: lv.name_any(),
                 operation: "ResizeLV",

@@ -934,3 +934,32 @@ fn this_nodes_objects_by_label_and_the_unlabelled_for_backfill() {
         Some("!topolvm.io/node")
     );
 }
+
+/// A failed resize is recorded only onto the version of the object it was attempted for:
+/// topolvm-controller clears an earlier failure and then raises spec.size, and the failure of
+/// the size asked before must not land on the new request (the API server answers 409).
+#[tokio::test]
+async fn a_failed_resize_is_written_only_onto_the_version_it_was_for() {
+    let lvmd = Arc::new(FakeLvmd::failing(tonic::Status::resource_exhausted(
+        "not enough space",
+    )));
+    let mut lv = logical_volume()
+        .finalized()
+        .labelled()
+        .created("1Gi")
+        .sized("2Gi");
+    lv.metadata.resource_version = Some("77".to_owned());
+    let result = scenario(
+        lv,
+        lvmd.clone(),
+        vec![status_patch(|body| {
+            assert_eq!(body["metadata"]["resourceVersion"], "77", "{body}");
+            assert_eq!(
+                body["status"],
+                json!({"code": Code::ResourceExhausted as i32, "message": "not enough space"})
+            );
+        })],
+    )
+    .await;
+    assert!(result.is_err(), "{result:?}");
+}

@@ -6,8 +6,10 @@
 //! - [`csi`]: the CSI node service (publish, unpublish, stats, expand, snapshots next to their
 //!   origins, read-only, stray signatures, inline ephemeral volumes);
 //! - [`reconciler`]: LogicalVolumes made from `spec.source` (thin and thick snapshots, clones)
-//!   through the reconciler, with the control plane started in the VM.
+//!   through the reconciler, with the control plane started in the VM;
+//! - [`controller`]: the same through topolvm-controller's CSI service, as the sidecars ask.
 #![cfg(feature = "vm-tier")]
 
+mod controller;
 mod csi;
 mod reconciler;

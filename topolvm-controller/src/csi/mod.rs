@@ -1,0 +1,55 @@
+//! The CSI Controller service (NODE-CONTROLLER.md B.2): it turns CSI requests into
+//! LogicalVolume objects and waits, through a watch, for the node agent's answer in their
+//! status.
+//!
+//! - `cache`: LogicalVolumes and Node metadata, reduced to what the RPCs read.
+//! - `request`: validation, sizes, node choice and capacity, with no API calls.
+//! - `volumes`: the object operations (create and wait, delete and wait, grow).
+//! - `service`: the tonic service, the only place gRPC statuses are built.
+
+pub mod cache;
+pub mod error;
+pub mod locks;
+pub mod request;
+pub mod service;
+pub mod volumes;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::core::PartialObjectMeta;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use topolvm_core::size::MinimumAllocation;
+
+pub use service::{ControllerService, Metrics};
+
+/// Starts the caches' watches on `tasks` and returns the service.
+pub fn start(
+    client: kube::Client,
+    minimum: MinimumAllocation,
+    registry: &prometheus::Registry,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<ControllerService, prometheus::Error> {
+    let cache = Arc::new(cache::Cache::default());
+    tasks.spawn(
+        cache
+            .clone()
+            .follow_volumes(Api::all(client.clone()), shutdown.clone()),
+    );
+    tasks.spawn(cache.clone().follow_nodes(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        shutdown.clone(),
+    ));
+    let metrics = Metrics::new(registry)?;
+    Ok(ControllerService::new(
+        volumes::Volumes::new(client, cache),
+        minimum,
+        metrics,
+    ))
+}
