@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 
 use kube::Api;
 use topolvm_core::crd::LogicalVolume;
-use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::Sidecars;
-use topolvm_e2e::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
+use topolvm_e2e::lvm::{LvmEnv, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
 use topolvm_proto::csi;
 use topolvm_proto::csi::volume_capability::{AccessMode, AccessType, BlockVolume, access_mode};
 
-use topolvm_e2e::lvm::vm_disks;
+use super::NodeStack;
 
 const NODE: &str = "vm-node";
 const MIB: i64 = 1 << 20;
@@ -67,53 +66,10 @@ fn request(
 
 #[tokio::test]
 async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
-    let disks = vm_disks();
-    let cluster = Cluster::start(ClusterOptions::api_only()).await;
-    cluster.install_crds().await;
-    cluster.make_node(NODE, &[], &[]).await;
+    let stack = NodeStack::start(NODE).await;
+    let (cluster, env, vg, dir) = (&stack.cluster, &stack.env, &stack.vg, stack.dir.path());
     let api: Api<LogicalVolume> = Api::all(cluster.client());
-
-    let env = LvmEnv::real_activation();
-    let vg = VolumeGroup::create(
-        &env,
-        disks.into_iter().take(2).map(Disk::existing).collect(),
-    );
-    env.lvm(&[
-        "lvcreate",
-        "-q",
-        "-T",
-        "-L",
-        "256m",
-        &format!("{}/pool", vg.name()),
-    ]);
-    let classes = format!(
-        "- {{name: thin, volume-group: {vg}, default: true, type: thin, \
-         thin-pool: {{name: pool, overprovision-ratio: 4.0}}}}\n\
-         - {{name: thick, volume-group: {vg}, spare-gb: 0}}",
-        vg = vg.name()
-    );
-    let lvmd = Lvmd::start(
-        &env,
-        LvmdOptions::new(workspace_binary("lvmd", "lvmd"), classes),
-    );
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut node = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
-    node.arg("--nodename")
-        .arg(NODE)
-        .arg("--lvmd-socket")
-        .arg(lvmd.socket_path())
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-node"))
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--csi-socket")
-        .arg(dir.path().join("node.sock"))
-        .arg("--kubelet-dir")
-        .arg(dir.path().join("kubelet"));
-    let _node = ManagedProcess::spawn("topolvm-node", node, &dir.path().join("node.log"));
-    let socket = dir.path().join("controller.sock");
+    let socket = dir.join("controller.sock");
     let mut controller = Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
     controller
         .arg("--csi-socket")
@@ -131,7 +87,7 @@ async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
     let _controller = ManagedProcess::spawn(
         "topolvm-controller",
         controller,
-        &dir.path().join("controller.log"),
+        &dir.join("controller.log"),
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     while !socket.exists() {
@@ -190,7 +146,7 @@ async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
             ))
             .await
             .unwrap_or_else(|e| panic!("{class} clone: {e}"));
-        let lvs = origins(&env, &vg);
+        let lvs = origins(env, vg);
         assert_eq!(
             lvs.get(&snapshot.snapshot_id),
             Some(&source.volume_id),
@@ -245,7 +201,7 @@ async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
     let left = api.list(&Default::default()).await.expect("list").items;
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(
-        origins(&env, &vg).into_keys().collect::<Vec<_>>(),
+        origins(env, vg).into_keys().collect::<Vec<_>>(),
         ["pool"],
         "every LV but the pool removed"
     );

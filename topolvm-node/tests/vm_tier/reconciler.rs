@@ -8,18 +8,15 @@
 //! (INVALID_ARGUMENT) instead of leaving the controller waiting; deleting everything removes
 //! every LV.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use topolvm_core::crd::{LogicalVolume, LogicalVolumeStatus};
-use topolvm_e2e::cluster::{Cluster, ClusterOptions};
-use topolvm_e2e::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
-use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
+use topolvm_e2e::lvm::{LvmEnv, VolumeGroup};
 
-use topolvm_e2e::lvm::vm_disks;
+use super::NodeStack;
 
 const NODE: &str = "vm-node";
 const WAIT: Duration = Duration::from_secs(120);
@@ -71,54 +68,9 @@ fn lvs(env: &LvmEnv, vg: &VolumeGroup) -> Vec<(String, String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_and_clones_of_thin_and_thick_volumes() {
-    let disks = vm_disks();
-    let cluster = Cluster::start(ClusterOptions::api_only()).await;
-    cluster.install_crds().await;
-    cluster.make_node(NODE, &[], &[]).await;
-    let api: Api<LogicalVolume> = Api::all(cluster.client());
-
-    let env = LvmEnv::real_activation();
-    let vg = VolumeGroup::create(
-        &env,
-        disks.into_iter().take(2).map(Disk::existing).collect(),
-    );
-    env.lvm(&[
-        "lvcreate",
-        "-q",
-        "-T",
-        "-L",
-        "256m",
-        &format!("{}/pool", vg.name()),
-    ]);
-    let classes = format!(
-        "- {{name: thin, volume-group: {vg}, default: true, type: thin, \
-         thin-pool: {{name: pool, overprovision-ratio: 4.0}}}}\n\
-         - {{name: thick, volume-group: {vg}, spare-gb: 0}}",
-        vg = vg.name()
-    );
-    let lvmd = Lvmd::start(
-        &env,
-        LvmdOptions::new(workspace_binary("lvmd", "lvmd"), classes),
-    );
-
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
-    cmd.arg("--nodename")
-        .arg(NODE)
-        .arg("--lvmd-socket")
-        .arg(lvmd.socket_path())
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-node"))
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--csi-socket")
-        .arg(dir.path().join("csi.sock"))
-        .arg("--kubelet-dir")
-        .arg(dir.path().join("kubelet"))
-        .env("RUST_LOG", "topolvm_node=debug,info");
-    let _agent = ManagedProcess::spawn("topolvm-node", cmd, &dir.path().join("node.log"));
+    let stack = NodeStack::start(NODE).await;
+    let (env, vg) = (&stack.env, &stack.vg);
+    let api: Api<LogicalVolume> = Api::all(stack.cluster.client());
 
     create(
         &api,
@@ -159,7 +111,7 @@ async fn snapshots_and_clones_of_thin_and_thick_volumes() {
     )
     .await;
 
-    let volumes = lvs(&env, &vg);
+    let volumes = lvs(env, vg);
     for (name, _, _, _, size, origin) in made {
         let (lv, status) = settled(&api, name).await;
         assert_eq!(status.code, 0, "{name}: {status:?}");
@@ -173,7 +125,7 @@ async fn snapshots_and_clones_of_thin_and_thick_volumes() {
         let volumes = if volumes.iter().any(|v| v.0 == uid) {
             volumes.clone()
         } else {
-            lvs(&env, &vg)
+            lvs(env, vg)
         };
         let row = volumes
             .iter()
@@ -194,11 +146,11 @@ async fn snapshots_and_clones_of_thin_and_thick_volumes() {
             .expect("delete");
     }
     let deadline = Instant::now() + WAIT;
-    while lvs(&env, &vg).len() > 3 {
+    while lvs(env, vg).len() > 3 {
         assert!(
             Instant::now() < deadline,
             "snapshots not removed: {:?}",
-            lvs(&env, &vg)
+            lvs(env, vg)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -209,7 +161,7 @@ async fn snapshots_and_clones_of_thin_and_thick_volumes() {
     }
     loop {
         let left = api.list(&ListParams::default()).await.expect("list").items;
-        let names: Vec<String> = lvs(&env, &vg).into_iter().map(|v| v.0).collect();
+        let names: Vec<String> = lvs(env, vg).into_iter().map(|v| v.0).collect();
         if left.is_empty() && names == ["pool"] {
             break;
         }
