@@ -170,6 +170,16 @@ pub const LV_TAG_EPHEMERAL_POD_PREFIX: &str = "topolvm.io/ephemeral-pod=";
 /// so an orphan LV is confirmed without listing every LogicalVolume of the cluster.
 pub const LV_TAG_LOGICAL_VOLUME_PREFIX: &str = "topolvm.io/logicalvolume=";
 
+/// Prefix of the LVM tag lvmd puts on a volume it fills by copying another one
+/// (`topolvm.io/copy-source=<source LV>`). LVM cannot take a copy-on-write snapshot of a thick
+/// snapshot, so a restore or clone from one is a new plain volume holding a block-for-block copy.
+pub const LV_TAG_COPY_SOURCE_PREFIX: &str = "topolvm.io/copy-source=";
+
+/// LVM tag on a volume whose copy (see [`LV_TAG_COPY_SOURCE_PREFIX`]) has not finished. lvmd
+/// removes it once every block is written and synced; a request that finds it redoes the copy,
+/// so a crash halfway never hands out a half-copied volume.
+pub const LV_TAG_COPY_PENDING: &str = "topolvm.io/copy-pending";
+
 /// Longest LVM tag LVM accepts.
 pub const LVM_TAG_MAX_LEN: usize = 1024;
 
@@ -235,6 +245,19 @@ pub fn lv_tag_device_class(device_class: &str) -> String {
 pub fn parse_lv_tag_device_class(tag: &str) -> Option<&str> {
     tag.strip_prefix(LV_TAG_DEVICE_CLASS_PREFIX)
         .filter(|class| !class.is_empty())
+}
+
+/// Returns the LVM tag naming the volume an LV was copied from
+/// (`topolvm.io/copy-source=<source>`).
+pub fn lv_tag_copy_source(source: &str) -> String {
+    format!("{LV_TAG_COPY_SOURCE_PREFIX}{source}")
+}
+
+/// Returns the source recorded by a tag made with [`lv_tag_copy_source`], or `None` for any
+/// other tag.
+pub fn parse_lv_tag_copy_source(tag: &str) -> Option<&str> {
+    tag.strip_prefix(LV_TAG_COPY_SOURCE_PREFIX)
+        .filter(|source| !source.is_empty())
 }
 
 /// Returns true when LVM accepts `tag` as a tag: 1 to [`LVM_TAG_MAX_LEN`] characters from

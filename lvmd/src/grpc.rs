@@ -42,7 +42,7 @@ pub fn status_of(error: service::Error) -> Status {
         | E::HasThickSnapshots { .. }
         | E::ThickSnapshotResize { .. }
         | E::UnsuitableSource { .. } => Code::FailedPrecondition,
-        E::Vanished { .. } => Code::Internal,
+        E::Vanished { .. } | E::CopyFailed { .. } => Code::Internal,
         E::Lvm(LvmError::TimedOut { .. }) => Code::DeadlineExceeded,
         E::Lvm(_) => Code::Internal,
     };

@@ -14,7 +14,7 @@
 //! by a CreateLV or CreateLVSnapshot that asks for it exactly: lvmd tags it and returns it.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -28,6 +28,8 @@ use crate::lvm::metadata::device_numbers;
 use crate::lvm::report::{LogicalVolume, VolumeGroup, VolumeKind, predicted_attr};
 use crate::lvm::{LvmError, LvmRunner, args, validate};
 use crate::state::{Change, RefreshReason, Snapshot, StateCache};
+
+mod copy;
 
 /// Why a request failed. The gRPC layer maps each kind to one status code.
 #[derive(Debug, Error)]
@@ -79,6 +81,14 @@ pub enum Error {
     },
     #[error("{name} was made but is not in the LVM report")]
     Vanished { name: String },
+    /// Filling a volume from a thick snapshot failed; the volume keeps its pending tag and the
+    /// next request redoes the copy.
+    #[error("copying {source_volume:?} into {name:?}: {reason}")]
+    CopyFailed {
+        name: String,
+        source_volume: String,
+        reason: String,
+    },
     /// `lvm` itself failed; it may have said there is not enough space
     /// ([`LvmError::is_insufficient_space`]).
     #[error(transparent)]
@@ -152,6 +162,9 @@ pub struct Lvmd {
     cache: Arc<StateCache>,
     runner: Arc<dyn LvmRunner>,
     vg_locks: HashMap<String, Arc<Mutex<()>>>,
+    /// Held by a snapshot request for its name, across a device copy too.
+    name_locks: copy::NameLocks,
+    copier: copy::Copier,
 }
 
 fn size_from(size_bytes: i64, size_gb: u64, what: &str) -> Result<Option<u64>> {
@@ -194,8 +207,21 @@ fn ownership_tags(name: &str, device_class: &str) -> Vec<String> {
 
 fn is_ownership_tag(tag: &str) -> bool {
     tag == names::LV_TAG_MANAGED
+        || tag == names::LV_TAG_COPY_PENDING
         || names::parse_lv_tag_volume_id(tag).is_some()
         || names::parse_lv_tag_device_class(tag).is_some()
+        || names::parse_lv_tag_copy_source(tag).is_some()
+}
+
+/// The volume `lv` was copied from, if lvmd made it by copying.
+fn copy_source(lv: &LogicalVolume) -> Option<&str> {
+    lv.tags
+        .iter()
+        .find_map(|t| names::parse_lv_tag_copy_source(t))
+}
+
+fn copy_pending(lv: &LogicalVolume) -> bool {
+    lv.tags.iter().any(|t| t == names::LV_TAG_COPY_PENDING)
 }
 
 /// Checks the caller's tags and adds the ones that mark the volume as ours.
@@ -359,7 +385,16 @@ impl Lvmd {
             cache,
             runner,
             vg_locks,
+            name_locks: copy::NameLocks::default(),
+            copier: copy::Copier::default(),
         }
+    }
+
+    /// Replaces the device copy (unit tests, whose volumes have no devices).
+    #[cfg(test)]
+    fn with_copier(mut self, copier: copy::Copier) -> Self {
+        self.copier = copier;
+        self
     }
 
     pub fn config(&self) -> &Config {
@@ -895,10 +930,20 @@ impl Lvmd {
         let dc = self.device_class(&req.device_class)?;
         let tags = volume_tags(&req.name, &dc.name, &req.tags)?;
 
-        let _lock = self.lock_vg(&dc.volume_group).await;
+        let name_lock = self
+            .name_locks
+            .lock(format!("{}/{}", dc.volume_group, req.name))
+            .await;
+        let vg_lock = self.lock_vg(&dc.volume_group).await;
         let snap = self.cache.current();
         let vg = self.class_vg(dc, &snap)?;
         if let Some(existing) = vg.lvs.get(&req.name) {
+            if copy_pending(existing) && copy_source(existing) == Some(req.source_volume.as_str()) {
+                // A copy that did not finish (lvmd stopped halfway): do it again.
+                standing(dc, existing).owned(dc)?;
+                drop(vg_lock);
+                return self.copy_into(dc, &req, permission, name_lock).await;
+            }
             return self.existing_snapshot(dc, existing, &req).await;
         }
         let source = vg
@@ -1014,11 +1059,73 @@ impl Lvmd {
                 }
                 snap
             }
+            Target::Thick if source.is_thick_snapshot() => {
+                // LVM cannot snapshot a snapshot: make a plain volume and copy the blocks.
+                let desired = requested.unwrap_or(source.size);
+                if desired < source.size {
+                    return Err(Error::SmallerThanSource {
+                        requested: desired,
+                        source_size: source.size,
+                    });
+                }
+                let stripes = dc.stripe.unwrap_or(1);
+                let needed = round_up(desired, granule(vg, stripes))?;
+                if needed > cap.new_volume_bytes {
+                    return Err(Error::NoSpace {
+                        class: dc.name.clone(),
+                        free: cap.new_volume_bytes,
+                        wanted: needed,
+                    });
+                }
+                let mut tags = tags;
+                tags.push(names::lv_tag_copy_source(&req.source_volume));
+                tags.push(names::LV_TAG_COPY_PENDING.to_owned());
+                let layout = args::Layout {
+                    stripes: dc.stripe,
+                    stripe_size: dc.stripe_size.as_deref(),
+                    options: &dc.lvcreate_options,
+                };
+                let argv = args::create_thick(&dc.volume_group, &req.name, needed, &tags, &layout);
+                let exact = dc.lvcreate_options.is_empty();
+                let made = self
+                    .mutate(argv, || {
+                        exact.then(|| Change::Created {
+                            lv: NewVolume {
+                                vg,
+                                name: &req.name,
+                                size: needed,
+                                kind: VolumeKind::Plain,
+                                writable: true,
+                                tags: &tags,
+                                stripes,
+                                pool: None,
+                                origin: None,
+                                cow_size: None,
+                            }
+                            .predict()
+                            .into(),
+                            allocated: needed,
+                        })
+                    })
+                    .await;
+                match made {
+                    Ok(_) => {}
+                    Err(Error::Lvm(e)) if e.is_already_exists() => {
+                        let existing = self.found_made(&dc.volume_group, &req.name, e)?;
+                        if !copy_pending(&existing) {
+                            return self.existing_snapshot(dc, &existing, &req).await;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+                drop(vg_lock);
+                return self.copy_into(dc, &req, permission, name_lock).await;
+            }
             Target::Thick => {
-                if source.is_thin_volume() || source.is_thin_pool() || source.is_thick_snapshot() {
+                if source.is_thin_volume() || source.is_thin_pool() {
                     return Err(Error::UnsuitableSource {
                         name: req.source_volume.clone(),
-                        reason: "only plain thick volumes can have thick snapshots".to_owned(),
+                        reason: "a thin volume cannot have a thick snapshot".to_owned(),
                     });
                 }
                 // The copy-on-write area holds changed blocks; sized like the origin it can never
@@ -1073,6 +1180,83 @@ impl Lvmd {
         Ok(lv)
     }
 
+    /// Fills `req.name`, made with the pending tag, from its thick-snapshot source, then drops
+    /// the tag (making the volume read-only when asked) in one `lvchange`. The copy runs without
+    /// the volume group's lock, so other volumes are not held up while it runs, but under the
+    /// name's lock, which the copying thread keeps until the last block is synced even when the
+    /// request is abandoned: two copies never write one volume.
+    async fn copy_into(
+        &self,
+        dc: &DeviceClass,
+        req: &CreateSnapshot,
+        permission: args::Permission,
+        name_lock: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<LogicalVolume> {
+        let failed = |reason: String| Error::CopyFailed {
+            name: req.name.clone(),
+            source_volume: req.source_volume.clone(),
+            reason,
+        };
+        let (from, to, len) = {
+            let snap = self.cache.current();
+            let vg = self.class_vg(dc, &snap)?;
+            let source = vg
+                .lvs
+                .get(&req.source_volume)
+                .ok_or_else(|| Error::VolumeNotFound {
+                    what: "source volume",
+                    name: req.source_volume.clone(),
+                })?;
+            let target = vg.lvs.get(&req.name).ok_or_else(|| Error::Vanished {
+                name: req.name.clone(),
+            })?;
+            if target.size < source.size {
+                return Err(failed(format!(
+                    "the volume has {} bytes, fewer than its source's {}",
+                    target.size, source.size
+                )));
+            }
+            (
+                PathBuf::from(&source.path),
+                PathBuf::from(&target.path),
+                source.size,
+            )
+        };
+        info!(bytes = len, source = %from.display(), "copying a thick snapshot block for block");
+        let copier = self.copier.clone();
+        let (copied, name_lock) = tokio::task::spawn_blocking(move || {
+            let copied = (copier.0)(&from, &to, len);
+            (copied, name_lock)
+        })
+        .await
+        .map_err(|e| failed(format!("the copying thread failed: {e}")))?;
+        copied.map_err(|e| failed(e.to_string()))?;
+
+        let _lock = self.lock_vg(&dc.volume_group).await;
+        let snap = self.cache.current();
+        let vg = self.class_vg(dc, &snap)?;
+        match vg.lvs.get(&req.name) {
+            None => {
+                return Err(Error::Vanished {
+                    name: req.name.clone(),
+                });
+            }
+            Some(lv) if !copy_pending(lv) => return Ok(lv.clone()),
+            Some(_) => {}
+        }
+        let argv = args::finish_copy(
+            &dc.volume_group,
+            &req.name,
+            names::LV_TAG_COPY_PENDING,
+            permission,
+        );
+        let snap = self.mutate(argv, || None).await?;
+        drop(name_lock);
+        let lv = Self::created(&snap, &dc.volume_group, &req.name)?;
+        info!(size = lv.size, "filled a new volume from a thick snapshot");
+        Ok(lv)
+    }
+
     /// Decides whether an existing volume satisfies a repeated snapshot request.
     async fn existing_snapshot(
         &self,
@@ -1080,7 +1264,8 @@ impl Lvmd {
         existing: &LogicalVolume,
         req: &CreateSnapshot,
     ) -> Result<LogicalVolume> {
-        if existing.origin.as_deref() != Some(req.source_volume.as_str()) {
+        let source = existing.origin.as_deref().or_else(|| copy_source(existing));
+        if source != Some(req.source_volume.as_str()) {
             return Err(Error::Exists {
                 name: req.name.clone(),
                 reason: format!("it is not a snapshot of {:?}", req.source_volume),

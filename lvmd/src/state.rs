@@ -467,6 +467,9 @@ pub(crate) mod fake {
         pub report: Mutex<String>,
         pub results: Mutex<VecDeque<Result<String, (i32, String)>>>,
         pub calls: Mutex<Vec<Vec<String>>>,
+        /// Reports that replace `report` one by one, each when a command other than the
+        /// report runs: the state each command leaves behind.
+        pub reports_after: Mutex<VecDeque<String>>,
     }
 
     impl FakeLvm {
@@ -478,6 +481,14 @@ pub(crate) mod fake {
 
         pub fn set_report(&self, json: &str) {
             *self.report.lock().expect("lock") = json.to_owned();
+        }
+
+        /// Makes `json` the report once the next not yet scripted command has run.
+        pub fn then_report(&self, json: &str) {
+            self.reports_after
+                .lock()
+                .expect("lock")
+                .push_back(json.to_owned());
         }
 
         pub fn push_result(&self, result: Result<String, (i32, String)>) {
@@ -503,6 +514,9 @@ pub(crate) mod fake {
             let result = if args.first().map(String::as_str) == Some("fullreport") {
                 Ok(self.report.lock().expect("lock").clone())
             } else {
+                if let Some(next) = self.reports_after.lock().expect("lock").pop_front() {
+                    *self.report.lock().expect("lock") = next;
+                }
                 self.results
                     .lock()
                     .expect("lock")

@@ -372,6 +372,155 @@ async fn thick_snapshots_keep_their_data() {
     assert_reports_agreed(&lvmd).await;
 }
 
+/// LVM cannot snapshot a thick snapshot, so a restore (or clone) from one is a plain volume
+/// holding a copy of the snapshot's blocks: the origin's old data, not its current data, whole
+/// (not only the first blocks), and outliving the snapshot and the origin. A copy found
+/// unfinished, as an lvmd killed halfway leaves it, is redone before the volume is handed out.
+#[tokio::test]
+async fn thick_snapshots_are_restored_by_copying_their_blocks() {
+    let (env, vg) = real_vg(2);
+    let lvmd = Lvmd::start(
+        &env,
+        LvmdOptions::new(
+            env!("CARGO_BIN_EXE_lvmd"),
+            common::thick_default_class("thick", vg.name()),
+        ),
+    );
+    let mut lv = lvmd.lv_client().await;
+    lv.create_lv(create_req("data", "thick", 64 * MIB))
+        .await
+        .expect("origin");
+    let origin = device(vg.name(), "data");
+    fill(&origin, b'A', 64 * MIB as usize);
+    lv.create_lv_snapshot(snapshot_req("data-snap", "thick", "data", "ro", 16 * MIB))
+        .await
+        .expect("thick snapshot");
+    fill(&origin, b'B', 4096);
+
+    let restored = lv
+        .create_lv_snapshot(snapshot_req(
+            "restored",
+            "thick",
+            "data-snap",
+            "rw",
+            96 * MIB,
+        ))
+        .await
+        .expect("restore from a thick snapshot")
+        .into_inner()
+        .snapshot
+        .expect("volume");
+    assert_eq!(restored.size_bytes as u64, 96 * MIB);
+    let rows = env.lvs(vg.name(), "lv_name,lv_size,origin,lv_tags,lv_attr");
+    let row = rows
+        .iter()
+        .find(|r| r.get("lv_name") == "restored")
+        .expect("restored in lvs");
+    assert_eq!(row.get("origin"), "", "a plain volume, not a snapshot");
+    assert!(
+        row.get("lv_attr").starts_with("-wi-a"),
+        "{}",
+        row.get("lv_attr")
+    );
+    let tags = row.tags("lv_tags");
+    assert!(
+        tags.contains(&"topolvm.io/copy-source=data-snap".to_owned()),
+        "{tags:?}"
+    );
+    assert!(
+        !tags.contains(&"topolvm.io/copy-pending".to_owned()),
+        "{tags:?}"
+    );
+    let copy = device(vg.name(), "restored");
+    assert!(
+        first_bytes(&copy, 64 * MIB as usize) == vec![b'A'; 64 * MIB as usize],
+        "the restored volume holds the snapshot's data over its whole size"
+    );
+    // A repeat is answered with the same volume, not copied over again.
+    fill(&copy, b'C', 4096);
+    lv.create_lv_snapshot(snapshot_req(
+        "restored",
+        "thick",
+        "data-snap",
+        "rw",
+        96 * MIB,
+    ))
+    .await
+    .expect("repeat");
+    assert_eq!(first_bytes(&copy, 4096), vec![b'C'; 4096]);
+    assert_eq!(
+        first_bytes(&device(vg.name(), "data-snap"), 4096),
+        vec![b'A'; 4096],
+        "writing the copy leaves the snapshot alone"
+    );
+    for name in ["data-snap", "data"] {
+        lv.remove_lv(pb::RemoveLvRequest {
+            name: name.into(),
+            device_class: "thick".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("remove {name}: {e}"));
+    }
+    assert_eq!(
+        first_bytes(&copy, 4096),
+        vec![b'C'; 4096],
+        "the copy outlives its source"
+    );
+
+    // An unfinished copy: the volume made and marked, its blocks garbage.
+    lv.create_lv(create_req("data2", "thick", 32 * MIB))
+        .await
+        .expect("origin 2");
+    fill(&device(vg.name(), "data2"), b'D', 32 * MIB as usize);
+    lv.create_lv_snapshot(snapshot_req("data2-snap", "thick", "data2", "ro", 8 * MIB))
+        .await
+        .expect("snapshot 2");
+    env.lvm(&[
+        "lvcreate",
+        "-n",
+        "half",
+        "-L",
+        "32m",
+        "-y",
+        "--addtag",
+        "topolvm.io/managed",
+        "--addtag",
+        "topolvm.io/volume=half",
+        "--addtag",
+        "topolvm.io/device-class=thick",
+        "--addtag",
+        "topolvm.io/copy-source=data2-snap",
+        "--addtag",
+        "topolvm.io/copy-pending",
+        vg.name(),
+    ]);
+    let half = device(vg.name(), "half");
+    fill(&half, b'Z', 32 * MIB as usize);
+    lv.create_lv_snapshot(snapshot_req("half", "thick", "data2-snap", "rw", 32 * MIB))
+        .await
+        .expect("the unfinished copy is finished");
+    assert!(first_bytes(&half, 32 * MIB as usize) == vec![b'D'; 32 * MIB as usize]);
+    let rows = env.lvs(vg.name(), "lv_name,lv_tags");
+    let row = rows
+        .iter()
+        .find(|r| r.get("lv_name") == "half")
+        .expect("half in lvs");
+    assert!(
+        !row.tags("lv_tags")
+            .contains(&"topolvm.io/copy-pending".to_owned())
+    );
+
+    for name in ["restored", "half", "data2-snap", "data2"] {
+        lv.remove_lv(pb::RemoveLvRequest {
+            name: name.into(),
+            device_class: "thick".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("remove {name}: {e}"));
+    }
+    assert!(env.lv_names(vg.name()).is_empty());
+}
+
 /// Every answer came before its confirming report, and every report agreed with the change lvmd
 /// recorded (real activation: device numbers, thin and snapshot sizes, copy-on-write areas).
 async fn assert_reports_agreed(lvmd: &Lvmd) {

@@ -157,6 +157,17 @@ pub fn add_tags(vg: &str, name: &str, tags: &[String]) -> Vec<String> {
     args
 }
 
+/// `lvchange` that ends a copy: drops `pending_tag` from `vg/name` and, for a read-only
+/// result, makes it read-only in the same metadata update.
+pub fn finish_copy(vg: &str, name: &str, pending_tag: &str, permission: Permission) -> Vec<String> {
+    let mut args = owned(&["lvchange"]);
+    if permission == Permission::ReadOnly {
+        args.extend(owned(&["-p", "r"]));
+    }
+    args.extend(owned(&["--deltag", pending_tag, &format!("{vg}/{name}")]));
+    args
+}
+
 /// `lvremove` of `vg/name`.
 pub fn remove(vg: &str, name: &str) -> Vec<String> {
     owned(&["lvremove", "-y", &format!("{vg}/{name}")])

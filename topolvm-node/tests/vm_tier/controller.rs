@@ -1,9 +1,10 @@
 //! topolvm-controller's snapshots, restores and clones through topolvm-node with real
 //! device-mapper (thin and thick classes), which the host cannot run: the requests are the
-//! sidecars' (`topolvm_e2e::csi::Sidecars`), the judges `lvs` (each LV's origin) and the API
-//! server. Needs `target/debug/topolvm-controller` (scripts/test-vm-tier.sh builds it).
+//! sidecars' (`topolvm_e2e::csi::Sidecars`), the judges `lvs` (each LV's origin or copy
+//! source), the data on the devices and the API server. Needs `target/debug/topolvm-controller` (scripts/test-vm-tier.sh builds it).
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,38 @@ use super::NodeStack;
 
 const NODE: &str = "vm-node";
 const MIB: i64 = 1 << 20;
+
+/// The first `len` bytes of the LV `name`'s device.
+fn first_bytes(vg: &VolumeGroup, name: &str, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    let path = format!("/dev/{}/{name}", vg.name());
+    std::fs::File::open(&path)
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    buf
+}
+
+/// Writes `len` bytes of `byte` at the start of the LV `name`'s device, synced.
+fn fill(vg: &VolumeGroup, name: &str, byte: u8, len: usize) {
+    let path = format!("/dev/{}/{name}", vg.name());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut f| {
+            f.write_all(&vec![byte; len])?;
+            f.sync_all()
+        })
+        .unwrap_or_else(|e| panic!("writing {path}: {e}"));
+}
+
+/// The tags of the LV `name`.
+fn lv_tags(env: &LvmEnv, vg: &VolumeGroup, name: &str) -> Vec<String> {
+    env.lvs(vg.name(), "lv_name,lv_tags")
+        .iter()
+        .find(|r| r.get("lv_name") == name)
+        .map(|r| r.tags("lv_tags"))
+        .unwrap_or_else(|| panic!("{name} is not in lvs"))
+}
 
 /// `lvs -o lv_name,origin`: LV name → origin.
 fn origins(env: &LvmEnv, vg: &VolumeGroup) -> BTreeMap<String, String> {
@@ -103,6 +136,7 @@ async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
             .create_volume(request(&format!("pvc-{class}-src"), class, 32 * MIB, None))
             .await
             .unwrap_or_else(|e| panic!("{class} source: {e}"));
+        fill(vg, &source.volume_id, b'A', 4096);
         let snapshot = sidecars
             .create_snapshot(Sidecars::create_snapshot_request(
                 &format!("{class}-0001"),
@@ -114,6 +148,7 @@ async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
         assert!(snapshot.ready_to_use);
         assert_eq!(snapshot.size_bytes, 32 * MIB);
         assert_eq!(snapshot.source_volume_id, source.volume_id);
+        fill(vg, &source.volume_id, b'B', 4096);
         let restore = sidecars
             .create_volume(request(
                 &format!("pvc-{class}-restored"),
@@ -126,13 +161,12 @@ async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
                 )),
             ))
             .await;
-        // LVM cannot snapshot a thick snapshot: lvmd refuses with FAILED_PRECONDITION, which
-        // reaches the caller as recorded, and the refused object is deleted.
-        let restored = match (class, restore) {
-            ("thin", Ok(volume)) => Some(volume),
-            ("thick", Err(e)) if e.code() == tonic::Code::FailedPrecondition => None,
-            (_, other) => panic!("{class} restore: {other:?}"),
-        };
+        let restored = restore.unwrap_or_else(|e| panic!("{class} restore: {e}"));
+        assert_eq!(
+            first_bytes(vg, &restored.volume_id, 4096),
+            vec![b'A'; 4096],
+            "{class}: the restore holds the data of the snapshot's time"
+        );
         let clone = sidecars
             .create_volume(request(
                 &format!("pvc-{class}-clone"),
@@ -157,13 +191,32 @@ async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
             Some(&source.volume_id),
             "{lvs:?}"
         );
-        if let Some(restored) = &restored {
-            assert_eq!(
+        assert_eq!(
+            first_bytes(vg, &clone.volume_id, 4096),
+            vec![b'B'; 4096],
+            "{class}: the clone holds the source's current data"
+        );
+        // A thin restore is a thin snapshot of the snapshot; LVM cannot snapshot a thick
+        // snapshot, so a thick restore is a plain volume lvmd filled with the snapshot's blocks.
+        let tags = lv_tags(env, vg, &restored.volume_id);
+        match class {
+            "thin" => assert_eq!(
                 lvs.get(&restored.volume_id),
                 Some(&snapshot.snapshot_id),
                 "{lvs:?}"
-            );
+            ),
+            _ => {
+                assert_eq!(lvs.get(&restored.volume_id).map(String::as_str), Some(""));
+                assert!(
+                    tags.contains(&format!("topolvm.io/copy-source={}", snapshot.snapshot_id)),
+                    "{tags:?}"
+                );
+            }
         }
+        assert!(
+            !tags.contains(&"topolvm.io/copy-pending".to_owned()),
+            "{tags:?}"
+        );
         // A restore smaller than its snapshot: OUT_OF_RANGE, before any object is made.
         let small = sidecars
             .create_volume(request(
@@ -182,11 +235,7 @@ async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
             Err(tonic::Code::OutOfRange)
         );
 
-        for id in restored
-            .iter()
-            .map(|v| &v.volume_id)
-            .chain([&clone.volume_id])
-        {
+        for id in [&restored.volume_id, &clone.volume_id] {
             sidecars.delete_volume(id).await.expect("DeleteVolume");
         }
         sidecars
