@@ -136,7 +136,7 @@ async fn allowed(
 /// (the `controller` role and the external-provisioner, -resizer and -snapshotter runner roles)
 /// and roles.yaml (leader-election, external-provisioner-cfg, -resizer-cfg, -snapshotter-cfg).
 const TOPOLVM_GRANTS: &[(&str, &[&str], &[&str], bool)] = &[
-    // controller
+    // controller (without its `delete` on pods: topolvm-rs's controller deletes no pods)
     (
         "",
         &["nodes"],
