@@ -36,9 +36,11 @@ cargo test -p topolvm-node --features e2e --quiet --test capacity --test secure_
 # topolvm-controller against the control plane: the pod webhook over TLS, node clean-up, leader
 # failover, stray LogicalVolumes (no lvmd needed).
 cargo test -p topolvm-controller --features e2e --quiet --test cluster
+# The controller's Deployment, sidecars' RBAC and CSIDriver (deploy/controller/) against the API server.
+cargo test -p topolvm-controller --features e2e --quiet --test deploy
 # topolvm-controller's CSI service with the real topolvm-node and lvmd (starts target/debug/{lvmd,topolvm-node}).
 cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node --quiet
-cargo test -p topolvm-controller --features e2e --quiet --test csi
+cargo test -p topolvm-controller --features e2e --quiet --test csi --test node_deletion
 
 if [[ -n ${TOPOLVM_SKIP_VM:-} ]]; then
     echo "== VM tier skipped (TOPOLVM_SKIP_VM)"
