@@ -13,6 +13,10 @@
 //!   lvmd's host tier, VM tier (inside `scripts/vm/run.sh`) and benchmark.
 //! - [`pki`]: the test bed's CA and certificates.
 //! - [`process`]: child processes that never outlive the test.
+//! - [`stack`]: the whole local stack (control plane with our extender, lvmd, topolvm-node per
+//!   node, topolvm-scheduler, topolvm-controller with its webhook registered, and
+//!   [`sidecar_loop`], the CSI sidecars' part played against the API server): what
+//!   `scripts/demo.sh` runs and the whole-stack tests use.
 //! - [`raw_grpc`]: a frame-by-frame gRPC client that sends any `:authority`, as other gRPC
 //!   implementations do over Unix sockets.
 //!
@@ -25,5 +29,7 @@ pub mod lvm;
 pub mod pki;
 pub mod process;
 pub mod raw_grpc;
+pub mod sidecar_loop;
+pub mod stack;
 
 pub use cluster::{Cluster, ClusterOptions};

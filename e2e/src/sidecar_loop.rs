@@ -1,0 +1,390 @@
+//! The controller sidecars' part in provisioning, as a loop over the API server: what
+//! external-provisioner and external-resizer do with claims and volumes, for the local stack
+//! (`scripts/demo.sh`) and the whole-stack tests. The requests it sends are [`Sidecars`]'s; this
+//! module adds when it sends them and what it writes back to the API server:
+//!
+//! - **Provisioning** (external-provisioner): a claim of a StorageClass whose provisioner is
+//!   `topolvm.io`, unbound, not being deleted and with kube-scheduler's
+//!   `volume.kubernetes.io/selected-node` (WaitForFirstConsumer), gets a CreateVolume; on
+//!   success a PersistentVolume `pvc-<claim uid>` pre-bound to the claim (claimRef with uid),
+//!   annotated `pv.kubernetes.io/provisioned-by: topolvm.io`, with the volume's size, the
+//!   claim's access modes and volume mode, the class's reclaim policy and mount options, the CSI
+//!   source (driver, handle, the class's `csi.storage.k8s.io/fstype`, the volume context) and a
+//!   required node affinity from `accessible_topology`. kube-controller-manager binds it. On
+//!   `RESOURCE_EXHAUSTED` the selected-node annotation is removed so kube-scheduler places the
+//!   pod again (external-provisioner's rescheduling); every failure is a `ProvisioningFailed`
+//!   Warning Event on the claim.
+//! - **Deletion** (external-provisioner): a volume of ours `Released` with reclaim policy
+//!   `Delete` gets a DeleteVolume, then the PersistentVolume is deleted.
+//! - **Expansion** (external-resizer): a bound claim of a class with `allowVolumeExpansion`
+//!   whose request exceeds its volume's capacity gets a ControllerExpandVolume; then the
+//!   volume's capacity is raised, and the claim gets `FileSystemResizePending` when the node
+//!   must grow the filesystem, or its new `status.capacity` when not.
+//!
+//! Level-triggered: every change of a claim or volume (and a tick every second) makes one pass
+//! over all claims and volumes. Not product code: the chart deploys the real sidecars.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event, Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::Notify;
+use topolvm_core::names;
+use topolvm_proto::csi;
+use tracing::{info, warn};
+
+use crate::csi::Sidecars;
+
+/// The annotation kube-scheduler puts on a WaitForFirstConsumer claim.
+pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
+/// The annotation external-provisioner puts on the volumes it made.
+pub const PROVISIONED_BY_ANNOTATION: &str = "pv.kubernetes.io/provisioned-by";
+
+/// Runs the loop until the task is dropped. `socket` is topolvm-controller's CSI socket; the
+/// connection is made (and made again) as needed.
+pub async fn run(client: Client, socket: PathBuf) {
+    let changed = std::sync::Arc::new(Notify::new());
+    let watches = {
+        let changed = changed.clone();
+        let claims = watcher(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .map(|_| ());
+        let volumes = watcher(
+            Api::<PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .map(|_| ());
+        futures::stream::select(claims, volumes).for_each(move |()| {
+            changed.notify_one();
+            std::future::ready(())
+        })
+    };
+    let passes = async {
+        let mut sidecars: Option<Sidecars> = None;
+        loop {
+            if sidecars.is_none() {
+                sidecars = Sidecars::connect(&socket).await.ok();
+            }
+            if let Some(s) = sidecars.as_mut()
+                && let Err(e) = pass(&client, s).await
+            {
+                warn!(error = %e, "sidecar pass failed");
+            }
+            tokio::select! {
+                () = changed.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = watches => {}
+        () = passes => {}
+    }
+}
+
+fn storage_bytes(list: Option<&BTreeMap<String, Quantity>>) -> Option<u64> {
+    list.and_then(|l| l.get("storage"))
+        .and_then(|q| topolvm_core::quantity::quantity_bytes(q).ok())
+}
+
+/// One pass over every claim and volume.
+async fn pass(client: &Client, sidecars: &mut Sidecars) -> Result<(), kube::Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let classes: BTreeMap<String, StorageClass> = Api::<StorageClass>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|c| c.provisioner == names::PLUGIN_NAME)
+        .map(|c| (c.name_any(), c))
+        .collect();
+    let pvs: BTreeMap<String, PersistentVolume> = volumes
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .map(|v| (v.name_any(), v))
+        .collect();
+    for claim in claims.list(&ListParams::default()).await?.items {
+        let Some(class) = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.as_ref())
+            .and_then(|name| classes.get(name))
+        else {
+            continue;
+        };
+        let bound_to = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
+        match bound_to {
+            None => provision(client, sidecars, &claim, class, &pvs).await?,
+            Some(pv) => {
+                if let Some(pv) = pvs.get(&pv) {
+                    expand(client, sidecars, &claim, class, pv).await?;
+                }
+            }
+        }
+    }
+    for pv in pvs.values() {
+        delete_released(client, sidecars, pv).await?;
+    }
+    Ok(())
+}
+
+async fn provision(
+    client: &Client,
+    sidecars: &mut Sidecars,
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    pvs: &BTreeMap<String, PersistentVolume>,
+) -> Result<(), kube::Error> {
+    let (Some(uid), Some(namespace)) = (claim.uid(), claim.namespace()) else {
+        return Ok(());
+    };
+    let Some(node) = claim.annotations().get(SELECTED_NODE_ANNOTATION).cloned() else {
+        return Ok(());
+    };
+    let pv_name = format!("pvc-{uid}");
+    if claim.metadata.deletion_timestamp.is_some() || pvs.contains_key(&pv_name) {
+        return Ok(());
+    }
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let request = match Sidecars::create_volume_request(claim, class, &node, &nodes) {
+        Ok(r) => r,
+        Err(e) => {
+            event(client, claim, "ProvisioningFailed", &e.to_string()).await;
+            return Ok(());
+        }
+    };
+    let volume = match sidecars.create_volume(request).await {
+        Ok(v) => v,
+        Err(status) => {
+            let message = format!("CreateVolume: {}: {}", status.code(), status.message());
+            warn!(claim = %claim.name_any(), %message, "provisioning failed");
+            event(client, claim, "ProvisioningFailed", &message).await;
+            if status.code() == tonic::Code::ResourceExhausted {
+                // external-provisioner's rescheduling: kube-scheduler picks a node again.
+                let patch = json!({"metadata": {"annotations": {SELECTED_NODE_ANNOTATION: null}}});
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace)
+                    .patch(
+                        &claim.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await?;
+            }
+            return Ok(());
+        }
+    };
+    let spec = claim.spec.clone().unwrap_or_default();
+    let parameters = class.parameters.clone().unwrap_or_default();
+    let block = spec.volume_mode.as_deref() == Some("Block");
+    let terms: Vec<serde_json::Value> = volume
+        .accessible_topology
+        .iter()
+        .map(|t| {
+            let expressions: Vec<serde_json::Value> = t
+                .segments
+                .iter()
+                .map(|(k, v)| json!({"key": k, "operator": "In", "values": [v]}))
+                .collect();
+            json!({"matchExpressions": expressions})
+        })
+        .collect();
+    let mut csi_source = json!({
+        "driver": names::PLUGIN_NAME,
+        "volumeHandle": volume.volume_id,
+        "volumeAttributes": volume.volume_context,
+    });
+    if !block && let Some(fs) = parameters.get("csi.storage.k8s.io/fstype") {
+        csi_source["fsType"] = json!(fs);
+    }
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": pv_name,
+                     "annotations": {PROVISIONED_BY_ANNOTATION: names::PLUGIN_NAME}},
+        "spec": {
+            "capacity": {"storage": volume.capacity_bytes.to_string()},
+            "accessModes": spec.access_modes.clone().unwrap_or_default(),
+            "volumeMode": if block { "Block" } else { "Filesystem" },
+            "persistentVolumeReclaimPolicy": class.reclaim_policy.clone().unwrap_or_else(|| "Delete".into()),
+            "storageClassName": class.name_any(),
+            "mountOptions": class.mount_options.clone().unwrap_or_default(),
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                         "namespace": namespace, "name": claim.name_any(), "uid": uid},
+            "csi": csi_source,
+            "nodeAffinity": {"required": {"nodeSelectorTerms": terms}},
+        },
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    match Api::<PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &pv)
+        .await
+    {
+        Ok(_) => {
+            info!(claim = %claim.name_any(), volume = %volume.volume_id, %node, "provisioned");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn expand(
+    client: &Client,
+    sidecars: &mut Sidecars,
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    pv: &PersistentVolume,
+) -> Result<(), kube::Error> {
+    if class.allow_volume_expansion != Some(true) || claim.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let requested = storage_bytes(
+        claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref()),
+    );
+    let current = storage_bytes(pv.spec.as_ref().and_then(|s| s.capacity.as_ref()));
+    let (Some(requested), Some(current)) = (requested, current) else {
+        return Ok(());
+    };
+    let Some(handle) = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.csi.as_ref())
+        .map(|c| c.volume_handle.clone())
+    else {
+        return Ok(());
+    };
+    if requested <= current {
+        return Ok(());
+    }
+    let spec = pv.spec.clone().unwrap_or_default();
+    let csi_spec = spec.csi.clone().unwrap_or_default();
+    let view = crate::csi::PersistentVolume {
+        name: pv.name_any(),
+        volume_handle: handle,
+        block: spec.volume_mode.as_deref() == Some("Block"),
+        fs_type: csi_spec.fs_type.clone().unwrap_or_default(),
+        mount_options: spec.mount_options.clone().unwrap_or_default(),
+        access_modes: spec.access_modes.clone().unwrap_or_default(),
+        read_only: csi_spec.read_only.unwrap_or(false),
+        volume_attributes: csi_spec.volume_attributes.clone().unwrap_or_default(),
+    };
+    let request = Sidecars::expand_request(&view, i64::try_from(requested).unwrap_or(i64::MAX));
+    let answer: csi::ControllerExpandVolumeResponse = match sidecars.expand(request).await {
+        Ok(a) => a,
+        Err(status) => {
+            let message = format!(
+                "ControllerExpandVolume: {}: {}",
+                status.code(),
+                status.message()
+            );
+            event(client, claim, "VolumeResizeFailed", &message).await;
+            return Ok(());
+        }
+    };
+    let size = answer.capacity_bytes.to_string();
+    Api::<PersistentVolume>::all(client.clone())
+        .patch(
+            &pv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"capacity": {"storage": size}}})),
+        )
+        .await?;
+    let status = if answer.node_expansion_required {
+        json!({"status": {"conditions": [{
+            "type": "FileSystemResizePending", "status": "True",
+            "lastTransitionTime": topolvm_core::timestamp::format_rfc3339_nano(k8s_openapi::jiff::Timestamp::now()),
+            "message": "Waiting for user to (re-)start a pod to finish file system resize of volume on node."}]}})
+    } else {
+        json!({"status": {"capacity": {"storage": size}}})
+    };
+    Api::<PersistentVolumeClaim>::namespaced(
+        client.clone(),
+        &claim.namespace().unwrap_or_default(),
+    )
+    .patch_status(
+        &claim.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await?;
+    info!(claim = %claim.name_any(), bytes = answer.capacity_bytes, "expanded");
+    Ok(())
+}
+
+async fn delete_released(
+    client: &Client,
+    sidecars: &mut Sidecars,
+    pv: &PersistentVolume,
+) -> Result<(), kube::Error> {
+    let ours = pv
+        .annotations()
+        .get(PROVISIONED_BY_ANNOTATION)
+        .map(String::as_str)
+        == Some(names::PLUGIN_NAME);
+    let released = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+    let spec = pv.spec.clone().unwrap_or_default();
+    let delete = spec.persistent_volume_reclaim_policy.as_deref() == Some("Delete");
+    if !ours || !released || !delete || pv.metadata.deletion_timestamp.is_some() {
+        return Ok(());
+    }
+    let Some(handle) = spec.csi.map(|c| c.volume_handle) else {
+        return Ok(());
+    };
+    if let Err(status) = sidecars.delete_volume(&handle).await {
+        warn!(volume = %handle, code = ?status.code(), message = status.message(), "DeleteVolume failed");
+        return Ok(());
+    }
+    match Api::<PersistentVolume>::all(client.clone())
+        .delete(&pv.name_any(), &DeleteParams::default())
+        .await
+    {
+        Ok(_) => {
+            info!(volume = %handle, pv = %pv.name_any(), "deleted");
+            Ok(())
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A Warning Event on the claim, as the sidecars record their failures; best effort.
+async fn event(client: &Client, claim: &PersistentVolumeClaim, reason: &str, message: &str) {
+    let namespace = claim.namespace().unwrap_or_default();
+    let now = topolvm_core::timestamp::format_rfc3339_nano(k8s_openapi::jiff::Timestamp::now());
+    let event: Result<Event, _> = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{}.", claim.name_any()), "namespace": namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                           "namespace": namespace, "name": claim.name_any(),
+                           "uid": claim.uid()},
+        "reason": reason, "message": message, "type": "Warning",
+        "source": {"component": "topolvm.io_sidecar-stand-in"},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }));
+    if let Ok(event) = event
+        && let Err(e) = Api::<Event>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &event)
+            .await
+    {
+        warn!(error = %e, "recording an event");
+    }
+}

@@ -1,0 +1,336 @@
+//! The whole local stack on one machine: the control plane (etcd, kube-apiserver,
+//! kube-scheduler calling topolvm-scheduler as its extender, kube-controller-manager), and per
+//! node a Node object (kubelet's part: Ready, labelled with the topology key, its CSINode), a
+//! volume group on a loop device (or the VM's disks), lvmd and topolvm-node; topolvm-scheduler,
+//! topolvm-controller with its pod webhook registered for real over TLS, the CSIDriver and the
+//! sidecars' stand-in ([`crate::sidecar_loop`]). What `scripts/demo.sh` runs and the whole-stack
+//! tests start. Everything stops, and every loop device goes, when the [`Stack`] is dropped.
+//!
+//! Pods are scheduled but never run: there is no kubelet. Each process runs under its own
+//! identity and the RBAC of `deploy/rbac` ([`Cluster::kubeconfig`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::storage::v1::CSIDriver;
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::json;
+use topolvm_core::names;
+
+use crate::cluster::{Cluster, ClusterOptions};
+use crate::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup, thick_default_class};
+use crate::pki::Pki;
+use crate::process::{ManagedProcess, eventually, free_port, http_get, workspace_binary};
+
+/// The device class every stack node serves (thick, the default).
+pub const DEVICE_CLASS: &str = "ssd";
+
+/// How to start a [`Stack`].
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Node names and the size of each one's volume group.
+    pub nodes: Vec<(String, u64)>,
+    /// Real activation (inside the VM) instead of metadata-only LVM (the host).
+    pub real_activation: bool,
+}
+
+impl StackOptions {
+    /// `count` nodes `node-a`, `node-b`, ... with `vg_bytes` each, metadata-only LVM.
+    pub fn nodes(count: usize, vg_bytes: u64) -> Self {
+        Self {
+            nodes: (0..count)
+                .map(|i| (format!("node-{}", char::from(b'a' + i as u8)), vg_bytes))
+                .collect(),
+            real_activation: false,
+        }
+    }
+}
+
+/// One node of the stack.
+pub struct StackNode {
+    pub name: String,
+    pub vg: VolumeGroup,
+    pub lvmd: Lvmd,
+    pub agent: ManagedProcess,
+    /// topolvm-node's CSI socket (kubelet's side: [`crate::csi::Kubelet`]).
+    pub csi_socket: PathBuf,
+    /// The kubelet directory topolvm-node accepts targets under.
+    pub kubelet_dir: PathBuf,
+    pub metrics: SocketAddr,
+}
+
+/// The running stack; see the module documentation.
+pub struct Stack {
+    // Drop order: the sidecars' task first, then the components, then the nodes, the cluster.
+    sidecars: tokio::task::JoinHandle<()>,
+    pub controller: ManagedProcess,
+    pub scheduler: ManagedProcess,
+    pub nodes: Vec<StackNode>,
+    pub env: LvmEnv,
+    pub cluster: Cluster,
+    /// topolvm-controller's CSI socket.
+    pub controller_socket: PathBuf,
+    pub controller_metrics: SocketAddr,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for StackNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackNode")
+            .field("name", &self.name)
+            .field("vg", &self.vg.name())
+            .field("csi_socket", &self.csi_socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("nodes", &self.nodes)
+            .field("controller_socket", &self.controller_socket)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.sidecars.abort();
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(60);
+
+impl Stack {
+    /// Starts everything and returns once the nodes' capacity is on their Node objects, the
+    /// webhook answers and the controller's CSI socket exists.
+    pub async fn start(options: StackOptions) -> Self {
+        let extender_port = free_port();
+        let cluster = Cluster::start(
+            ClusterOptions::api_only()
+                .with_scheduler_extender(format!("http://127.0.0.1:{extender_port}"))
+                .with_controller_manager(),
+        )
+        .await;
+        cluster.install_crds().await;
+        let client = cluster.client();
+        let dir = cluster.dir().join("stack");
+        std::fs::create_dir_all(&dir).expect("the stack's directory");
+        Api::<CSIDriver>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+                    "metadata": {"name": names::PLUGIN_NAME},
+                    "spec": {"attachRequired": false, "podInfoOnMount": true,
+                             "volumeLifecycleModes": ["Persistent", "Ephemeral"]},
+                }))
+                .expect("a CSIDriver"),
+            )
+            .await
+            .expect("creating the CSIDriver");
+
+        let env = if options.real_activation {
+            LvmEnv::real_activation()
+        } else {
+            LvmEnv::metadata_only()
+        };
+        let mut vm_disks = if options.real_activation {
+            crate::lvm::vm_disks().into_iter()
+        } else {
+            Vec::new().into_iter()
+        };
+        let mut nodes = Vec::new();
+        for (name, vg_bytes) in &options.nodes {
+            cluster.make_node(name, &[], &[]).await;
+            let disk = if options.real_activation {
+                Disk::existing(vm_disks.next().expect("a VM disk per node"))
+            } else {
+                Disk::loop_device(*vg_bytes)
+            };
+            let vg = VolumeGroup::create(&env, vec![disk]);
+            let lvmd = Lvmd::start(
+                &env,
+                LvmdOptions::new(
+                    workspace_binary("lvmd", "lvmd"),
+                    thick_default_class(DEVICE_CLASS, vg.name()),
+                ),
+            );
+            let node_dir = dir.join(name);
+            let csi_socket = node_dir.join("csi.sock");
+            let kubelet_dir = node_dir.join("kubelet");
+            std::fs::create_dir_all(&kubelet_dir).expect("the node's kubelet dir");
+            let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
+            cmd.arg("--nodename")
+                .arg(name)
+                .arg("--lvmd-socket")
+                .arg(lvmd.socket_path())
+                .arg("--kubeconfig")
+                .arg(cluster.kubeconfig("topolvm-node"))
+                .arg("--csi-socket")
+                .arg(&csi_socket)
+                .arg("--kubelet-dir")
+                .arg(&kubelet_dir)
+                .arg("--metrics-bind-address")
+                .arg(metrics.to_string())
+                .arg("--health-probe-bind-address")
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .env("RUST_LOG", "topolvm_node=debug,info");
+            let agent = ManagedProcess::spawn(
+                &format!("topolvm-node {name}"),
+                cmd,
+                &node_dir.join("topolvm-node.log"),
+            );
+            nodes.push(StackNode {
+                name: name.clone(),
+                vg,
+                lvmd,
+                agent,
+                csi_socket,
+                kubelet_dir,
+                metrics,
+            });
+        }
+
+        let scheduler_config = dir.join("topolvm-scheduler.yaml");
+        std::fs::write(
+            &scheduler_config,
+            format!("listen: \"127.0.0.1:{extender_port}\"\n"),
+        )
+        .expect("the extender's configuration");
+        let mut cmd = Command::new(workspace_binary("topolvm-scheduler", "topolvm-scheduler"));
+        cmd.arg("--config")
+            .arg(&scheduler_config)
+            .arg("--watch-cluster")
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig("topolvm-scheduler"))
+            .env("RUST_LOG", "topolvm_scheduler=debug,info");
+        let scheduler =
+            ManagedProcess::spawn("topolvm-scheduler", cmd, &dir.join("topolvm-scheduler.log"));
+
+        // The webhook's serving certificate for 127.0.0.1, from a CA of the stack's own.
+        let pki = Pki::new(&dir.join("webhook-pki"));
+        let serving = pki.serving("webhook", &["localhost"], &[]);
+        let cert_dir = dir.join("webhook-certs");
+        std::fs::create_dir_all(&cert_dir).expect("cert dir");
+        std::fs::copy(&serving.cert, cert_dir.join("tls.crt")).expect("tls.crt");
+        std::fs::copy(&serving.key, cert_dir.join("tls.key")).expect("tls.key");
+        let webhook_port = free_port();
+        let controller_socket = dir.join("controller.sock");
+        let controller_metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let controller_health: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut cmd = Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
+        cmd.arg("--csi-socket")
+            .arg(&controller_socket)
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig("topolvm-controller"))
+            .arg("--leader-election-namespace")
+            .arg("default")
+            .arg("--metrics-bind-address")
+            .arg(controller_metrics.to_string())
+            .arg("--health-probe-bind-address")
+            .arg(controller_health.to_string())
+            .arg("--webhook-addr")
+            .arg(format!("127.0.0.1:{webhook_port}"))
+            .arg("--cert-dir")
+            .arg(&cert_dir)
+            .env("RUST_LOG", "topolvm_controller=debug,info");
+        let controller = ManagedProcess::spawn(
+            "topolvm-controller",
+            cmd,
+            &dir.join("topolvm-controller.log"),
+        );
+        register_webhook(&cluster, webhook_port, pki.ca_file()).await;
+
+        // Ready means: the CSIDriver seen, the webhook serving its certificate.
+        let readyz = format!("http://{controller_health}/readyz");
+        eventually("topolvm-controller ready", WAIT, || async {
+            let ready = matches!(http_get(&readyz).await, Some((200, _)));
+            (ready && controller_socket.exists()).then_some(())
+        })
+        .await;
+        let nodes_api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+        for node in &nodes {
+            eventually(
+                &format!("{}'s capacity annotation", node.name),
+                WAIT,
+                || {
+                    let nodes_api = nodes_api.clone();
+                    let name = node.name.clone();
+                    async move {
+                        let n = nodes_api.get(&name).await.ok()?;
+                        n.metadata
+                            .annotations?
+                            .contains_key(&names::capacity_annotation_key(DEVICE_CLASS))
+                            .then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+        let sidecars = tokio::spawn(crate::sidecar_loop::run(
+            cluster.client(),
+            controller_socket.clone(),
+        ));
+        Self {
+            sidecars,
+            controller,
+            scheduler,
+            nodes,
+            env,
+            cluster,
+            controller_socket,
+            controller_metrics,
+            dir,
+        }
+    }
+
+    /// Where the stack's logs and files are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn node(&self, name: &str) -> &StackNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no stack node {name}"))
+    }
+}
+
+/// Registers the pod webhook as `deploy/controller/pod-webhook.yaml` does (its namespace rules,
+/// failure policy and review versions), pointed at the controller's port with the stack's CA.
+async fn register_webhook(cluster: &Cluster, port: u16, ca: &Path) {
+    let ca = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(ca).expect("the webhook CA"));
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "topolvm-hook"},
+        "webhooks": [{
+            "name": "pod-hook.topolvm.io",
+            "admissionReviewVersions": ["v1", "v1beta1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "matchPolicy": "Equivalent",
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "topolvm.io/webhook", "operator": "NotIn", "values": ["ignore"]}]},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"]}],
+            "clientConfig": {"url": format!("https://127.0.0.1:{port}/pod/mutate"),
+                             "caBundle": ca},
+        }],
+    }))
+    .expect("a MutatingWebhookConfiguration");
+    Api::<MutatingWebhookConfiguration>::all(cluster.client())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("registering the pod webhook");
+}
