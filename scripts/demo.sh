@@ -1,96 +1,150 @@
 #!/usr/bin/env bash
-# The local demo: set-up, then lvmd on a loop-device volume group with an embedded default
-# configuration, driven through its gRPC API with lvmdctl. Leaves nothing behind.
+# The one-command demo: the whole local stack provisioning a claim as a user would ask for it.
+# Starts (target/debug/topolvm-local-stack, embedded default: two nodes with a 4 GiB volume group
+# each on loop devices) a Kubernetes control plane with kube-scheduler asking topolvm-scheduler,
+# lvmd and topolvm-node per node, topolvm-controller with its pod webhook, and a stand-in for the
+# CSI sidecars (they cannot run here); then applies a StorageClass, a claim and a pod with
+# kubectl, shows the claim Bound, its PV, LogicalVolume and LV, expands the claim, deletes it, and
+# tears everything down. Needs root. Pods are scheduled but never run: there is no kubelet.
 #
 # On a machine without device-mapper (like this project's build machines) LVM runs in
-# metadata-only mode: volumes are created, tagged, resized and removed in the volume group's
-# metadata but not activated. With device-mapper they are real block devices.
+# metadata-only mode: volumes are created, resized and removed in the volume group's metadata
+# but not activated.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '%s\n' "$*"; }
+
+step "set-up: packages, the Kubernetes 1.20 binaries of the test bed, our binaries"
 scripts/setup.sh
-LVMD=$PWD/target/debug/lvmd
-LVMDCTL=$PWD/target/debug/lvmdctl
+e2e/scripts/build-control-plane.sh
+cargo build --quiet -p lvmd -p topolvm-node -p topolvm-controller -p topolvm-scheduler -p topolvm-e2e --bins
 
 work=$(mktemp -d /tmp/topolvm-demo.XXXXXX)
-loop="" lvmd_pid="" vg="demo$$"
+stack_pid=""
 cleanup() {
     set +e
-    [[ -n $lvmd_pid ]] && kill "$lvmd_pid" 2>/dev/null && wait "$lvmd_pid" 2>/dev/null
-    if [[ -n $loop ]]; then
-        lvm vgremove -ff -y "$vg" >/dev/null 2>&1
-        lvm pvremove -ff -y "$loop" >/dev/null 2>&1
-        losetup -d "$loop"
+    if [[ -n $stack_pid ]]; then
+        kill -TERM "$stack_pid" 2>/dev/null
+        wait "$stack_pid" 2>/dev/null
     fi
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-export LVM_SYSTEM_DIR=$work/lvm LC_ALL=C LVM_SUPPRESS_FD_WARNINGS=1
-mkdir -p "$LVM_SYSTEM_DIR"
-if dmsetup version >/dev/null 2>&1; then
-    mode="real device-mapper"
-    printf 'activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }\nbackup { backup = 0 archive = 0 }\n' >"$LVM_SYSTEM_DIR/lvm.conf"
-else
-    mode="metadata only (this kernel has no device-mapper)"
-    printf 'global { activation = 0 }\nbackup { backup = 0 archive = 0 }\n' >"$LVM_SYSTEM_DIR/lvm.conf"
-fi
+step "starting the local stack (logs: $work/stack.log)"
+"${CARGO_TARGET_DIR:-target}"/debug/topolvm-local-stack --ready-file "$work/ready" >"$work/stack.log" 2>&1 &
+stack_pid=$!
+for _ in $(seq 300); do
+    [[ -s $work/ready ]] && break
+    kill -0 "$stack_pid" 2>/dev/null || { tail -n 40 "$work/stack.log"; echo "demo: the stack did not start" >&2; exit 1; }
+    sleep 1
+done
+[[ -s $work/ready ]] || { tail -n 40 "$work/stack.log"; echo "demo: the stack did not start in 5 minutes" >&2; exit 1; }
+# shellcheck disable=SC1091
+source "$work/ready"
+export KUBECONFIG LVM_SYSTEM_DIR
+kubectl() { /var/cache/topolvm-rs/k8s/bin/kubectl "$@"; }
+show() { printf '$ %s\n' "$*"; "$@"; }
+lvs_of() { LC_ALL=C LVM_SUPPRESS_FD_WARNINGS=1 lvm lvs --units m -o lv_name,lv_size,lv_tags "$1" 2>/dev/null; }
+# Polls "$@" (a command printing one value) until it prints $want; 60 s at most.
+wait_for() {
+    local want=$1 what=$2; shift 2
+    for _ in $(seq 600); do
+        [[ $("$@" 2>/dev/null) == "$want" ]] && return 0
+        sleep 0.1
+    done
+    echo "demo: timed out waiting for $what" >&2
+    exit 1
+}
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say "Up: kube-apiserver, kube-scheduler, kube-controller-manager, topolvm-scheduler, topolvm-controller,"
+say "and on node-a and node-b lvmd and topolvm-node, each node with its own volume group."
+step "the nodes, with the free bytes topolvm-node publishes for the device class ssd"
+show kubectl get nodes -o 'custom-columns=NODE:.metadata.name,FREE-SSD:.metadata.annotations.capacity\.topolvm\.io/ssd,TOPOLOGY:.metadata.labels.topology\.topolvm\.io/node'
 
-step "a 4 GiB loop device with volume group $vg ($mode)"
-truncate -s 4G "$work/disk.img"
-loop=$(losetup -f --show "$work/disk.img")
-lvm pvcreate -q "$loop" 2>/dev/null
-lvm vgcreate -q "$vg" "$loop" 2>/dev/null
-lvm vgs "$vg" 2>/dev/null
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$work/lvmd.yaml" <<YAML
-socket-name: $work/lvmd.sock
-lvm-command-prefix: [lvm]
-metrics-listen: 127.0.0.1:$port
-device-classes:
-  - name: ssd
-    volume-group: $vg
-    default: true
-    spare-gb: 1
-  - name: missing
-    volume-group: no-such-vg
+step "a StorageClass, a 1 GiB claim and a pod using it, as a user applies them"
+cat >"$work/app.yaml" <<'YAML'
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: topolvm-provisioner
+provisioner: topolvm.io
+parameters:
+  csi.storage.k8s.io/fstype: ext4
+  topolvm.io/device-class: ssd
+volumeBindingMode: WaitForFirstConsumer
+allowVolumeExpansion: true
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata:
+  name: data
+  namespace: default
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: topolvm-provisioner
+  resources:
+    requests:
+      storage: 1Gi
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: app
+  namespace: default
+spec:
+  automountServiceAccountToken: false
+  containers:
+    - name: app
+      image: registry.invalid/app
+  volumes:
+    - name: data
+      persistentVolumeClaim:
+        claimName: data
 YAML
-step "lvmd with this configuration"
-cat "$work/lvmd.yaml"
-"$LVMD" --config "$work/lvmd.yaml" >"$work/lvmd.log" 2>&1 &
-lvmd_pid=$!
-for _ in $(seq 100); do [[ -S $work/lvmd.sock ]] && break; sleep 0.1; done
-ctl() { echo "\$ lvmdctl $*"; "$LVMDCTL" --socket "$work/lvmd.sock" "$@"; }
+cat "$work/app.yaml"
+show kubectl apply -f "$work/app.yaml"
 
-step "capacity (the class whose volume group is missing is reported, the other keeps serving)"
-ctl watch --count 1
-step "create a 1 GiB volume, then repeat the request (idempotent)"
-ctl create pvc-demo-1 1073741824
-ctl create pvc-demo-1 1073741824
-ctl list
-echo "\$ lvm lvs -o lv_name,lv_size,lv_tags $vg"
-lvm lvs -o lv_name,lv_size,lv_tags "$vg" 2>/dev/null
-step "grow it to 2 GiB; a request that does not fit is refused before lvm runs"
-ctl resize pvc-demo-1 2147483648
-ctl create too-big 10737418240 || true
-ctl free
-step "remove it (twice: removing a missing volume succeeds)"
-ctl remove pvc-demo-1
-ctl remove pvc-demo-1
-ctl list
-step "the missing class answers UNAVAILABLE"
-ctl -c missing free || true
-step "metrics: lvm invocations by subcommand"
-python3 - "$port" <<'PY'
-import sys, urllib.request
-body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
-for line in body.splitlines():
-    if line.startswith(("lvmd_lvm_commands_total", "lvmd_volumegroup_available_bytes", "lvmd_device_class_available")):
-        print(line)
-PY
-step "done; lvmd log follows"
-kill "$lvmd_pid"; wait "$lvmd_pid" || true; lvmd_pid=""
-tail -n 20 "$work/lvmd.log"
+step "the pod webhook wrote what the pod needs, so kube-scheduler asks topolvm-scheduler"
+show kubectl get pod app -o 'custom-columns=POD:.metadata.name,NEEDS-SSD:.metadata.annotations.capacity\.topolvm\.io/ssd,RESOURCE:.spec.containers[0].resources.requests.topolvm\.io/capacity'
+wait_for Bound "the claim to be Bound" kubectl get pvc data -o 'jsonpath={.status.phase}'
+node=$(kubectl get pvc data -o 'jsonpath={.metadata.annotations.volume\.kubernetes\.io/selected-node}')
+pv=$(kubectl get pvc data -o 'jsonpath={.spec.volumeName}')
+say "kube-scheduler placed the pod on $node; topolvm-controller made a LogicalVolume there, topolvm-node"
+say "asked lvmd for the LV, and the volume was bound to the claim:"
+show kubectl get pvc data
+show kubectl get pv "$pv" -o 'custom-columns=PV:.metadata.name,SIZE:.spec.capacity.storage,HANDLE:.spec.csi.volumeHandle,NODE:.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]'
+show kubectl get logicalvolumes -o 'custom-columns=LOGICALVOLUME:.metadata.name,NODE:.spec.nodeName,CLASS:.spec.deviceClass,SIZE:.spec.size,VOLUME-ID:.status.volumeID'
+vg_var="VG_${node//-/_}"
+vg=${!vg_var}
+say "and the LV in $node's volume group $vg (named by the volume ID, tagged as ours):"
+show lvs_of "$vg"
+step "the node's free bytes dropped by the volume's size"
+show kubectl get nodes -o 'custom-columns=NODE:.metadata.name,FREE-SSD:.metadata.annotations.capacity\.topolvm\.io/ssd'
+
+step "expanding the claim to 2 GiB"
+show kubectl patch pvc data -p '{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}'
+wait_for 2147483648 "the PV to grow" kubectl get pv "$pv" -o 'jsonpath={.spec.capacity.storage}'
+show kubectl get pv "$pv" -o 'custom-columns=PV:.metadata.name,SIZE:.spec.capacity.storage'
+show lvs_of "$vg"
+say "(kubelet would now grow the filesystem on the node: NodeExpandVolume)"
+
+step "deleting the pod and the claim"
+show kubectl delete pod app --grace-period=0 --force
+show kubectl delete pvc data
+wait_for "" "the PV to go" kubectl get pv -o 'jsonpath={.items[*].metadata.name}'
+wait_for "" "the LogicalVolume to go" kubectl get logicalvolumes -o 'jsonpath={.items[*].metadata.name}'
+say "the PV, the LogicalVolume and the LV are gone, and the space is back:"
+show kubectl get pv,logicalvolumes
+show lvs_of "$vg"
+show kubectl get nodes -o 'custom-columns=NODE:.metadata.name,FREE-SSD:.metadata.annotations.capacity\.topolvm\.io/ssd'
+
+step "tearing the stack down"
+kill -TERM "$stack_pid"
+wait "$stack_pid" || true
+stack_pid=""
+say "done: processes stopped, volume groups and loop devices removed."

@@ -27,6 +27,8 @@ cargo test -p lvmd --features host-tier --quiet --test host_tier --test systemd_
 
 echo "== e2e tier (real etcd, kube-apiserver, kube-scheduler, kube-controller-manager)"
 e2e/scripts/build-control-plane.sh
+# The harness's own tests and the whole stack (starts target/debug/{lvmd,topolvm-*}).
+cargo build -p lvmd -p topolvm-node -p topolvm-controller -p topolvm-scheduler --bins --quiet
 cargo test -p topolvm-e2e --features e2e --quiet
 cargo test -p topolvm-scheduler --features e2e --quiet --test e2e
 cargo test -p topolvm-runtime --features e2e --quiet --test leader

@@ -20,11 +20,14 @@ use nix::unistd::Pid;
 /// that builds it, when it is missing.
 pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join(name);
+    let dir = exe.parent().expect("the binary's directory");
+    // Test binaries live in target/<profile>/deps, the workspace's binaries one level up.
+    let dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("target/<profile>")
+    } else {
+        dir
+    };
+    let path = dir.join(name);
     assert!(
         path.exists(),
         "{} is missing: build it first (`cargo build -p {package} --bin {name}`, with --release \

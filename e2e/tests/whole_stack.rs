@@ -298,17 +298,12 @@ async fn a_claim_goes_from_pod_to_lv_and_back() {
     // kube-scheduler 1.20 retries an unschedulable pod on a Node change it watches (not an
     // annotation) or after a minute in its unschedulable queue: allow for the minute.
     let pv_big = bound_within(&client, "big", Duration::from_secs(180)).await;
-    let placed = pods
-        .get("big")
-        .await
-        .expect("pod")
-        .spec
-        .and_then(|s| s.node_name);
-    assert_eq!(
-        placed.as_deref(),
-        Some(grown.as_str()),
-        "placed on the node that grew"
-    );
+    let placed = eventually("the big pod placed", WAIT, || {
+        let pods = pods.clone();
+        async move { pods.get("big").await.ok()?.spec?.node_name }
+    })
+    .await;
+    assert_eq!(placed, grown, "placed on the node that grew");
     let handle_big = Api::<PersistentVolume>::all(client.clone())
         .get(&pv_big)
         .await
