@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// A binary of this workspace next to the running test's own target directory
-/// (`target/<profile>/<name>`, the test binary being in `target/<profile>/deps`): how tests start
-/// another package's binary, which cargo does not build for them. Panics, naming the command
+/// A binary of this workspace in the running executable's target directory
+/// (`target/<profile>/<name>`; a test binary is in `target/<profile>/deps`, a workspace binary
+/// such as `topolvm-local-stack` in `target/<profile>`): how tests start another package's
+/// binary, which cargo does not build for them. Panics, naming the command
 /// that builds it, when it is missing.
 pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
