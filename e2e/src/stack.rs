@@ -37,6 +37,8 @@ pub struct StackOptions {
     pub nodes: Vec<(String, u64)>,
     /// Real activation (inside the VM) instead of metadata-only LVM (the host).
     pub real_activation: bool,
+    /// Extra arguments of topolvm-controller.
+    pub controller_args: Vec<String>,
 }
 
 impl StackOptions {
@@ -47,6 +49,7 @@ impl StackOptions {
                 .map(|i| (format!("node-{}", char::from(b'a' + i as u8)), vg_bytes))
                 .collect(),
             real_activation: false,
+            controller_args: Vec::new(),
         }
     }
 }
@@ -55,8 +58,10 @@ impl StackOptions {
 pub struct StackNode {
     pub name: String,
     pub vg: VolumeGroup,
+    /// In its own process group: [`Lvmd::kill9_with_children`] kills it with its `lvm`.
     pub lvmd: Lvmd,
     pub agent: ManagedProcess,
+    agent_recipe: Recipe,
     /// topolvm-node's CSI socket (kubelet's side: [`crate::csi::Kubelet`]).
     pub csi_socket: PathBuf,
     /// The kubelet directory topolvm-node accepts targets under.
@@ -69,6 +74,7 @@ pub struct Stack {
     // Drop order: the sidecars' task first, then the components, then the nodes, the cluster.
     sidecars: tokio::task::JoinHandle<()>,
     pub controller: ManagedProcess,
+    controller_recipe: Recipe,
     pub scheduler: ManagedProcess,
     pub nodes: Vec<StackNode>,
     pub env: LvmEnv,
@@ -106,6 +112,24 @@ impl Drop for Stack {
 }
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// How to start one of the stack's processes again after it was killed.
+#[derive(Debug, Clone)]
+struct Recipe {
+    name: String,
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    rust_log: String,
+    log: PathBuf,
+}
+
+impl Recipe {
+    fn spawn(&self) -> ManagedProcess {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args).env("RUST_LOG", &self.rust_log);
+        ManagedProcess::spawn(&self.name, cmd, &self.log)
+    }
+}
 
 impl Stack {
     /// Starts everything and returns once the nodes' capacity is on their Node objects, the
@@ -160,39 +184,43 @@ impl Stack {
                 LvmdOptions::new(
                     workspace_binary("lvmd", "lvmd"),
                     thick_default_class(DEVICE_CLASS, vg.name()),
-                ),
+                )
+                .own_process_group(),
             );
             let node_dir = dir.join(name);
             let csi_socket = node_dir.join("csi.sock");
             let kubelet_dir = node_dir.join("kubelet");
             std::fs::create_dir_all(&kubelet_dir).expect("the node's kubelet dir");
             let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-            let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
-            cmd.arg("--nodename")
-                .arg(name)
-                .arg("--lvmd-socket")
-                .arg(lvmd.socket_path())
-                .arg("--kubeconfig")
-                .arg(cluster.kubeconfig("topolvm-node"))
-                .arg("--csi-socket")
-                .arg(&csi_socket)
-                .arg("--kubelet-dir")
-                .arg(&kubelet_dir)
-                .arg("--metrics-bind-address")
-                .arg(metrics.to_string())
-                .arg("--health-probe-bind-address")
-                .arg(format!("127.0.0.1:{}", free_port()))
-                .env("RUST_LOG", "topolvm_node=debug,info");
-            let agent = ManagedProcess::spawn(
-                &format!("topolvm-node {name}"),
-                cmd,
-                &node_dir.join("topolvm-node.log"),
-            );
+            let agent_recipe = Recipe {
+                name: format!("topolvm-node {name}"),
+                program: workspace_binary("topolvm-node", "topolvm-node"),
+                args: vec![
+                    "--nodename".into(),
+                    name.into(),
+                    "--lvmd-socket".into(),
+                    lvmd.socket_path().into(),
+                    "--kubeconfig".into(),
+                    cluster.kubeconfig("topolvm-node").into(),
+                    "--csi-socket".into(),
+                    csi_socket.clone().into(),
+                    "--kubelet-dir".into(),
+                    kubelet_dir.clone().into(),
+                    "--metrics-bind-address".into(),
+                    metrics.to_string().into(),
+                    "--health-probe-bind-address".into(),
+                    format!("127.0.0.1:{}", free_port()).into(),
+                ],
+                rust_log: "topolvm_node=debug,info".into(),
+                log: node_dir.join("topolvm-node.log"),
+            };
+            let agent = agent_recipe.spawn();
             nodes.push(StackNode {
                 name: name.clone(),
                 vg,
                 lvmd,
                 agent,
+                agent_recipe,
                 csi_socket,
                 kubelet_dir,
                 metrics,
@@ -226,27 +254,31 @@ impl Stack {
         let controller_socket = dir.join("controller.sock");
         let controller_metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let controller_health: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let mut cmd = Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
-        cmd.arg("--csi-socket")
-            .arg(&controller_socket)
-            .arg("--kubeconfig")
-            .arg(cluster.kubeconfig("topolvm-controller"))
-            .arg("--leader-election-namespace")
-            .arg("default")
-            .arg("--metrics-bind-address")
-            .arg(controller_metrics.to_string())
-            .arg("--health-probe-bind-address")
-            .arg(controller_health.to_string())
-            .arg("--webhook-addr")
-            .arg(format!("127.0.0.1:{webhook_port}"))
-            .arg("--cert-dir")
-            .arg(&cert_dir)
-            .env("RUST_LOG", "topolvm_controller=debug,info");
-        let controller = ManagedProcess::spawn(
-            "topolvm-controller",
-            cmd,
-            &dir.join("topolvm-controller.log"),
-        );
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--csi-socket".into(),
+            controller_socket.clone().into(),
+            "--kubeconfig".into(),
+            cluster.kubeconfig("topolvm-controller").into(),
+            // One replica: no Lease to wait for after a restart.
+            "--leader-election=false".into(),
+            "--metrics-bind-address".into(),
+            controller_metrics.to_string().into(),
+            "--health-probe-bind-address".into(),
+            controller_health.to_string().into(),
+            "--webhook-addr".into(),
+            format!("127.0.0.1:{webhook_port}").into(),
+            "--cert-dir".into(),
+            cert_dir.clone().into(),
+        ];
+        args.extend(options.controller_args.iter().map(Into::into));
+        let controller_recipe = Recipe {
+            name: "topolvm-controller".into(),
+            program: workspace_binary("topolvm-controller", "topolvm-controller"),
+            args,
+            rust_log: "topolvm_controller=debug,info".into(),
+            log: dir.join("topolvm-controller.log"),
+        };
+        let controller = controller_recipe.spawn();
         register_webhook(&cluster, webhook_port, pki.ca_file()).await;
 
         // Ready means: the CSIDriver seen, the webhook serving its certificate.
@@ -282,6 +314,7 @@ impl Stack {
         Self {
             sidecars,
             controller,
+            controller_recipe,
             scheduler,
             nodes,
             env,
@@ -295,6 +328,29 @@ impl Stack {
     /// Where the stack's logs and files are.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// SIGKILL of topolvm-controller, as a crash would.
+    pub fn kill_controller(&mut self) {
+        self.controller.kill();
+    }
+
+    /// Starts topolvm-controller again with the same arguments (killing it first if it runs).
+    pub fn restart_controller(&mut self) {
+        self.controller.kill();
+        self.controller = self.controller_recipe.spawn();
+    }
+
+    /// SIGKILL of node `i`'s topolvm-node.
+    pub fn kill_agent(&mut self, i: usize) {
+        self.nodes[i].agent.kill();
+    }
+
+    /// Starts node `i`'s topolvm-node again (killing it first if it runs).
+    pub fn restart_agent(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        node.agent.kill();
+        node.agent = node.agent_recipe.spawn();
     }
 
     pub fn node(&self, name: &str) -> &StackNode {
