@@ -22,7 +22,7 @@ for line in sys.stdin:
 
 # lvmd's binary starts target/debug/lvmd (CARGO_BIN_EXE_lvmd); topolvm-node's finds it next to
 # its own target directory, so build it explicitly.
-cargo build -p lvmd --bin lvmd -p topolvm-controller --bin topolvm-controller --quiet
+cargo build -p lvmd --bin lvmd -p topolvm-controller --bin topolvm-controller -p topolvm-scheduler --bin topolvm-scheduler --quiet
 lvmd_exe=$(vm_tier_exe lvmd)
 node_exe=$(vm_tier_exe topolvm-node)
 for exe in "$lvmd_exe" "$node_exe"; do

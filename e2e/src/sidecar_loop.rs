@@ -21,6 +21,14 @@
 //!   volume's capacity is raised, and the claim gets `FileSystemResizePending` when the node
 //!   must grow the filesystem, or its new `status.capacity` when not.
 //!
+//! - **Snapshots** (snapshot-controller and external-snapshotter in one): a VolumeSnapshot of a
+//!   bound claim of ours, with a VolumeSnapshotClass of driver `topolvm.io`, gets a CreateSnapshot
+//!   (name `snapshot-<uid>`), a VolumeSnapshotContent `snapcontent-<uid>` with the handle, and
+//!   `readyToUse`; a VolumeSnapshot being deleted gets a DeleteSnapshot, its content deleted and
+//!   its finalizer removed. A claim whose `dataSource` is a ready VolumeSnapshot (or a bound
+//!   claim) is provisioned from it. The `snapshot.storage.k8s.io/v1` CRDs come from
+//!   [`install_snapshot_crds`]: schema-less stand-ins, not external-snapshotter's.
+//!
 //! Level-triggered: every change of a claim or volume (and a tick every second) makes one pass
 //! over all claims and volumes. Not product code: the chart deploys the real sidecars.
 
@@ -33,6 +41,7 @@ use k8s_openapi::api::core::v1::{Event, Node, PersistentVolume, PersistentVolume
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -42,6 +51,91 @@ use topolvm_proto::csi;
 use tracing::{info, warn};
 
 use crate::csi::Sidecars;
+
+/// The group of external-snapshotter's API.
+pub const SNAPSHOT_GROUP: &str = "snapshot.storage.k8s.io";
+/// The finalizer that keeps a VolumeSnapshot until its snapshot is deleted.
+pub const SNAPSHOT_FINALIZER: &str =
+    "snapshot.storage.kubernetes.io/volumesnapshot-bound-protection";
+
+/// `snapshot.storage.k8s.io/v1` `kind` (plural `plural`).
+pub fn snapshot_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: SNAPSHOT_GROUP.into(),
+        version: "v1".into(),
+        api_version: format!("{SNAPSHOT_GROUP}/v1"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// Installs CRDs for VolumeSnapshotClass, VolumeSnapshotContent (cluster-scoped) and
+/// VolumeSnapshot (namespaced), v1, with a status subresource and no schema beyond "an
+/// object": enough for the API server to store what [`run`] and the tests write.
+pub async fn install_snapshot_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for (kind, plural, scope, status) in [
+        (
+            "VolumeSnapshotClass",
+            "volumesnapshotclasses",
+            "Cluster",
+            false,
+        ),
+        (
+            "VolumeSnapshotContent",
+            "volumesnapshotcontents",
+            "Cluster",
+            true,
+        ),
+        ("VolumeSnapshot", "volumesnapshots", "Namespaced", true),
+    ] {
+        let mut version = json!({
+            "name": "v1", "served": true, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object",
+                                           "x-kubernetes-preserve-unknown-fields": true}},
+        });
+        if status {
+            version["subresources"] = json!({"status": {}});
+        }
+        let crd: CustomResourceDefinition = serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            // The API server protects *.k8s.io groups: external-snapshotter's CRDs name the
+            // pull request that approved the API.
+            "metadata": {"name": format!("{plural}.{SNAPSHOT_GROUP}"),
+                         "annotations": {"api-approved.kubernetes.io":
+                             "https://github.com/kubernetes-csi/external-snapshotter/pull/419"}},
+            "spec": {"group": SNAPSHOT_GROUP, "scope": scope,
+                     "names": {"kind": kind, "plural": plural,
+                               "singular": kind.to_lowercase(), "listKind": format!("{kind}List")},
+                     "versions": [version]},
+        }))
+        .expect("a CRD");
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => panic!("installing the {kind} CRD: {e}"),
+        }
+        let name = format!("{plural}.{SNAPSHOT_GROUP}");
+        crate::process::eventually(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || {
+                let crds = crds.clone();
+                let name = name.clone();
+                async move {
+                    let crd = crds.get(&name).await.ok()?;
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    }
+}
 
 /// The annotation kube-scheduler puts on a WaitForFirstConsumer claim.
 pub const SELECTED_NODE_ANNOTATION: &str = "volume.kubernetes.io/selected-node";
@@ -138,7 +232,217 @@ async fn pass(client: &Client, sidecars: &mut Sidecars) -> Result<(), kube::Erro
     for pv in pvs.values() {
         delete_released(client, sidecars, pv).await?;
     }
+    snapshots(client, sidecars, &pvs).await
+}
+
+/// The field at `path` of a dynamic object, as a string.
+fn field<'a>(object: &'a DynamicObject, path: &[&str]) -> Option<&'a str> {
+    let mut value = &object.data;
+    for key in path {
+        value = value.get(key)?;
+    }
+    value.as_str()
+}
+
+async fn snapshots(
+    client: &Client,
+    sidecars: &mut Sidecars,
+    pvs: &BTreeMap<String, PersistentVolume>,
+) -> Result<(), kube::Error> {
+    let snapshot_api = snapshot_resource("VolumeSnapshot", "volumesnapshots");
+    let content_api = snapshot_resource("VolumeSnapshotContent", "volumesnapshotcontents");
+    let class_api = snapshot_resource("VolumeSnapshotClass", "volumesnapshotclasses");
+    let all: Api<DynamicObject> = Api::all_with(client.clone(), &snapshot_api);
+    let Ok(list) = all.list(&ListParams::default()).await else {
+        // No snapshot CRDs in this cluster.
+        return Ok(());
+    };
+    let contents: Api<DynamicObject> = Api::all_with(client.clone(), &content_api);
+    for snapshot in list.items {
+        let (Some(uid), Some(namespace)) = (snapshot.uid(), snapshot.namespace()) else {
+            continue;
+        };
+        let name = snapshot.name_any();
+        let namespaced: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &namespace, &snapshot_api);
+        let content_name = format!("snapcontent-{uid}");
+        if snapshot.metadata.deletion_timestamp.is_some() {
+            if let Ok(Some(content)) = contents.get_opt(&content_name).await {
+                if let Some(handle) = field(&content, &["status", "snapshotHandle"])
+                    && let Err(status) = sidecars.delete_snapshot(handle).await
+                {
+                    warn!(snapshot = %name, code = ?status.code(), "DeleteSnapshot failed");
+                    continue;
+                }
+                let _ = contents
+                    .delete(&content_name, &DeleteParams::default())
+                    .await;
+            }
+            let finalizers: Vec<String> = snapshot
+                .finalizers()
+                .iter()
+                .filter(|f| *f != SNAPSHOT_FINALIZER)
+                .cloned()
+                .collect();
+            namespaced
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"metadata": {"finalizers": finalizers}})),
+                )
+                .await?;
+            continue;
+        }
+        if field(&snapshot, &["status", "boundVolumeSnapshotContentName"]).is_some() {
+            continue;
+        }
+        let Some(claim_name) = field(&snapshot, &["spec", "source", "persistentVolumeClaimName"])
+        else {
+            continue;
+        };
+        let parameters: BTreeMap<String, String> =
+            match field(&snapshot, &["spec", "volumeSnapshotClassName"]) {
+                Some(class) => {
+                    let classes: Api<DynamicObject> = Api::all_with(client.clone(), &class_api);
+                    let Ok(class) = classes.get(class).await else {
+                        continue;
+                    };
+                    if field(&class, &["driver"]) != Some(names::PLUGIN_NAME) {
+                        continue;
+                    }
+                    serde_json::from_value(
+                        class.data.get("parameters").cloned().unwrap_or(json!({})),
+                    )
+                    .unwrap_or_default()
+                }
+                None => BTreeMap::new(),
+            };
+        let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace)
+            .get_opt(claim_name)
+            .await?;
+        let Some(handle) = claim
+            .and_then(|c| c.spec?.volume_name)
+            .and_then(|pv| pvs.get(&pv))
+            .and_then(|pv| pv.spec.as_ref()?.csi.as_ref())
+            .map(|c| c.volume_handle.clone())
+        else {
+            continue;
+        };
+        if !snapshot
+            .finalizers()
+            .iter()
+            .any(|f| f == SNAPSHOT_FINALIZER)
+        {
+            let mut finalizers = snapshot.finalizers().to_vec();
+            finalizers.push(SNAPSHOT_FINALIZER.to_owned());
+            namespaced
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&json!({"metadata": {"finalizers": finalizers}})),
+                )
+                .await?;
+        }
+        let request = Sidecars::create_snapshot_request(&uid, &handle, &parameters);
+        let made = match sidecars.create_snapshot(request).await {
+            Ok(made) => made,
+            Err(status) => {
+                warn!(snapshot = %name, code = ?status.code(), message = status.message(), "CreateSnapshot failed");
+                continue;
+            }
+        };
+        let created = made
+            .creation_time
+            .as_ref()
+            .and_then(|t| k8s_openapi::jiff::Timestamp::new(t.seconds, t.nanos).ok())
+            .map(topolvm_core::timestamp::format_rfc3339_nano);
+        let content = DynamicObject::new(&content_name, &content_api).data(json!({
+            "spec": {"driver": names::PLUGIN_NAME, "deletionPolicy": "Delete",
+                     "source": {"volumeHandle": handle},
+                     "volumeSnapshotRef": {"apiVersion": format!("{SNAPSHOT_GROUP}/v1"),
+                                           "kind": "VolumeSnapshot", "namespace": namespace,
+                                           "name": name, "uid": uid}},
+        }));
+        match contents.create(&PostParams::default(), &content).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+        contents
+            .patch_status(
+                &content_name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {
+                    "snapshotHandle": made.snapshot_id, "readyToUse": made.ready_to_use,
+                    "restoreSize": made.size_bytes}})),
+            )
+            .await?;
+        namespaced
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {
+                    "boundVolumeSnapshotContentName": content_name,
+                    "readyToUse": made.ready_to_use, "restoreSize": made.size_bytes.to_string(),
+                    "creationTime": created}})),
+            )
+            .await?;
+        info!(snapshot = %name, handle = %made.snapshot_id, "snapshot made");
+    }
     Ok(())
+}
+
+/// The CSI content source of a claim's `dataSource`: a ready VolumeSnapshot's handle or a bound
+/// claim's volume. `Err(())` while the source is not usable yet.
+async fn content_source(
+    client: &Client,
+    claim: &PersistentVolumeClaim,
+    pvs: &BTreeMap<String, PersistentVolume>,
+) -> Result<Option<csi::VolumeContentSource>, ()> {
+    use csi::volume_content_source::{SnapshotSource, Type, VolumeSource};
+    let Some(source) = claim.spec.as_ref().and_then(|s| s.data_source.clone()) else {
+        return Ok(None);
+    };
+    let namespace = claim.namespace().unwrap_or_default();
+    let kind = match (source.api_group.as_deref(), source.kind.as_str()) {
+        (Some(SNAPSHOT_GROUP), "VolumeSnapshot") => {
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                client.clone(),
+                &namespace,
+                &snapshot_resource("VolumeSnapshot", "volumesnapshots"),
+            );
+            let snapshot = api.get(&source.name).await.map_err(|_| ())?;
+            if snapshot.data["status"]["readyToUse"] != json!(true) {
+                return Err(());
+            }
+            let content =
+                field(&snapshot, &["status", "boundVolumeSnapshotContentName"]).ok_or(())?;
+            let contents: Api<DynamicObject> = Api::all_with(
+                client.clone(),
+                &snapshot_resource("VolumeSnapshotContent", "volumesnapshotcontents"),
+            );
+            let content = contents.get(content).await.map_err(|_| ())?;
+            let handle = field(&content, &["status", "snapshotHandle"]).ok_or(())?;
+            Type::Snapshot(SnapshotSource {
+                snapshot_id: handle.to_owned(),
+            })
+        }
+        (None | Some(""), "PersistentVolumeClaim") => {
+            let source_claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace)
+                .get(&source.name)
+                .await
+                .map_err(|_| ())?;
+            let pv = source_claim.spec.and_then(|s| s.volume_name).ok_or(())?;
+            let handle = pvs
+                .get(&pv)
+                .and_then(|pv| pv.spec.as_ref()?.csi.as_ref())
+                .map(|c| c.volume_handle.clone())
+                .ok_or(())?;
+            Type::Volume(VolumeSource { volume_id: handle })
+        }
+        _ => return Err(()),
+    };
+    Ok(Some(csi::VolumeContentSource { r#type: Some(kind) }))
 }
 
 async fn provision(
@@ -162,13 +466,18 @@ async fn provision(
         .list(&ListParams::default())
         .await?
         .items;
-    let request = match Sidecars::create_volume_request(claim, class, &node, &nodes) {
+    let mut request = match Sidecars::create_volume_request(claim, class, &node, &nodes) {
         Ok(r) => r,
         Err(e) => {
             event(client, claim, "ProvisioningFailed", &e.to_string()).await;
             return Ok(());
         }
     };
+    match content_source(client, claim, pvs).await {
+        Ok(source) => request.volume_content_source = source,
+        // The source is not ready yet: the next pass tries again.
+        Err(()) => return Ok(()),
+    }
     let volume = match sidecars.create_volume(request).await {
         Ok(v) => v,
         Err(status) => {

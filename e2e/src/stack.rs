@@ -144,6 +144,7 @@ impl Stack {
         .await;
         cluster.install_crds().await;
         let client = cluster.client();
+        crate::sidecar_loop::install_snapshot_crds(&client).await;
         let dir = cluster.dir().join("stack");
         std::fs::create_dir_all(&dir).expect("the stack's directory");
         Api::<CSIDriver>::all(client.clone())

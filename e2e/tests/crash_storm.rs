@@ -300,34 +300,73 @@ async fn a_crash_storm_loses_nothing() {
         )
         .await;
     }
-    eventually(
-        "deleted claims, their PVs and LogicalVolumes gone",
-        settle,
-        || {
-            let client = client.clone();
-            let claims = claims.clone();
-            let deleted = &deleted;
-            let live = &live;
-            async move {
-                let left = claims.list(&ListParams::default()).await.ok()?.items;
-                if left.iter().any(|c| deleted.contains(&c.name_any())) {
-                    return None;
-                }
-                let pvs = Api::<PersistentVolume>::all(client.clone())
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .items;
-                let lvs = Api::<LogicalVolume>::all(client)
-                    .list(&ListParams::default())
-                    .await
-                    .ok()?
-                    .items;
-                (pvs.len() == live.len() && lvs.len() == live.len()).then_some(())
-            }
-        },
-    )
-    .await;
+    // Deleted claims go with their PVs and LogicalVolumes; what is left is described on failure.
+    let deadline = std::time::Instant::now() + settle;
+    loop {
+        let left: Vec<PersistentVolumeClaim> = claims
+            .list(&ListParams::default())
+            .await
+            .expect("claims")
+            .items
+            .into_iter()
+            .filter(|c| deleted.contains(&c.name_any()))
+            .collect();
+        let pv_left = pvs.list(&ListParams::default()).await.expect("PVs").items;
+        let lv_left = Api::<LogicalVolume>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("LogicalVolumes")
+            .items;
+        if left.is_empty() && pv_left.len() == live.len() && lv_left.len() == live.len() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let claims: Vec<String> = left
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} phase={:?} deleting={} finalizers={:?}",
+                        c.name_any(),
+                        c.status.as_ref().and_then(|s| s.phase.clone()),
+                        c.metadata.deletion_timestamp.is_some(),
+                        c.finalizers()
+                    )
+                })
+                .collect();
+            let pv_desc: Vec<String> = pv_left
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} phase={:?} claim={:?}",
+                        p.name_any(),
+                        p.status.as_ref().and_then(|s| s.phase.clone()),
+                        p.spec
+                            .as_ref()
+                            .and_then(|s| s.claim_ref.as_ref())
+                            .and_then(|r| r.name.clone())
+                    )
+                })
+                .collect();
+            let lv_desc: Vec<String> = lv_left
+                .iter()
+                .map(|l| {
+                    format!(
+                        "{} node={} deleting={} finalizers={:?} annotations={:?} status={:?}",
+                        l.name_any(),
+                        l.spec.node_name,
+                        l.metadata.deletion_timestamp.is_some(),
+                        l.finalizers(),
+                        l.annotations(),
+                        l.status
+                    )
+                })
+                .collect();
+            panic!(
+                "not settled within {settle:?}: live {live:?}\nclaims left: {claims:#?}\nPVs: {pv_desc:#?}\nLogicalVolumes: {lv_desc:#?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let pv_list = pvs.list(&ListParams::default()).await.expect("PVs").items;
     for pv in &pv_list {
         let phase = pv.status.as_ref().and_then(|s| s.phase.clone());

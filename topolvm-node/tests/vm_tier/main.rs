@@ -7,12 +7,15 @@
 //!   origins, read-only, stray signatures, inline ephemeral volumes);
 //! - [`reconciler`]: LogicalVolumes made from `spec.source` (thin and thick snapshots, clones)
 //!   through the reconciler, with the control plane started in the VM;
-//! - [`controller`]: the same through topolvm-controller's CSI service, as the sidecars ask.
+//! - [`controller`]: the same through topolvm-controller's CSI service, as the sidecars ask;
+//! - [`whole_path`]: the whole local stack in the VM, a claim from its pod to a mounted, written,
+//!   grown filesystem, snapshotted and restored into a second claim.
 #![cfg(feature = "vm-tier")]
 
 mod controller;
 mod csi;
 mod reconciler;
+mod whole_path;
 
 use std::process::Command;
 
