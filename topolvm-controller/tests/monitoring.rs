@@ -11,8 +11,8 @@
 //! to be caught. A real Prometheus (Debian's, `e2e/scripts/fetch-prometheus.sh`) then scrapes
 //! the same endpoints with the rule file loaded: every rule evaluates without error, every
 //! dashboard query is accepted, the `node` and `device_class` variables list the cluster's
-//! nodes and classes, and exactly the expected alerts are active (the thin node's pool is
-//! reported over the thresholds). Then lvmd is stopped: the node's series change as the lvmd
+//! nodes and classes, and of the thin pool, lvmd, orphan and leader alerts exactly the expected
+//! ones are active (the thin node's pool is reported over the thresholds). Then lvmd is stopped: the node's series change as the lvmd
 //! and staleness alerts expect, and Prometheus raises TopoLVMLvmdUnreachable for that node.
 //! Root:
 //!
@@ -369,7 +369,7 @@ impl Exported {
 
 /// `name{a="x",b="y"} value` → (name, labels).
 fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>)> {
-    let name_end = line.find(|c: char| c == '{' || c == ' ')?;
+    let name_end = line.find(['{', ' '])?;
     let name = line[..name_end].to_owned();
     let mut labels = Vec::new();
     let mut rest = &line[name_end..];
