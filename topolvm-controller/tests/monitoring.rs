@@ -1,20 +1,20 @@
-//! `deploy/monitoring/`: the Grafana dashboard and the PrometheusRule use only metrics, labels
-//! and label values that the real binaries export. The whole stack runs on the test bed: the
-//! real kube-apiserver, lvmd on loop devices (metadata-only lvm2, so a thick class), a
-//! topolvm-node on it, a second topolvm-node fed a thin pool by a stand-in lvmd (the host has no
-//! device-mapper, so no real thin pool), topolvm-controller and topolvm-scheduler. One CSI
-//! volume is created (and one refused for lack of space), kubelet's NodeGetInfo is sent, and each
-//! `/metrics` is scraped; every expression of both files is parsed as PromQL (`promql-parser`)
-//! and each selector's metric name (histograms by their `_bucket`/`_sum`/`_count` series),
-//! matcher label names and exact-match values, `by`/`on` labels, legend and annotation
-//! `{{label}}`s are looked up in what was scraped. Misspelt names, labels and values are shown
-//! to be caught. A real Prometheus (Debian's, `e2e/scripts/fetch-prometheus.sh`) then scrapes
-//! the same endpoints with the rule file loaded: every rule evaluates without error, every
-//! dashboard query is accepted, the `node` and `device_class` variables list the cluster's
-//! nodes and classes, and of the thin pool, lvmd, orphan and leader alerts exactly the expected
-//! ones are active (the thin node's pool is reported over the thresholds). Then lvmd is stopped: the node's series change as the lvmd
-//! and staleness alerts expect, and Prometheus raises TopoLVMLvmdUnreachable for that node.
-//! Root:
+//! `deploy/monitoring/`: the Grafana dashboard and the PrometheusRule use only metrics, labels and
+//! label values that the real binaries export. The whole stack runs on the test bed: the real
+//! kube-apiserver, lvmd on loop devices (metadata-only lvm2, so a thick class), a topolvm-node on
+//! it, a second topolvm-node fed a thin pool by a stand-in lvmd (the host has no device-mapper, so
+//! no real thin pool), topolvm-controller and topolvm-scheduler. One CSI volume is created (and one
+//! refused for lack of space), kubelet's NodeGetInfo is sent, and each `/metrics` is scraped; every
+//! expression of both files is parsed as PromQL (`promql-parser`) and each selector's metric name
+//! (histograms by their `_bucket`/`_sum`/`_count` series), matcher label names and exact-match
+//! values, `by`/`on` labels, legend and annotation `{{label}}`s are looked up in what was scraped.
+//! Misspelt names, labels and values are shown to be caught. A real Prometheus (Debian's,
+//! `e2e/scripts/fetch-prometheus.sh`) then scrapes the same endpoints with the rule file loaded
+//! (which `promtool check rules` accepts): every rule evaluates without error, every dashboard
+//! query is accepted, the `node` and `device_class` variables list the cluster's nodes and classes,
+//! and of the thin pool, lvmd, orphan and leader alerts exactly the expected ones are active (the
+//! thin node's pool is reported over the thresholds); failing CSI calls make the CSI error-rate
+//! alerts active for their methods. Then lvmd is stopped: the node's series change as the lvmd and
+//! staleness alerts expect, and Prometheus raises TopoLVMLvmdUnreachable for that node. Root:
 //!
 //! ```text
 //! e2e/scripts/build-control-plane.sh && e2e/scripts/fetch-prometheus.sh
@@ -883,6 +883,19 @@ fn start_prometheus(
         "rule_files": [rule_file],
         "scrape_configs": scrape_configs,
     });
+    let promtool = prometheus_bin().with_file_name("promtool");
+    let checked = Command::new(&promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(&rule_file)
+        .output()
+        .expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
     let config_file = dir.join("prometheus.yml");
     std::fs::write(&config_file, serde_yaml::to_string(&config).expect("yaml")).expect("config");
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -924,8 +937,8 @@ async fn prometheus_api(addr: SocketAddr, path: &str) -> Result<serde_json::Valu
     }
 }
 
-/// The alerts Prometheus has pending or firing, as (alert name, node label).
-async fn active_alerts(addr: SocketAddr) -> Option<BTreeSet<(String, String)>> {
+/// The alerts Prometheus has pending or firing, as (alert name, value of the label `key`).
+async fn active_alerts(addr: SocketAddr, key: &str) -> Option<BTreeSet<(String, String)>> {
     let data = prometheus_api(addr, "/api/v1/alerts").await.ok()?;
     Some(
         data["alerts"]
@@ -933,7 +946,7 @@ async fn active_alerts(addr: SocketAddr) -> Option<BTreeSet<(String, String)>> {
             .iter()
             .map(|a| {
                 let label = |k: &str| a["labels"][k].as_str().unwrap_or_default().to_owned();
-                (label("alertname"), label("node"))
+                (label("alertname"), label(key))
             })
             .collect(),
     )
@@ -1255,7 +1268,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
             let mut last = BTreeSet::new();
             let deadline = tokio::time::Instant::now() + WAIT;
             while tokio::time::Instant::now() < deadline {
-                last = active_alerts(prometheus)
+                last = active_alerts(prometheus, "node")
                     .await
                     .unwrap_or_default()
                     .into_iter()
@@ -1270,6 +1283,57 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         }
     };
     active(None).await;
+
+    // Failing CSI calls (an empty volume ID is INVALID_ARGUMENT to both services) make the
+    // error-rate alerts active for exactly those methods. A counter's first sample is no
+    // increase to rate(), so one failure is scraped before the ones that count.
+    let fail_both = |times: usize| {
+        let mut sidecars = sidecars.clone();
+        let socket = node_csi.clone();
+        let kubelet_dir = dir.path().join(format!("{NODE}-kubelet"));
+        async move {
+            let mut kubelet = Kubelet::connect(&socket, &kubelet_dir)
+                .await
+                .expect("the node's CSI socket");
+            for _ in 0..times {
+                let deleted = sidecars.delete_volume("").await;
+                assert_eq!(
+                    deleted.map_err(|s| s.code()),
+                    Err(tonic::Code::InvalidArgument)
+                );
+                let published = kubelet
+                    .node()
+                    .node_publish_volume(csi::NodePublishVolumeRequest::default())
+                    .await;
+                assert_eq!(
+                    published.map(|_| ()).map_err(|s| s.code()),
+                    Err(tonic::Code::InvalidArgument)
+                );
+            }
+        }
+    };
+    fail_both(1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fail_both(5).await;
+    let want_csi: BTreeSet<(String, String)> = [
+        ("TopoLVMControllerCSIErrors", "DeleteVolume"),
+        ("TopoLVMNodeCSIErrors", "NodePublishVolume"),
+    ]
+    .into_iter()
+    .map(|(a, m)| (a.to_owned(), m.to_owned()))
+    .collect();
+    let mut seen_csi = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::time::Instant::now() < deadline && seen_csi != want_csi {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        seen_csi = active_alerts(prometheus, "method")
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(a, _)| a.ends_with("CSIErrors"))
+            .collect();
+    }
+    assert_eq!(seen_csi, want_csi, "the CSI error alerts");
 
     // The values the alerts read: the thin pool's percentages as lvmd (here its stand-in)
     // reported them; lvmd reachable and the annotations synced now on both nodes.
