@@ -43,6 +43,12 @@ cargo test -p topolvm-controller --features e2e --quiet --test deploy
 # topolvm-controller's CSI service with the real topolvm-node and lvmd (starts target/debug/{lvmd,topolvm-node}).
 cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node --quiet
 cargo test -p topolvm-controller --features e2e --quiet --test csi --test node_deletion
+# deploy/monitoring/: every metric, label and value the dashboard and alerts use is exported by
+# the running lvmd, topolvm-node, topolvm-controller and topolvm-scheduler.
+# A real Prometheus (Debian's, cached) scrapes them and evaluates the rules.
+e2e/scripts/fetch-prometheus.sh >/dev/null
+cargo build -p topolvm-scheduler --bin topolvm-scheduler --quiet
+cargo test -p topolvm-controller --features e2e --quiet --test monitoring
 
 if [[ -n ${TOPOLVM_SKIP_VM:-} ]]; then
     echo "== VM tier skipped (TOPOLVM_SKIP_VM)"

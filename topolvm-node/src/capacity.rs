@@ -34,6 +34,7 @@ use topolvm_runtime::endpoints::Readiness;
 use tracing::{debug, info, warn};
 
 use crate::lvmd_client::{LvmdConnection, ReportSender};
+use crate::metrics::CapacityHealth;
 
 /// The first and the longest wait before opening lvmd's Watch stream again.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -173,7 +174,8 @@ pub fn node_patch(meta: &ObjectMeta, watch: &pb::WatchResponse) -> Option<serde_
 
 /// Follows lvmd's Watch stream until `shutdown`, publishing every message on the Node; opens the
 /// stream again with backoff whenever it ends or a publish fails. `readiness` is true while a
-/// stream is open and its last message was published. Every message is also handed to
+/// stream is open and its last message was published, and so is `health`'s synced state;
+/// `health` also says whether lvmd answers. Every message is also handed to
 /// `latest` for the other parts of topolvm-node. A change of the Node that leaves it out of
 /// line with the latest message (created again, finalizer or annotation removed) publishes
 /// that message again.
@@ -182,6 +184,7 @@ pub async fn run(
     lvmd: LvmdConnection,
     latest: ReportSender,
     readiness: Readiness,
+    health: CapacityHealth,
     shutdown: CancellationToken,
 ) {
     let mut backoff = BACKOFF_START;
@@ -189,9 +192,14 @@ pub async fn run(
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            outcome = follow(&publisher, &lvmd, &latest, &readiness, &mut backoff, &mut node_changes) => outcome,
+            outcome = follow(&publisher, &lvmd, &latest, &readiness, &health, &mut backoff, &mut node_changes) => outcome,
         };
         readiness.set_ready(false);
+        health.set_capacity_synced(false);
+        // A Node that cannot be written says nothing about lvmd.
+        if !matches!(outcome, CapacityError::Node { .. }) {
+            health.set_lvmd_reachable(false);
+        }
         warn!(error = %outcome, retry_in = ?backoff, "capacity updates interrupted");
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -207,6 +215,7 @@ async fn follow(
     lvmd: &LvmdConnection,
     latest: &ReportSender,
     readiness: &Readiness,
+    health: &CapacityHealth,
     backoff: &mut Duration,
     node_changes: &mut BoxStream<'static, PartialObjectMeta<Node>>,
 ) -> CapacityError {
@@ -235,6 +244,7 @@ async fn follow(
             Ok(None) => return CapacityError::StreamEnded,
             Err(status) => return status.into(),
         };
+        health.set_lvmd_reachable(true);
         let message = Arc::new(message);
         latest.send_replace(Some(message.clone()));
         if let Err(e) = publisher.publish(&message).await {
@@ -244,6 +254,7 @@ async fn follow(
             info!(node = %publisher.node_name, "publishing lvmd's capacity on the node");
         }
         readiness.set_ready(true);
+        health.set_capacity_synced(true);
         *backoff = BACKOFF_START;
     }
 }

@@ -108,6 +108,7 @@ pub async fn run(
     };
 
     let gauges = metrics::CapacityGauges::register(&registry, &options.node_name)?;
+    let capacity_health = metrics::CapacityHealth::register(&registry, &options.node_name)?;
     let (report_sender, latest_report) = lvmd_client::report_channel();
     let tasks = TaskTracker::new();
     // Probe answers ready only while lvmd is reachable and the CSIDriver object exists (the
@@ -121,6 +122,7 @@ pub async fn run(
         lvmd.clone(),
         report_sender,
         lvmd_ready,
+        capacity_health,
         shutdown.clone(),
     ));
     tasks.spawn(metrics::follow(

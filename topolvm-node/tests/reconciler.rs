@@ -453,7 +453,8 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
             .await
             .expect("an LV whose object does not exist");
     }
-    let gauge = format!("topolvm_node_orphan_volumes{{device_class=\"{CLASS}\"}} 4");
+    let gauge =
+        format!("topolvm_node_orphan_volumes{{device_class=\"{CLASS}\",node=\"{NODE}\"}} 4");
     eventually("the orphan gauge", WAIT, || async {
         metrics(&agent).await.contains(&gauge).then_some(())
     })

@@ -47,6 +47,15 @@ pub fn status_of(error: &Error) -> Status {
     Status::new(code, error.to_string())
 }
 
+/// The gRPC code's name as gRPC-Go prints it (`OK`, `InvalidArgument`, ...), as topolvm-node's
+/// CSI metrics label it, so one `code!="OK"` matches both.
+fn code_label(code: Code) -> String {
+    match code {
+        Code::Ok => "OK".to_owned(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// `topolvm_controller_csi_*` metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -155,7 +164,7 @@ impl ControllerService {
         };
         self.metrics
             .requests
-            .with_label_values(&[method, &format!("{code:?}")])
+            .with_label_values(&[method, &code_label(code)])
             .inc();
         self.metrics
             .duration

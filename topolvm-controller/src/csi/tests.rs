@@ -1175,7 +1175,7 @@ async fn requests_are_counted_by_method_and_code() {
     );
     assert!(
         text.contains(
-            r#"topolvm_controller_csi_requests_total{code="Ok",method="ControllerGetCapabilities"} 1"#
+            r#"topolvm_controller_csi_requests_total{code="OK",method="ControllerGetCapabilities"} 1"#
         ),
         "{text}"
     );

@@ -123,7 +123,8 @@ impl<V: Volumes> OrphanScanner<V> {
             Opts::new(
                 "topolvm_node_orphan_volumes",
                 "LVs with topolvm-rs's ownership tag whose LogicalVolume or pod no longer exists.",
-            ),
+            )
+            .const_label("node", &node_name),
             &["device_class"],
         )?;
         registry.register(Box::new(gauge.clone()))?;

@@ -814,7 +814,7 @@ mod orphan_scan {
         .await;
         assert_eq!(orphans, Ok(vec!["lv-1".to_owned()]));
         assert!(
-            gauge.contains("topolvm_node_orphan_volumes{device_class=\"ssd\"} 1"),
+            gauge.contains("topolvm_node_orphan_volumes{device_class=\"ssd\",node=\"worker-1\"} 1"),
             "{gauge}"
         );
         assert_eq!(
@@ -888,7 +888,7 @@ mod orphan_scan {
         .await;
         assert_eq!(orphans, Ok(vec![]));
         assert!(
-            gauge.contains("topolvm_node_orphan_volumes{device_class=\"ssd\"} 0"),
+            gauge.contains("topolvm_node_orphan_volumes{device_class=\"ssd\",node=\"worker-1\"} 0"),
             "{gauge}"
         );
     }
