@@ -95,6 +95,58 @@ async fn create_pod(client: &Client, name: &str) -> bool {
         .is_ok()
 }
 
+/// A VolumeSnapshot's life as external-snapshotter drives it: CreateSnapshot repeated until its
+/// answer is final, then (for a snapshot made) DeleteSnapshot repeated until it succeeds.
+#[derive(Debug)]
+enum SnapshotJob {
+    Create { uid: String, handle: String },
+    Delete { snapshot_id: String },
+}
+
+/// Whether the sidecars try a call again after this code (the connection lost, the deadline
+/// passed, the driver busy), as opposed to a final answer.
+fn retried(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(
+        code,
+        Unavailable | DeadlineExceeded | Unknown | Aborted | Cancelled
+    )
+}
+
+/// One attempt at each job; returns those still open.
+async fn advance(
+    jobs: Vec<SnapshotJob>,
+    socket: &std::path::Path,
+    counts: &mut Counts,
+) -> Vec<SnapshotJob> {
+    let Ok(mut sidecars) = Sidecars::connect(socket).await else {
+        return jobs;
+    };
+    let mut open = Vec::new();
+    for job in jobs {
+        match job {
+            SnapshotJob::Create { uid, handle } => {
+                let request = Sidecars::create_snapshot_request(&uid, &handle, &BTreeMap::new());
+                match sidecars.create_snapshot(request).await {
+                    Ok(made) => open.push(SnapshotJob::Delete {
+                        snapshot_id: made.snapshot_id,
+                    }),
+                    Err(status) if retried(status.code()) => {
+                        open.push(SnapshotJob::Create { uid, handle });
+                    }
+                    Err(_) => counts.snapshot_refusals += 1,
+                }
+            }
+            SnapshotJob::Delete { snapshot_id } => {
+                if sidecars.delete_snapshot(&snapshot_id).await.is_err() {
+                    open.push(SnapshotJob::Delete { snapshot_id });
+                }
+            }
+        }
+    }
+    open
+}
+
 async fn delete(client: &Client, name: &str) {
     let _ = Api::<Pod>::namespaced(client.clone(), "default")
         .delete(name, &DeleteParams::default().grace_period(0))
@@ -150,7 +202,15 @@ async fn a_crash_storm_loses_nothing() {
     let mut next_name = 0;
     // Pods refused while the webhook was down, tried again at every operation as a user would.
     let mut refused_pods: BTreeSet<String> = BTreeSet::new();
+    // Snapshot requests in flight: external-snapshotter repeats one until its answer is final.
+    let mut snapshot_jobs: Vec<SnapshotJob> = Vec::new();
     for op in 0..ops {
+        snapshot_jobs = advance(
+            std::mem::take(&mut snapshot_jobs),
+            &stack.controller_socket,
+            &mut counts,
+        )
+        .await;
         let mut still_refused = BTreeSet::new();
         for name in std::mem::take(&mut refused_pods) {
             if live.contains_key(&name) && !create_pod(&client, &name).await {
@@ -233,21 +293,12 @@ async fn a_crash_storm_loses_nothing() {
                 Some(pvs.get(&volume).await.ok()?.spec?.csi?.volume_handle)
             }
             .await;
-            if let Some(handle) = handle
-                && let Ok(mut sidecars) = Sidecars::connect(&stack.controller_socket).await
-            {
+            if let Some(handle) = handle {
                 counts.snapshots += 1;
-                let request = Sidecars::create_snapshot_request(
-                    &format!("storm-{op}"),
-                    &handle,
-                    &BTreeMap::new(),
-                );
-                match sidecars.create_snapshot(request).await {
-                    Ok(snapshot) => {
-                        let _ = sidecars.delete_snapshot(&snapshot.snapshot_id).await;
-                    }
-                    Err(_) => counts.snapshot_refusals += 1,
-                }
+                snapshot_jobs.push(SnapshotJob::Create {
+                    uid: format!("storm-{op}"),
+                    handle,
+                });
             }
         } else {
             let Some(name) = pick(&mut rng, &live) else {
@@ -266,6 +317,20 @@ async fn a_crash_storm_loses_nothing() {
             c if c % 2 == 1 => stack.nodes[(c - 1) / 2].lvmd.restart(),
             c => stack.restart_agent((c - 2) / 2),
         }
+    }
+    let settle_snapshots = std::time::Instant::now() + Duration::from_secs(120);
+    while !snapshot_jobs.is_empty() {
+        assert!(
+            std::time::Instant::now() < settle_snapshots,
+            "snapshot requests without a final answer: {snapshot_jobs:?}"
+        );
+        snapshot_jobs = advance(
+            std::mem::take(&mut snapshot_jobs),
+            &stack.controller_socket,
+            &mut counts,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     for name in std::mem::take(&mut refused_pods) {
         eventually("a refused pod admitted", Duration::from_secs(60), || {
