@@ -2,11 +2,13 @@
 """Renders a Helm chart like `helm template`, with Helm's own engine (see install-helm.sh).
 
     scripts/helm-template.py CHART [--name NAME] [--namespace NS] [-f VALUES]... [--set K=V]...
+    scripts/helm-template.py CHART --lint [--kube-version v1.20.0] [-f VALUES]... [--set K=V]...
 
 Prints the manifests as one YAML stream, each document headed by `# Source: <template>`, in
 Helm's install order (Namespace, ServiceAccount, ConfigMap, ..., CRDs, RBAC, Services,
 workloads, webhooks; other kinds last), templates in path order within a kind. Exits non-zero
-with Helm's message when a template fails.
+with Helm's message when a template fails. With --lint, runs `helm lint --strict` instead
+(against --kube-version) and exits non-zero on any warning or error.
 """
 import argparse
 import os
@@ -36,6 +38,8 @@ def main() -> int:
     parser.add_argument("--namespace", default="topolvm-system")
     parser.add_argument("-f", "--values", action="append", default=[])
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--lint", action="store_true")
+    parser.add_argument("--kube-version", default="v1.20.0")
     args = parser.parse_args()
     try:
         import helm_python as helm
@@ -50,6 +54,16 @@ def main() -> int:
             values = merge(values, helm.values_from_yaml(f.read()))
     for item in args.set:
         values = merge(values, helm.parse_set_string(item))
+
+    if args.lint:
+        report = helm.lint(args.chart, values, strict=True, namespace=args.namespace,
+                           kube_version=args.kube_version)
+        problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        for m in report["messages"]:
+            print(f"helm lint: severity {m['severity']}: {m['path']}: {m['error']}", file=sys.stderr)
+        for e in report["errors"]:
+            print(f"helm lint: {e}", file=sys.stderr)
+        return 1 if problems else 0
 
     try:
         with helm.Chart.load(args.chart) as chart:

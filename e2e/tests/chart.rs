@@ -210,6 +210,30 @@ fn the_committed_manifests_are_a_fresh_render_of_the_chart() {
     }
 }
 
+/// `helm lint --strict` against Kubernetes 1.20 (the test bed's release): the chart's metadata,
+/// values and templates, and no API removed or deprecated there.
+#[test]
+fn helm_lint_passes_with_the_defaults_and_each_example() {
+    let mut values: Vec<Option<PathBuf>> = vec![None];
+    values.extend(examples().into_iter().map(Some));
+    for v in values {
+        let mut command = Command::new("python3");
+        command
+            .arg(root().join("scripts/helm-template.py"))
+            .arg(chart())
+            .args(["--lint", "--kube-version", "v1.20.0"]);
+        if let Some(v) = &v {
+            command.arg("-f").arg(v);
+        }
+        let output = command.output().expect("running helm lint");
+        assert!(
+            output.status.success(),
+            "helm lint with {v:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 #[test]
 fn values_that_cannot_work_are_refused_with_the_key() {
     for (set, key) in [
