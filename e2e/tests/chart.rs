@@ -12,8 +12,9 @@
 //!
 //! - The committed plain manifests are exactly what `scripts/render-manifests.sh` renders now,
 //!   and the chart's copies of `deploy/monitoring/` are that directory's files.
-//! - The chart renders with its default values and each example values file; values that
-//!   cannot work are refused with a message naming the key.
+//! - The chart renders with its default values and each example values file, and passes
+//!   `helm lint --strict` against Kubernetes 1.20; values that cannot work are refused with a
+//!   message naming the key.
 //! - Every rendered object and every plain manifest is accepted by the API server in a
 //!   server-side dry run (server-side apply, which refuses fields the schema does not know), and
 //!   the object the API server returns still holds every field sent (Kubernetes 1.20 drops
