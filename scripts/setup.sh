@@ -9,7 +9,7 @@ packages=(
     util-linux                     # losetup
     e2fsprogs xfsprogs btrfs-progs # filesystems
     systemd                        # systemd-analyze verify for the unit file
-    python3                        # small helpers in the scripts
+    python3 python3-pip            # small helpers in the scripts; pip installs Helm's engine
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -26,5 +26,8 @@ for component in rustfmt clippy; do
         rustup component add "$component"
     fi
 done
+
+# Helm's chart engine (PyPI helm-python-sdk) for rendering deploy/charts/topolvm-rs.
+scripts/install-helm.sh
 
 cargo build --workspace --all-targets --quiet

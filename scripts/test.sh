@@ -27,7 +27,9 @@ cargo test -p lvmd --features host-tier --quiet --test host_tier --test systemd_
 
 echo "== e2e tier (real etcd, kube-apiserver, kube-scheduler, kube-controller-manager)"
 e2e/scripts/build-control-plane.sh
-# The harness's own tests and the whole stack (starts target/debug/{lvmd,topolvm-*}).
+# The harness's own tests (starts target/debug/{lvmd,topolvm-*}): the whole stack, the crash
+# storm, and tests/chart.rs: the Helm chart and the plain manifests rendered from it (Helm's
+# engine, a server-side dry run of every object, each binary's --help).
 cargo build -p lvmd -p topolvm-node -p topolvm-controller -p topolvm-scheduler --bins --quiet
 cargo test -p topolvm-e2e --features e2e --quiet
 cargo test -p topolvm-scheduler --features e2e --quiet --test e2e
@@ -38,7 +40,7 @@ cargo test -p topolvm-node --features e2e --quiet --test capacity --test secure_
 # topolvm-controller against the control plane: the pod webhook over TLS, node clean-up, leader
 # failover, stray LogicalVolumes (no lvmd needed).
 cargo test -p topolvm-controller --features e2e --quiet --test cluster
-# The controller's Deployment, sidecars' RBAC and CSIDriver (deploy/controller/) against the API server.
+# The controller's Deployment, sidecars' RBAC and CSIDriver (deploy/manifests/) against the API server.
 cargo test -p topolvm-controller --features e2e --quiet --test deploy
 # topolvm-controller's CSI service with the real topolvm-node and lvmd (starts target/debug/{lvmd,topolvm-node}).
 cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node --quiet

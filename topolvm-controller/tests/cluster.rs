@@ -7,7 +7,7 @@
 //! ```
 //!
 //! - The API server calls our pod webhook over TLS (a serving certificate for 127.0.0.1 from a
-//!   test CA, given as the caBundle of the webhook configuration shipped in `deploy/controller/`)
+//!   test CA, given as the caBundle of the webhook configuration shipped in `deploy/manifests/`)
 //!   and stores the pod with TopoLVM's annotations and resource. With the controller stopped
 //!   (`failurePolicy: Fail`), a pod in a normal namespace is refused while pods in excluded
 //!   namespaces are admitted.
@@ -227,10 +227,12 @@ fn pod(name: &str, claim: &str) -> Pod {
     .expect("a pod")
 }
 
-/// The webhook configuration of `deploy/controller/pod-webhook.yaml`, pointed at `url` with
-/// `ca` (PEM) as its CA bundle instead of the in-cluster Service.
+/// The webhook configuration of the plain manifest `deploy/manifests/topolvm-rs-scheduler.yaml`
+/// (rendered from the Helm chart), pointed at `url` with `ca` (PEM) as its CA bundle instead of
+/// the in-cluster Service.
 fn shipped_webhook(url: &str, ca: &Path) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller/pod-webhook.yaml");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manifests/topolvm-rs-scheduler.yaml");
     let text = std::fs::read_to_string(&path).expect("reading the shipped webhook manifest");
     let mut config = serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde_yaml::Value::deserialize(doc).expect("YAML"))

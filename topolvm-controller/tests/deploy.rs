@@ -1,5 +1,7 @@
-//! The controller's manifests `deploy/controller/topolvm-controller.yaml` (ServiceAccount, RBAC,
-//! the Deployment with the CSI sidecars) and `deploy/controller/csidriver.yaml` against the test
+//! The controller's objects in the plain manifests rendered from the Helm chart
+//! (`deploy/manifests/topolvm-rs.yaml`: storage capacity tracking, no webhook;
+//! `deploy/manifests/topolvm-rs-scheduler.yaml`: the pod webhook, no capacity tracking): the
+//! ServiceAccount, RBAC, the Deployment with the CSI sidecars and the CSIDriver, against the test
 //! bed's real kube-apiserver (RBAC authorization) and the real topolvm-controller binary:
 //!
 //! ```text
@@ -11,8 +13,10 @@
 //! - Every flag the Deployment passes to topolvm-controller is one the binary takes, and the
 //!   pieces fit: the sidecars dial the socket the controller serves, on a volume every container
 //!   mounts; the probes name ports that exist; the cert volume is a Secret mounted at
-//!   `--cert-dir`; `POD_NAMESPACE` comes from the downward API; the pods carry the labels the
-//!   webhook Service of `pod-webhook.yaml` selects and serve its target port.
+//!   `--cert-dir` (with the webhook; without it `--enable-webhooks=false` and no certificate);
+//!   `POD_NAMESPACE` comes from the downward API; the pods carry the labels the webhook Service
+//!   selects and serve its target port; the provisioner tracks capacity exactly when the
+//!   CSIDriver says `storageCapacity`.
 //! - The API server's own authorizer (SubjectAccessReview) grants the Deployment's
 //!   ServiceAccount every permission TopoLVM's chart grants its controller and sidecars
 //!   (charts/topolvm/templates/controller/{clusterroles,roles}.yaml), and not a Secret it never
@@ -39,12 +43,33 @@ const SERVICE_ACCOUNT: &str = "system:serviceaccount:topolvm-system:topolvm-cont
 
 fn documents(file: &str) -> Vec<serde_json::Value> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/controller")
+        .join("../deploy/manifests")
         .join(file);
     let text = std::fs::read_to_string(&path).expect("reading the manifest");
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde_json::Value::deserialize(doc).expect("a YAML document"))
         .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// The objects of the controller and its sidecars among `documents`. The ClusterRole
+/// `topolvm-controller` is left out: the test bed installs it from deploy/rbac/clusterroles.yaml,
+/// the file the chart renders it from.
+fn controller_documents(documents: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    documents
+        .iter()
+        .filter(|doc| {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            match doc["kind"].as_str().unwrap_or_default() {
+                "ServiceAccount" | "ClusterRoleBinding" | "Role" | "RoleBinding" | "Deployment" => {
+                    name.starts_with("topolvm-controller")
+                }
+                "ClusterRole" => name == "topolvm-controller-sidecars",
+                "CSIDriver" => true,
+                _ => false,
+            }
+        })
+        .cloned()
         .collect()
 }
 
@@ -257,7 +282,21 @@ const TOPOLVM_GRANTS: &[(&str, &[&str], &[&str], bool)] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_controller_deployment_is_valid_its_flags_exist_and_its_rbac_covers_the_sidecars() {
+async fn the_capacity_tracking_manifest_is_valid_its_flags_exist_and_its_rbac_covers_the_sidecars()
+{
+    check("topolvm-rs.yaml").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_manifest_is_valid_its_flags_exist_and_its_rbac_covers_the_sidecars() {
+    check("topolvm-rs-scheduler.yaml").await;
+}
+
+async fn check(manifest: &str) {
+    let all = documents(manifest);
+    let webhook = all
+        .iter()
+        .any(|d| d["kind"] == "MutatingWebhookConfiguration");
     let cluster = Cluster::start(ClusterOptions::api_only()).await;
     let client = cluster.client();
     let namespace: Namespace = serde_json::from_value(serde_json::json!({
@@ -271,10 +310,8 @@ async fn the_controller_deployment_is_valid_its_flags_exist_and_its_rbac_covers_
 
     let mut deployment = None;
     let mut kinds = Vec::new();
-    for doc in documents("topolvm-controller.yaml")
-        .iter()
-        .chain(&documents("csidriver.yaml"))
-    {
+    let mut storage_capacity = None;
+    for doc in &controller_documents(&all) {
         let kind = doc["kind"].as_str().expect("kind").to_owned();
         let namespaced = |what: &str| {
             assert_eq!(
@@ -339,6 +376,7 @@ async fn the_controller_deployment_is_valid_its_flags_exist_and_its_rbac_covers_
                     spec.volume_lifecycle_modes.as_deref(),
                     Some(&["Persistent".to_owned(), "Ephemeral".to_owned()][..])
                 );
+                storage_capacity = spec.storage_capacity;
                 Api::<CSIDriver>::all(client.clone())
                     .create(&params(), &driver)
                     .await
@@ -460,21 +498,33 @@ async fn the_controller_deployment_is_valid_its_flags_exist_and_its_rbac_covers_
         "the socket directory is per pod"
     );
 
-    // The webhook's certificate: a Secret mounted at --cert-dir.
-    let cert_dir = flag(&args, "cert-dir").expect("--cert-dir");
-    let certs = controller
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.mount_path == cert_dir)
-        .expect("a volume at --cert-dir");
-    assert!(
-        volume(&certs.name)
-            .secret
-            .as_ref()
-            .is_some_and(|s| s.secret_name.is_some()),
-        "the certificates come from a Secret"
-    );
+    // The webhook's certificate: a Secret mounted at --cert-dir; without the webhook
+    // configuration, the controller serves no webhook and needs no certificate.
+    if webhook {
+        let cert_dir = flag(&args, "cert-dir").expect("--cert-dir");
+        let certs = controller
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == cert_dir)
+            .expect("a volume at --cert-dir");
+        assert!(
+            volume(&certs.name)
+                .secret
+                .as_ref()
+                .is_some_and(|s| s.secret_name.is_some()),
+            "the certificates come from a Secret"
+        );
+    } else {
+        assert!(
+            args.iter().any(|a| a == "--enable-webhooks=false"),
+            "no webhook configuration, so no webhook: {args:?}"
+        );
+        assert!(
+            volumes.iter().all(|v| v.secret.is_none()),
+            "no certificate without a webhook"
+        );
+    }
 
     // Leader election: the Lease's namespace from the downward API.
     let pod_namespace = controller
@@ -552,51 +602,63 @@ async fn the_controller_deployment_is_valid_its_flags_exist_and_its_rbac_covers_
         flag(&provisioner_args, "feature-gates"),
         Some("Topology=true")
     );
-    assert!(provisioner_args.iter().any(|f| f == "--enable-capacity"));
-    assert_eq!(
-        flag(&provisioner_args, "capacity-ownerref-level"),
-        Some("2")
-    );
-    for (name, path) in [
-        ("NAMESPACE", "metadata.namespace"),
-        ("POD_NAME", "metadata.name"),
-    ] {
+    // Capacity tracking exactly when the CSIDriver tells kube-scheduler to use it.
+    let storage_capacity = storage_capacity.expect("the CSIDriver sets storageCapacity");
+    if storage_capacity {
+        assert!(provisioner_args.iter().any(|f| f == "--enable-capacity"));
         assert_eq!(
-            provisioner
-                .env
-                .iter()
-                .flatten()
-                .find(|e| e.name == name)
-                .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
-                .map(|f| f.field_path.as_str()),
-            Some(path),
-            "csi-provisioner's {name}"
+            flag(&provisioner_args, "capacity-ownerref-level"),
+            Some("2")
+        );
+        for (name, path) in [
+            ("NAMESPACE", "metadata.namespace"),
+            ("POD_NAME", "metadata.name"),
+        ] {
+            assert_eq!(
+                provisioner
+                    .env
+                    .iter()
+                    .flatten()
+                    .find(|e| e.name == name)
+                    .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+                    .map(|f| f.field_path.as_str()),
+                Some(path),
+                "csi-provisioner's {name}"
+            );
+        }
+    } else {
+        assert!(
+            !provisioner_args.iter().any(|f| f == "--enable-capacity"),
+            "{provisioner_args:?}"
         );
     }
 
-    // The webhook Service of pod-webhook.yaml selects these pods and reaches the webhook port.
-    let service = documents("pod-webhook.yaml")
-        .into_iter()
-        .find(|d| d["kind"] == "Service")
-        .expect("the webhook Service");
-    let service: Service = serde_json::from_value(service).expect("a Service");
-    let service_spec = service.spec.expect("spec");
-    for (key, value) in service_spec.selector.unwrap_or_default() {
-        assert_eq!(
-            pod_labels.get(&key),
-            Some(&value),
-            "the Service selects {key}={value}"
-        );
-    }
-    let webhook_port = port_of(flag(&args, "webhook-addr").expect("--webhook-addr"));
-    assert_eq!(named_port(controller, "webhook"), webhook_port);
-    for port in service_spec.ports.unwrap_or_default() {
-        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-        let target = match port.target_port.expect("a target port") {
-            IntOrString::Int(p) => p,
-            IntOrString::String(name) => named_port(controller, &name),
-        };
-        assert_eq!(target, webhook_port, "the Service reaches the webhook");
+    if webhook {
+        // The webhook Service selects these pods and reaches the webhook port.
+        let service = all
+            .iter()
+            .find(|d| d["kind"] == "Service" && d["metadata"]["name"] == "topolvm-controller")
+            .cloned()
+            .expect("the webhook Service");
+        let service: Service = serde_json::from_value(service).expect("a Service");
+        let service_spec = service.spec.expect("spec");
+        for (key, value) in service_spec.selector.unwrap_or_default() {
+            assert_eq!(
+                pod_labels.get(&key),
+                Some(&value),
+                "the Service selects {key}={value}"
+            );
+        }
+        let webhook_port = port_of(flag(&args, "webhook-addr").expect("--webhook-addr"));
+        assert_eq!(named_port(controller, "webhook"), webhook_port);
+        for port in service_spec.ports.unwrap_or_default() {
+            use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+            let target = match port.target_port.expect("a target port") {
+                IntOrString::Int(p) => p,
+                IntOrString::String(name) => named_port(controller, &name),
+            };
+            assert_eq!(target, webhook_port, "the Service reaches the webhook");
+        }
     }
 
     // RBAC, as the API server's authorizer decides it for the ServiceAccount.

@@ -1,4 +1,5 @@
-//! The example DaemonSet `deploy/node/topolvm-node.yaml` against the test bed's real
+//! topolvm-node's objects (ServiceAccount, ClusterRoleBinding, DaemonSet) in the plain manifests
+//! rendered from the Helm chart (`deploy/manifests/*.yaml`) against the test bed's real
 //! kube-apiserver and the real topolvm-node binary:
 //!
 //! ```text
@@ -21,11 +22,19 @@ use kube::api::{ObjectMeta, PostParams};
 use serde::Deserialize;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 
-fn manifest() -> Vec<serde_json::Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/node/topolvm-node.yaml");
+/// topolvm-node's objects in the plain manifest `file`.
+fn manifest(file: &str) -> Vec<serde_json::Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/manifests")
+        .join(file);
     let text = std::fs::read_to_string(&path).expect("reading the manifest");
     serde_yaml::Deserializer::from_str(&text)
         .map(|doc| serde_json::Value::deserialize(doc).expect("a YAML document"))
+        .filter(|doc| {
+            doc["metadata"]["name"] == "topolvm-node"
+                && ["ServiceAccount", "ClusterRoleBinding", "DaemonSet"]
+                    .contains(&doc["kind"].as_str().unwrap_or_default())
+        })
         .collect()
 }
 
@@ -39,7 +48,7 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_example_daemonset_is_valid_and_its_flags_exist() {
+async fn the_daemonsets_of_the_plain_manifests_are_valid_and_their_flags_exist() {
     let cluster = Cluster::start(ClusterOptions::api_only()).await;
     let client = cluster.client();
     let dry_run = PostParams {
@@ -60,8 +69,14 @@ async fn the_example_daemonset_is_valid_and_its_flags_exist() {
         .await
         .expect("namespace");
 
+    for file in ["topolvm-rs.yaml", "topolvm-rs-scheduler.yaml"] {
+        check(&client, &dry_run, file).await;
+    }
+}
+
+async fn check(client: &kube::Client, dry_run: &PostParams, file: &str) {
     let mut daemonset = None;
-    let documents = manifest();
+    let documents = manifest(file);
     assert_eq!(
         documents.len(),
         3,
@@ -73,7 +88,7 @@ async fn the_example_daemonset_is_valid_and_its_flags_exist() {
             "ServiceAccount" => {
                 let (sa, back) = round_trip::<ServiceAccount>(doc);
                 Api::<ServiceAccount>::namespaced(client.clone(), "topolvm-system")
-                    .create(&dry_run, &sa)
+                    .create(dry_run, &sa)
                     .await
                     .expect("the API server accepts the ServiceAccount");
                 back
@@ -81,7 +96,7 @@ async fn the_example_daemonset_is_valid_and_its_flags_exist() {
             "ClusterRoleBinding" => {
                 let (binding, back) = round_trip::<ClusterRoleBinding>(doc);
                 Api::<ClusterRoleBinding>::all(client.clone())
-                    .create(&dry_run, &binding)
+                    .create(dry_run, &binding)
                     .await
                     .expect("the API server accepts the ClusterRoleBinding");
                 back
@@ -89,7 +104,7 @@ async fn the_example_daemonset_is_valid_and_its_flags_exist() {
             "DaemonSet" => {
                 let (ds, back) = round_trip::<DaemonSet>(doc);
                 Api::<DaemonSet>::namespaced(client.clone(), "topolvm-system")
-                    .create(&dry_run, &ds)
+                    .create(dry_run, &ds)
                     .await
                     .expect("the API server accepts the DaemonSet");
                 daemonset = Some(ds);
