@@ -1112,7 +1112,10 @@ impl Lvmd {
                     Ok(_) => {}
                     Err(Error::Lvm(e)) if e.is_already_exists() => {
                         let existing = self.found_made(&dc.volume_group, &req.name, e)?;
-                        if !copy_pending(&existing) {
+                        let resumable = copy_pending(&existing)
+                            && copy_source(&existing) == Some(req.source_volume.as_str())
+                            && matches!(standing(dc, &existing), Standing::Owned(_));
+                        if !resumable {
                             return self.existing_snapshot(dc, &existing, &req).await;
                         }
                     }
