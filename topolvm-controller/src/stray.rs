@@ -20,6 +20,16 @@
 //!    provisioning in progress has made the object but not yet the PV;
 //! 8. it was found stray by the previous scan too, so one odd answer never deletes anything.
 //!
+//!
+//! A LogicalVolume the node agent **refused** (`status.code` set, no `status.volumeID`) is stray
+//! once it is older than the grace period and was seen so by two scans, whatever its source or
+//! name (rules 1, 7 and 8 only): it never became a volume, nothing can refer to it, and our CSI
+//! controller deletes such an object as soon as it sees the refusal. One is left behind only
+//! when the controller stopped between the node's refusal and that deletion and the caller did
+//! not ask again, e.g. a snapshot whose source volume was deleted meanwhile (the crash storm
+//! found one). Should the node still succeed later, the object changes and the delete's
+//! preconditions keep it.
+//!
 //! Stray objects are counted (`topolvm_controller_stray_logicalvolumes`) and logged first; they
 //! are deleted only when the grace period is not zero. Deleting the object makes topolvm-node
 //! remove the LV and then the finalizer, as for any other deletion; the delete carries the
@@ -82,9 +92,6 @@ pub fn strays(
         .iter()
         .filter(|v| {
             let name = v.name_any();
-            let Some(claim_uid) = name.strip_prefix("pvc-").filter(|u| !u.is_empty()) else {
-                return false;
-            };
             let volume_id = v
                 .status
                 .as_ref()
@@ -95,6 +102,13 @@ pub fn strays(
                 .creation_timestamp
                 .as_ref()
                 .is_some_and(|t| now.as_second().saturating_sub(t.0.as_second()) >= grace);
+            let refused = volume_id.is_empty() && v.status.as_ref().is_some_and(|s| s.code != 0);
+            if refused {
+                return v.metadata.deletion_timestamp.is_none() && old_enough;
+            }
+            let Some(claim_uid) = name.strip_prefix("pvc-").filter(|u| !u.is_empty()) else {
+                return false;
+            };
             v.metadata.deletion_timestamp.is_none()
                 && v.spec.source.is_empty()
                 && v.spec.access_type.is_none()
@@ -299,6 +313,28 @@ mod tests {
         clone["spec"]["source"] = json!(origin);
         clone["spec"]["accessType"] = json!("rw");
         assert!(decide(vec![old(&origin), snapshot, clone], vec![], vec![]).is_empty());
+    }
+
+    #[test]
+    fn a_refused_object_left_behind_is_stray_whatever_its_source_or_name() {
+        // A snapshot the node refused (no device-mapper), whose caller never asked again.
+        let mut refused = old("snapshot-0a0b");
+        refused["spec"]["source"] = json!(format!("pvc-{UID}"));
+        refused["spec"]["accessType"] = json!("ro");
+        refused["status"] = json!({"volumeID": "", "code": 13, "message": "no device-mapper"});
+        assert_eq!(
+            decide(vec![refused.clone()], vec![], vec![]),
+            ["snapshot-0a0b"]
+        );
+        // Not while it is young (the controller is about to delete it), nor once the node
+        // succeeded after all, nor while it is being deleted.
+        let mut young = refused.clone();
+        young["metadata"]["creationTimestamp"] = json!("2026-11-30T11:30:00Z");
+        let mut made = refused.clone();
+        made["status"]["volumeID"] = json!("vid-snapshot-0a0b");
+        let mut deleting = refused;
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-11-30T11:59:00Z");
+        assert!(decide(vec![young, made, deleting], vec![], vec![]).is_empty());
     }
 
     #[test]
