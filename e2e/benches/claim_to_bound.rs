@@ -19,10 +19,9 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::PostParams;
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use serde_json::json;
 use topolvm_core::names;
 use topolvm_e2e::lvm::{Disk, VolumeGroup};
-use topolvm_e2e::stack::{DEVICE_CLASS, Stack, StackOptions};
+use topolvm_e2e::stack::{self, Stack, StackOptions};
 
 const GIB: u64 = 1 << 30;
 
@@ -47,28 +46,13 @@ fn summary(what: &str, mut samples: Vec<Duration>) -> Duration {
 }
 
 async fn create(client: &Client, i: usize) {
-    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": format!("bench-{i}"), "namespace": "default"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "bench",
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    }))
-    .expect("a claim");
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("bench-{i}"), "namespace": "default"},
-        "spec": {"automountServiceAccountToken": false,
-                 "containers": [{"name": "app", "image": "registry.invalid/app"}],
-                 "volumes": [{"name": "data",
-                              "persistentVolumeClaim": {"claimName": format!("bench-{i}")}}]},
-    }))
-    .expect("a pod");
+    let name = format!("bench-{i}");
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &claim)
+        .create(&PostParams::default(), &stack::claim(&name, "bench", GIB))
         .await
         .expect("creating the claim");
     Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pod)
+        .create(&PostParams::default(), &stack::pod(&name, &name))
         .await
         .expect("creating the pod");
 }
@@ -108,16 +92,11 @@ async fn main() {
             .lvm(&["lvremove", "-y", &format!("{}/{name}", bare_vg.name())]);
     }
 
-    let class: StorageClass = serde_json::from_value(json!({
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": "bench"},
-        "provisioner": names::PLUGIN_NAME,
-        "parameters": {names::DEVICE_CLASS_PARAMETER: DEVICE_CLASS},
-        "volumeBindingMode": "WaitForFirstConsumer",
-    }))
-    .expect("a StorageClass");
     Api::<StorageClass>::all(client.clone())
-        .create(&PostParams::default(), &class)
+        .create(
+            &PostParams::default(),
+            &stack::storage_class("bench", "ext4"),
+        )
         .await
         .expect("creating the StorageClass");
 

@@ -250,23 +250,6 @@ pub fn free_port() -> u16 {
     panic!("no free port in {PORT_RANGE:?}");
 }
 
-/// A plain HTTP/1.0 GET of `http://host:port/path` on loopback: the status code and the body,
-/// or `None` when nothing answers. For health and metrics endpoints, without another HTTP
-/// client crate.
-pub async fn http_get(url: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut stream = tokio::net::TcpStream::connect(host).await.ok()?;
-    let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    Some((status, body.to_owned()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,9 +23,9 @@ use serde_json::json;
 use topolvm_core::names;
 
 use crate::cluster::{Cluster, ClusterOptions};
-use crate::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup, thick_default_class};
+use crate::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup, http_get, thick_default_class};
 use crate::pki::Pki;
-use crate::process::{ManagedProcess, eventually, free_port, http_get, workspace_binary};
+use crate::process::{ManagedProcess, eventually, free_port, workspace_binary};
 
 /// The device class every stack node serves (thick, the default).
 pub const DEVICE_CLASS: &str = "ssd";
@@ -283,9 +283,8 @@ impl Stack {
         register_webhook(&cluster, webhook_port, pki.ca_file()).await;
 
         // Ready means: the CSIDriver seen, the webhook serving its certificate.
-        let readyz = format!("http://{controller_health}/readyz");
         eventually("topolvm-controller ready", WAIT, || async {
-            let ready = matches!(http_get(&readyz).await, Some((200, _)));
+            let ready = http_get(controller_health, "/readyz").await.is_ok();
             (ready && controller_socket.exists()).then_some(())
         })
         .await;
@@ -390,4 +389,46 @@ async fn register_webhook(cluster: &Cluster, port: u16, ca: &Path) {
         .create(&PostParams::default(), &config)
         .await
         .expect("registering the pod webhook");
+}
+
+/// A StorageClass of our driver for the stack's device class, as the demo and the tests use it:
+/// WaitForFirstConsumer, expandable, filesystem `fs_type`.
+pub fn storage_class(name: &str, fs_type: &str) -> k8s_openapi::api::storage::v1::StorageClass {
+    serde_json::from_value(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": name},
+        "provisioner": names::PLUGIN_NAME,
+        "parameters": {"csi.storage.k8s.io/fstype": fs_type,
+                       names::DEVICE_CLASS_PARAMETER: DEVICE_CLASS},
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowVolumeExpansion": true,
+    }))
+    .expect("a StorageClass")
+}
+
+/// A ReadWriteOnce claim `name` in `default` of `class`, asking for `bytes`.
+pub fn claim(
+    name: &str,
+    class: &str,
+    bytes: u64,
+) -> k8s_openapi::api::core::v1::PersistentVolumeClaim {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                 "resources": {"requests": {"storage": bytes.to_string()}}},
+    }))
+    .expect("a claim")
+}
+
+/// A pod `name` in `default` using claim `claim` (scheduled, never run: there is no kubelet).
+pub fn pod(name: &str, claim: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"automountServiceAccountToken": false,
+                 "containers": [{"name": "app", "image": "registry.invalid/app"}],
+                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
+    }))
+    .expect("a pod")
 }

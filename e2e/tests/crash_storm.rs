@@ -28,7 +28,7 @@ use topolvm_core::crd::LogicalVolume;
 use topolvm_core::names;
 use topolvm_e2e::csi::Sidecars;
 use topolvm_e2e::process::eventually;
-use topolvm_e2e::stack::{DEVICE_CLASS, Stack, StackOptions};
+use topolvm_e2e::stack::{self, DEVICE_CLASS, Stack, StackOptions};
 
 const MIB: u64 = 1 << 20;
 const CLASS: &str = "storm";
@@ -65,15 +65,8 @@ struct Counts {
 /// Creates the claim and tries its pod once; false when the pod was refused (the webhook is
 /// down with its controller) and must be tried again.
 async fn create(client: &Client, name: &str, bytes: u64) -> bool {
-    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": CLASS,
-                 "resources": {"requests": {"storage": bytes.to_string()}}},
-    }))
-    .expect("a claim");
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &claim)
+        .create(&PostParams::default(), &stack::claim(name, CLASS, bytes))
         .await
         .expect("creating a claim");
     create_pod(client, name).await
@@ -81,16 +74,8 @@ async fn create(client: &Client, name: &str, bytes: u64) -> bool {
 
 /// The pod using claim `name`; false when the API server refused it.
 async fn create_pod(client: &Client, name: &str) -> bool {
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"automountServiceAccountToken": false,
-                 "containers": [{"name": "app", "image": "registry.invalid/app"}],
-                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": name}}]},
-    }))
-    .expect("a pod");
     Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pod)
+        .create(&PostParams::default(), &stack::pod(name, name))
         .await
         .is_ok()
 }
@@ -177,18 +162,8 @@ async fn a_crash_storm_loses_nothing() {
     ];
     let mut stack = Stack::start(options).await;
     let client = stack.cluster.client();
-    let class: StorageClass = serde_json::from_value(json!({
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": CLASS},
-        "provisioner": names::PLUGIN_NAME,
-        "parameters": {"csi.storage.k8s.io/fstype": "ext4",
-                       names::DEVICE_CLASS_PARAMETER: DEVICE_CLASS},
-        "volumeBindingMode": "WaitForFirstConsumer",
-        "allowVolumeExpansion": true,
-    }))
-    .expect("a StorageClass");
     Api::<StorageClass>::all(client.clone())
-        .create(&PostParams::default(), &class)
+        .create(&PostParams::default(), &stack::storage_class(CLASS, "ext4"))
         .await
         .expect("creating the StorageClass");
     let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default");

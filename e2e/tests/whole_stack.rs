@@ -23,54 +23,29 @@ use topolvm_core::crd::LogicalVolume;
 use topolvm_core::names;
 use topolvm_e2e::lvm::{Disk, LvmEnv, VolumeGroup};
 use topolvm_e2e::process::eventually;
-use topolvm_e2e::stack::{DEVICE_CLASS, Stack, StackOptions};
+use topolvm_e2e::stack::{self, DEVICE_CLASS, Stack, StackOptions};
 
 const MIB: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(90);
 const CLASS: &str = "topolvm-provisioner";
 
 async fn storage_class(client: &Client) {
-    let class: StorageClass = serde_json::from_value(json!({
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": CLASS},
-        "provisioner": names::PLUGIN_NAME,
-        "parameters": {"csi.storage.k8s.io/fstype": "ext4",
-                       names::DEVICE_CLASS_PARAMETER: DEVICE_CLASS},
-        "volumeBindingMode": "WaitForFirstConsumer",
-        "allowVolumeExpansion": true,
-    }))
-    .expect("a StorageClass");
     Api::<StorageClass>::all(client.clone())
-        .create(&PostParams::default(), &class)
+        .create(&PostParams::default(), &stack::storage_class(CLASS, "ext4"))
         .await
         .expect("creating the StorageClass");
 }
 
 async fn claim(client: &Client, name: &str, bytes: u64) {
-    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": CLASS,
-                 "resources": {"requests": {"storage": bytes.to_string()}}},
-    }))
-    .expect("a claim");
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &claim)
+        .create(&PostParams::default(), &stack::claim(name, CLASS, bytes))
         .await
         .unwrap_or_else(|e| panic!("creating claim {name}: {e}"));
 }
 
 async fn pod(client: &Client, name: &str, claim: &str) -> Pod {
-    let pod: Pod = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"automountServiceAccountToken": false,
-                 "containers": [{"name": "app", "image": "registry.invalid/app"}],
-                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]},
-    }))
-    .expect("a pod");
     Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pod)
+        .create(&PostParams::default(), &stack::pod(name, claim))
         .await
         .unwrap_or_else(|e| panic!("creating pod {name}: {e}"))
 }
