@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::CSINode;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde::Deserialize;
@@ -31,9 +32,23 @@ pub const DEFAULT_K8S_BIN: &str = "/var/cache/topolvm-rs/k8s/bin";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longer wait inside the qemu VM (software emulation), where start-up takes 60 s or more.
 const READY_TIMEOUT_IN_VM: Duration = Duration::from_secs(300);
-/// The identities of the components we ship; each gets a client certificate and a kubeconfig,
-/// and is bound to the ClusterRole of the same name from `deploy/rbac/`.
+/// The components that talk to the API server. Each runs as the ServiceAccount of the same name
+/// in [`NAMESPACE`], with a token from the TokenRequest API and exactly the RBAC of the rendered
+/// manifests ([`rendered_manifest`]), so a verb missing there fails the test that needs it.
 pub const COMPONENTS: &[&str] = &["topolvm-controller", "topolvm-node", "topolvm-scheduler"];
+/// The namespace of the rendered manifests (the chart's release namespace).
+pub const NAMESPACE: &str = "topolvm-system";
+/// The kinds of the rendered manifests that make the components' identities and permissions.
+const IDENTITY_KINDS: &[&str] = &[
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+];
+/// How long a component's token lasts: longer than any test.
+const TOKEN_SECONDS: i64 = 24 * 3600;
 /// The field manager tests use for server-side apply as the admin.
 pub const FIELD_MANAGER: &str = "topolvm-e2e";
 
@@ -46,6 +61,9 @@ pub struct ClusterOptions {
     pub scheduler: Option<Option<String>>,
     /// Run kube-controller-manager (without the controllers that need kubelets or a cloud).
     pub controller_manager: bool,
+    /// Leave out the rendered manifests' Namespace, ServiceAccounts and RBAC, and with them the
+    /// components' kubeconfigs: for a test that applies and judges those objects itself.
+    pub without_identities: bool,
 }
 
 impl ClusterOptions {
@@ -68,6 +86,11 @@ impl ClusterOptions {
 
     pub fn with_controller_manager(mut self) -> Self {
         self.controller_manager = true;
+        self
+    }
+
+    pub fn without_identities(mut self) -> Self {
+        self.without_identities = true;
         self
     }
 }
@@ -232,15 +255,23 @@ impl Cluster {
         };
         cluster.wait_ready().await;
 
-        for component in COMPONENTS {
-            let cert = pki.client(component, component, &[]);
-            let path = root.join(format!("{component}.kubeconfig"));
-            pki::write_kubeconfig(&path, &cluster.server, pki.ca_file(), &cert, component);
-            cluster
-                .component_kubeconfigs
-                .insert((*component).to_owned(), path);
+        if !options.without_identities {
+            cluster.install_identities().await;
+            for component in COMPONENTS {
+                let token = cluster.service_account_token(component).await;
+                let path = root.join(format!("{component}.kubeconfig"));
+                pki::write_token_kubeconfig(
+                    &path,
+                    &cluster.server,
+                    pki.ca_file(),
+                    &token,
+                    component,
+                );
+                cluster
+                    .component_kubeconfigs
+                    .insert((*component).to_owned(), path);
+            }
         }
-        cluster.install_rbac().await;
 
         if let Some(extender) = &options.scheduler {
             let cert = pki.client("kube-scheduler", "system:kube-scheduler", &[]);
@@ -336,7 +367,7 @@ impl Cluster {
             external: true,
             dir,
         };
-        cluster.install_rbac().await;
+        cluster.install_identities().await;
         cluster
     }
 
@@ -383,7 +414,9 @@ impl Cluster {
     pub fn kubeconfig(&self, component: &str) -> &Path {
         self.component_kubeconfigs
             .get(component)
-            .unwrap_or_else(|| panic!("{component} is not one of {COMPONENTS:?}"))
+            .unwrap_or_else(|| {
+                panic!("{component} is not one of {COMPONENTS:?}, or the cluster has no identities")
+            })
     }
 
     /// A client with the identity and permissions of one of [`COMPONENTS`].
@@ -413,41 +446,68 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// Applies the ClusterRoles in `deploy/rbac/` and binds each to the user of the same name.
-    async fn install_rbac(&self) {
-        let roles: Api<ClusterRole> = Api::all(self.client.clone());
-        let bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
-        let text = std::fs::read_to_string(rbac_manifest())
-            .expect("reading deploy/rbac/clusterroles.yaml");
+    /// Applies the Namespace, ServiceAccounts and RBAC of the rendered manifests, as an operator
+    /// installing them would (server-side apply).
+    async fn install_identities(&self) {
+        let text = std::fs::read_to_string(rendered_manifest())
+            .unwrap_or_else(|e| panic!("reading {:?}: {e}", rendered_manifest()));
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        let mut applied = Vec::new();
         for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_yaml::Value::deserialize(doc).expect("a YAML document");
-            if value.is_null() {
+            let value = serde_json::Value::deserialize(doc).expect("a YAML document");
+            let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+            if !IDENTITY_KINDS.contains(&kind.as_str()) {
                 continue;
             }
-            let role: ClusterRole = serde_yaml::from_value(value).expect("a ClusterRole");
-            let name = role.metadata.name.clone().expect("a named ClusterRole");
-            roles
-                .patch(&name, &params, &Patch::Apply(&role))
+            let object: DynamicObject =
+                serde_json::from_value(value.clone()).expect("a Kubernetes object");
+            let name = object.metadata.name.clone().expect("a named object");
+            let resource = match kind.as_str() {
+                "Namespace" => ApiResource::erase::<Namespace>(&()),
+                "ServiceAccount" => ApiResource::erase::<ServiceAccount>(&()),
+                "ClusterRole" => ApiResource::erase::<ClusterRole>(&()),
+                "ClusterRoleBinding" => ApiResource::erase::<ClusterRoleBinding>(&()),
+                "Role" => ApiResource::erase::<Role>(&()),
+                _ => ApiResource::erase::<RoleBinding>(&()),
+            };
+            let api: Api<DynamicObject> = match object.metadata.namespace.as_deref() {
+                Some(ns) => Api::namespaced_with(self.client.clone(), ns, &resource),
+                None => Api::all_with(self.client.clone(), &resource),
+            };
+            api.patch(&name, &params, &Patch::Apply(&object))
                 .await
-                .unwrap_or_else(|e| panic!("applying ClusterRole {name}: {e}"));
-            let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": "ClusterRoleBinding",
-                "metadata": {"name": format!("{name}-test-bed")},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": name}],
-            }))
-            .expect("a ClusterRoleBinding");
-            bindings
-                .patch(
-                    &format!("{name}-test-bed"),
-                    &params,
-                    &Patch::Apply(&binding),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("binding ClusterRole {name}: {e}"));
+                .unwrap_or_else(|e| panic!("applying {kind} {name}: {e}"));
+            applied.push(format!("{kind}/{name}"));
         }
+        for component in COMPONENTS {
+            assert!(
+                applied.contains(&format!("ServiceAccount/{component}")),
+                "no ServiceAccount {component} in {:?}",
+                rendered_manifest()
+            );
+        }
+    }
+
+    /// A token of the ServiceAccount `name` in [`NAMESPACE`] from the TokenRequest API, as the
+    /// kubelet mounts into a pod.
+    pub async fn service_account_token(&self, name: &str) -> String {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                audiences: Vec::new(),
+                expiration_seconds: Some(TOKEN_SECONDS),
+                bound_object_ref: None,
+            },
+            ..Default::default()
+        };
+        let issued: TokenRequest = accounts
+            .create_subresource("token", name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("a token for ServiceAccount {NAMESPACE}/{name}: {e}"));
+        issued
+            .status
+            .unwrap_or_else(|| panic!("no token for ServiceAccount {NAMESPACE}/{name}"))
+            .token
     }
 
     /// Installs the LogicalVolume CRD generated from the Rust type and waits until it is served.
@@ -550,9 +610,10 @@ fn http_get(path: &str) -> http::Request<Vec<u8>> {
         .expect("a GET request")
 }
 
-/// `deploy/rbac/clusterroles.yaml` in this repository.
-pub fn rbac_manifest() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/rbac/clusterroles.yaml")
+/// The plain manifests rendered from the chart with every component (scheduler and webhook
+/// included), whose ServiceAccounts and RBAC the components of the test bed run with.
+pub fn rendered_manifest() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manifests/topolvm-rs-scheduler.yaml")
 }
 
 /// The kube-scheduler 1.20 configuration (API `kubescheduler.config.k8s.io/v1beta1`); its

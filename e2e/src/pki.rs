@@ -146,6 +146,20 @@ pub fn tls_connector(ca_file: &Path) -> tokio_rustls::TlsConnector {
 }
 
 /// Writes a kubeconfig for `server` that authenticates with `client`.
+/// A kubeconfig that authenticates with a bearer `token` (a ServiceAccount's).
+pub fn write_token_kubeconfig(path: &Path, server: &str, ca: &Path, token: &str, user: &str) {
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test-bed", "cluster": {"server": server, "certificate-authority": ca}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": user, "context": {"cluster": "test-bed", "user": user}}],
+        "current-context": user,
+    });
+    let yaml = serde_yaml::to_string(&config).expect("kubeconfig YAML");
+    write(path, &yaml);
+}
+
 pub fn write_kubeconfig(path: &Path, server: &str, ca: &Path, client: &CertFiles, user: &str) {
     let config = serde_json::json!({
         "apiVersion": "v1",

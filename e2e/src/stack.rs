@@ -6,8 +6,8 @@
 //! sidecars' stand-in ([`crate::sidecar_loop`]). What `scripts/demo.sh` runs and the whole-stack
 //! tests start. Everything stops, and every loop device goes, when the [`Stack`] is dropped.
 //!
-//! Pods are scheduled but never run: there is no kubelet. Each process runs under its own
-//! identity and the RBAC of `deploy/rbac` ([`Cluster::kubeconfig`]).
+//! Pods are scheduled but never run: there is no kubelet. Each process runs with its
+//! ServiceAccount's token and the RBAC of the rendered manifests ([`Cluster::kubeconfig`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing::post;
 use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{
@@ -306,12 +307,38 @@ async fn label_selected_watch_sees_only_one_node() {
     assert_eq!(listed.items.len(), 2);
 }
 
-/// The component roles in deploy/rbac are enforced: topolvm-node may read and update
+/// Each component authenticates as its ServiceAccount of the rendered manifests, with a token the
+/// API server itself reviews; and their RBAC is enforced: topolvm-node may read and update
 /// LogicalVolumes and their status but not create or delete them, nor delete nodes;
 /// topolvm-scheduler may only read.
 #[tokio::test]
-async fn component_permissions_come_from_deploy_rbac() {
+async fn components_run_as_the_service_accounts_and_rbac_of_the_rendered_manifests() {
     let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    for component in topolvm_e2e::cluster::COMPONENTS {
+        let path = cluster.kubeconfig(component);
+        let kubeconfig: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).expect("the kubeconfig"))
+                .expect("kubeconfig YAML");
+        let token = kubeconfig["users"][0]["user"]["token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{component} authenticates with a token"));
+        let review: TokenReview = serde_json::from_value(serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token},
+        }))
+        .expect("a TokenReview");
+        let status = Api::<TokenReview>::all(cluster.client())
+            .create(&PostParams::default(), &review)
+            .await
+            .expect("TokenReview")
+            .status
+            .expect("a review status");
+        assert_eq!(status.authenticated, Some(true), "{component}");
+        assert_eq!(
+            status.user.and_then(|u| u.username).as_deref(),
+            Some(format!("system:serviceaccount:topolvm-system:{component}").as_str())
+        );
+    }
     cluster.install_crds().await;
     cluster.make_node("node-a", &[], &[("ssd", 10 << 30)]).await;
     let admin: Api<LogicalVolume> = Api::all(cluster.client());

@@ -1,6 +1,6 @@
 //! topolvm-controller against the test bed's real kube-apiserver 1.20 (no lvmd, no root
-//! needed beyond what the test bed needs), running as its own RBAC identity from
-//! `deploy/rbac/clusterroles.yaml`:
+//! needed beyond what the test bed needs), running as its ServiceAccount with the
+//! RBAC of the rendered manifests (`deploy/manifests/`):
 //!
 //! ```text
 //! cargo test -p topolvm-controller --features e2e --test cluster

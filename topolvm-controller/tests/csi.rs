@@ -1,7 +1,7 @@
 //! topolvm-controller's CSI Controller service against the test bed's real kube-apiserver
 //! (1.20) with the LogicalVolume CRD, the real topolvm-node binary and a real lvmd on loop
-//! devices (lvm2 in metadata-only mode, thick classes; root). Each process runs under its own
-//! RBAC identity from deploy/rbac. The requests are the sidecars' (`topolvm_e2e::csi::Sidecars`)
+//! devices (lvm2 in metadata-only mode, thick classes; root). Each process runs as its own
+//! ServiceAccount with the RBAC of the rendered manifests. The requests are the sidecars' (`topolvm_e2e::csi::Sidecars`)
 //! built from a real PVC, StorageClass and the cluster's Nodes.
 //!
 //! ```text

@@ -1,8 +1,8 @@
 //! A Node deleted while its topolvm-node still runs, against the test bed's real kube-apiserver
 //! 1.20 (with kube-controller-manager, whose pvc-protection controller lets a deleted claim go),
 //! the real topolvm-node and a real lvmd on a loop device (lvm2 in metadata-only mode; root).
-//! Each process runs under its own RBAC identity from deploy/rbac; the volume is made through
-//! CreateVolume as the provisioner sends it (`topolvm_e2e::csi::Sidecars`).
+//! Each process runs as its own ServiceAccount with the rendered manifests' RBAC; the volume is
+//! made through CreateVolume as the provisioner sends it (`topolvm_e2e::csi::Sidecars`).
 //!
 //! ```text
 //! cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node

@@ -49,7 +49,8 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemonsets_of_the_plain_manifests_are_valid_and_their_flags_exist() {
-    let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    // Dry-run creates: the test bed's own copy of these objects must not be there.
+    let cluster = Cluster::start(ClusterOptions::api_only().without_identities()).await;
     let client = cluster.client();
     let dry_run = PostParams {
         dry_run: true,
