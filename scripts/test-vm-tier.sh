@@ -2,7 +2,8 @@
 # VM tier: builds the vm_tier test binaries on the host and runs each once inside its own qemu
 # VM with real device-mapper and two scratch disks (scripts/vm/run.sh): first lvmd's, then
 # topolvm-node's (the CSI node service with real lvmd, mkfs, mount and resize; the reconciler's
-# snapshots and clones with the control plane started in the VM). Fails if a VM cannot boot.
+# snapshots and clones with the control plane started in the VM; the whole stack and its crash
+# storm with real snapshots). Fails if a VM cannot boot.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 
@@ -35,7 +36,8 @@ done
 echo "test-vm-tier: running $lvmd_exe in the VM"
 scripts/vm/run.sh --disk 1G --disk 1G --mem 2048 --timeout 1500 --env RUST_BACKTRACE -- \
     "$lvmd_exe" --test-threads=1
-# topolvm-node's needs room for etcd and kube-apiserver besides the tests.
+# topolvm-node's needs room for etcd and kube-apiserver besides the tests; the whole-stack
+# scenarios and the crash storm take about 15 minutes of its time here.
 echo "test-vm-tier: running $node_exe in the VM"
-scripts/vm/run.sh --disk 1G --disk 1G --mem 4096 --timeout 1500 --env RUST_BACKTRACE -- \
+scripts/vm/run.sh --disk 1G --disk 1G --mem 4096 --timeout 2400 --env RUST_BACKTRACE -- \
     "$node_exe" --test-threads=1

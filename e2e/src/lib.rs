@@ -17,6 +17,8 @@
 //!   node, topolvm-scheduler, topolvm-controller with its webhook registered, and
 //!   [`sidecar_loop`], the CSI sidecars' part played against the API server): what
 //!   `scripts/demo.sh` runs and the whole-stack tests use.
+//! - [`storm`]: the crash storm through the whole stack (on loop devices here, on real
+//!   device-mapper in topolvm-node's VM tier).
 //! - [`raw_grpc`]: a frame-by-frame gRPC client that sends any `:authority`, as other gRPC
 //!   implementations do over Unix sockets.
 //!
@@ -31,5 +33,6 @@ pub mod process;
 pub mod raw_grpc;
 pub mod sidecar_loop;
 pub mod stack;
+pub mod storm;
 
 pub use cluster::{Cluster, ClusterOptions};

@@ -9,12 +9,14 @@
 //!   through the reconciler, with the control plane started in the VM;
 //! - [`controller`]: the same through topolvm-controller's CSI service, as the sidecars ask;
 //! - [`whole_path`]: the whole local stack in the VM, a claim from its pod to a mounted, written,
-//!   grown filesystem, snapshotted and restored into a second claim.
+//!   grown filesystem, snapshotted and restored into a second claim;
+//! - [`storm`]: the crash storm through the whole stack with real thick snapshots.
 #![cfg(feature = "vm-tier")]
 
 mod controller;
 mod csi;
 mod reconciler;
+mod storm;
 mod whole_path;
 
 use std::process::Command;
