@@ -54,6 +54,79 @@ impl StackOptions {
     }
 }
 
+/// Where a test's topolvm-node serves: its own CSI socket and kubelet directory (never the
+/// host's `/run/topolvm` or `/var/lib/kubelet`), metrics and health on free loopback ports.
+#[derive(Debug, Clone)]
+pub struct AgentEndpoints {
+    pub csi_socket: PathBuf,
+    pub kubelet_dir: PathBuf,
+    pub metrics: SocketAddr,
+    pub health: SocketAddr,
+}
+
+impl AgentEndpoints {
+    /// Endpoints in `dir` (created, with the kubelet directory).
+    pub fn under(dir: &Path) -> Self {
+        let kubelet_dir = dir.join("kubelet");
+        std::fs::create_dir_all(&kubelet_dir)
+            .unwrap_or_else(|e| panic!("creating {kubelet_dir:?}: {e}"));
+        Self {
+            csi_socket: dir.join("csi.sock"),
+            kubelet_dir,
+            metrics: ([127, 0, 0, 1], free_port()).into(),
+            health: ([127, 0, 0, 1], free_port()).into(),
+        }
+    }
+}
+
+/// topolvm-node's arguments for Node `node` with lvmd at `lvmd_socket`, as its ServiceAccount,
+/// serving at `at`.
+pub fn node_agent_args(
+    cluster: &Cluster,
+    node: &str,
+    lvmd_socket: &Path,
+    at: &AgentEndpoints,
+) -> Vec<std::ffi::OsString> {
+    vec![
+        "--nodename".into(),
+        node.into(),
+        "--lvmd-socket".into(),
+        lvmd_socket.into(),
+        "--kubeconfig".into(),
+        cluster.kubeconfig("topolvm-node").into(),
+        "--csi-socket".into(),
+        at.csi_socket.clone().into(),
+        "--kubelet-dir".into(),
+        at.kubelet_dir.clone().into(),
+        "--metrics-bind-address".into(),
+        at.metrics.to_string().into(),
+        "--health-probe-bind-address".into(),
+        at.health.to_string().into(),
+    ]
+}
+
+/// topolvm-controller's arguments without its webhook and leader election (one replica, nothing
+/// to wait for after a restart), as its ServiceAccount, with its CSI socket at `csi_socket`.
+pub fn controller_args_without_webhook(
+    cluster: &Cluster,
+    csi_socket: &Path,
+) -> Vec<std::ffi::OsString> {
+    vec![
+        "--csi-socket".into(),
+        csi_socket.into(),
+        "--kubeconfig".into(),
+        cluster.kubeconfig("topolvm-controller").into(),
+        "--leader-election=false".into(),
+        "--enable-webhooks=false".into(),
+        "--metrics-bind-address".into(),
+        format!("127.0.0.1:{}", free_port()).into(),
+        "--health-probe-bind-address".into(),
+        format!("127.0.0.1:{}", free_port()).into(),
+        "--webhook-addr".into(),
+        format!("127.0.0.1:{}", free_port()).into(),
+    ]
+}
+
 /// One node of the stack.
 pub struct StackNode {
     pub name: String,
@@ -189,29 +262,11 @@ impl Stack {
                 .own_process_group(),
             );
             let node_dir = dir.join(name);
-            let csi_socket = node_dir.join("csi.sock");
-            let kubelet_dir = node_dir.join("kubelet");
-            std::fs::create_dir_all(&kubelet_dir).expect("the node's kubelet dir");
-            let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let at = AgentEndpoints::under(&node_dir);
             let agent_recipe = Recipe {
                 name: format!("topolvm-node {name}"),
                 program: workspace_binary("topolvm-node", "topolvm-node"),
-                args: vec![
-                    "--nodename".into(),
-                    name.into(),
-                    "--lvmd-socket".into(),
-                    lvmd.socket_path().into(),
-                    "--kubeconfig".into(),
-                    cluster.kubeconfig("topolvm-node").into(),
-                    "--csi-socket".into(),
-                    csi_socket.clone().into(),
-                    "--kubelet-dir".into(),
-                    kubelet_dir.clone().into(),
-                    "--metrics-bind-address".into(),
-                    metrics.to_string().into(),
-                    "--health-probe-bind-address".into(),
-                    format!("127.0.0.1:{}", free_port()).into(),
-                ],
+                args: node_agent_args(&cluster, name, lvmd.socket_path(), &at),
                 rust_log: "topolvm_node=debug,info".into(),
                 log: node_dir.join("topolvm-node.log"),
             };
@@ -222,9 +277,9 @@ impl Stack {
                 lvmd,
                 agent,
                 agent_recipe,
-                csi_socket,
-                kubelet_dir,
-                metrics,
+                csi_socket: at.csi_socket,
+                kubelet_dir: at.kubelet_dir,
+                metrics: at.metrics,
             });
         }
 

@@ -42,7 +42,8 @@ use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::Sidecars;
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
-use topolvm_e2e::process::{ManagedProcess, eventually, free_port, workspace_binary};
+use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
+use topolvm_e2e::stack::{AgentEndpoints, controller_args_without_webhook, node_agent_args};
 use topolvm_proto::csi;
 use topolvm_proto::csi::volume_capability::{
     AccessMode, AccessType, MountVolume, access_mode::Mode,
@@ -147,21 +148,13 @@ fn log_level() -> String {
 
 fn start_node_agent(cluster: &Cluster, lvmd: &Lvmd, dir: &Path) -> ManagedProcess {
     let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
-    cmd.arg("--nodename")
-        .arg(NODE)
-        .arg("--lvmd-socket")
-        .arg(lvmd.socket_path())
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-node"))
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--csi-socket")
-        .arg(dir.join("node.sock"))
-        .arg("--kubelet-dir")
-        .arg(dir.join("kubelet"))
-        .env("RUST_LOG", log_level());
+    cmd.args(node_agent_args(
+        cluster,
+        NODE,
+        lvmd.socket_path(),
+        &AgentEndpoints::under(&dir.join("node")),
+    ))
+    .env("RUST_LOG", log_level());
     ManagedProcess::spawn("topolvm-node", cmd, &dir.join("node.log"))
 }
 
@@ -170,18 +163,7 @@ fn start_node_agent(cluster: &Cluster, lvmd: &Lvmd, dir: &Path) -> ManagedProces
 async fn start_controller(cluster: &Cluster, dir: &Path) -> (ManagedProcess, Sidecars) {
     let socket = dir.join("controller.sock");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-controller"));
-    cmd.arg("--csi-socket")
-        .arg(&socket)
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-controller"))
-        .arg("--leader-election=false")
-        .arg("--enable-webhooks=false")
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--webhook-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
+    cmd.args(controller_args_without_webhook(cluster, &socket))
         .env("RUST_LOG", log_level());
     let controller = ManagedProcess::spawn("topolvm-controller", cmd, &dir.join("controller.log"));
     eventually("the controller's socket", WAIT, || async {

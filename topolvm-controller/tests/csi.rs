@@ -29,7 +29,8 @@ use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::{PersistentVolume, Sidecars};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
-use topolvm_e2e::process::{ManagedProcess, eventually, free_port, workspace_binary};
+use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
+use topolvm_e2e::stack::{AgentEndpoints, controller_args_without_webhook, node_agent_args};
 use topolvm_proto::csi;
 use topolvm_proto::csi::volume_capability::{
     AccessMode, AccessType, MountVolume, access_mode::Mode,
@@ -126,21 +127,12 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
 
     let mut node_cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
     node_cmd
-        .arg("--nodename")
-        .arg(NODE)
-        .arg("--lvmd-socket")
-        .arg(lvmd.socket_path())
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-node"))
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        // Its own sockets and kubelet dir, never the host's /run/topolvm.
-        .arg("--csi-socket")
-        .arg(dir.path().join("node.sock"))
-        .arg("--kubelet-dir")
-        .arg(dir.path().join("kubelet"))
+        .args(node_agent_args(
+            &cluster,
+            NODE,
+            lvmd.socket_path(),
+            &AgentEndpoints::under(&dir.path().join("node")),
+        ))
         .env("RUST_LOG", "topolvm_node=debug,info");
     let mut node_agent =
         ManagedProcess::spawn("topolvm-node", node_cmd, &dir.path().join("node.log"));
@@ -148,18 +140,7 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
     let socket = dir.path().join("controller.sock");
     let mut controller_cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-controller"));
     controller_cmd
-        .arg("--csi-socket")
-        .arg(&socket)
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-controller"))
-        .arg("--leader-election=false")
-        .arg("--enable-webhooks=false")
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--webhook-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(controller_args_without_webhook(&cluster, &socket))
         .env("RUST_LOG", "topolvm_controller=debug,info");
     let mut controller = ManagedProcess::spawn(
         "topolvm-controller",

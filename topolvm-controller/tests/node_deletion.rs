@@ -41,6 +41,7 @@ use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::{Kubelet, Sidecars};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, eventually, free_port, workspace_binary};
+use topolvm_e2e::stack::{AgentEndpoints, node_agent_args};
 
 const NODE: &str = "node-a";
 const CLASS: &str = "ssd";
@@ -61,35 +62,18 @@ struct NodeAgent {
 
 impl NodeAgent {
     fn start(cluster: &Cluster, lvmd: &Lvmd, dir: &Path, name: &str, extra: &[&str]) -> Self {
-        let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let socket = dir.join(format!("{name}.sock"));
-        let kubelet_dir = dir.join("kubelet");
+        let at = AgentEndpoints::under(&dir.join(name));
         let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
-        cmd.arg("--nodename")
-            .arg(NODE)
-            .arg("--lvmd-socket")
-            .arg(lvmd.socket_path())
-            .arg("--kubeconfig")
-            .arg(cluster.kubeconfig("topolvm-node"))
-            .arg("--metrics-bind-address")
-            .arg(metrics.to_string())
-            .arg("--health-probe-bind-address")
-            .arg(health.to_string())
-            // Its own socket and kubelet dir, never the host's.
-            .arg("--csi-socket")
-            .arg(&socket)
-            .arg("--kubelet-dir")
-            .arg(&kubelet_dir)
+        cmd.args(node_agent_args(cluster, NODE, lvmd.socket_path(), &at))
             .args(extra)
             .env("RUST_LOG", "topolvm_node=debug,info");
         let process = ManagedProcess::spawn(name, cmd, &dir.join(format!("{name}.log")));
         Self {
             process,
-            health,
-            metrics,
-            socket,
-            kubelet_dir,
+            health: at.health,
+            metrics: at.metrics,
+            socket: at.csi_socket,
+            kubelet_dir: at.kubelet_dir,
         }
     }
 
