@@ -38,6 +38,22 @@ pub fn workspace_binary(name: &str, package: &str) -> PathBuf {
     path
 }
 
+/// Resident and peak resident set of process `pid` in KiB (`VmRSS`, `VmHWM` of /proc), for
+/// the benchmarks' memory numbers.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
 /// Polls `check` every 100 ms until it returns `Some`, and returns that; panics naming `what`
 /// after `within`.
 pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T

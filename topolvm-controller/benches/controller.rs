@@ -42,8 +42,8 @@ use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::Sidecars;
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
-use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
-use topolvm_e2e::stack::{AgentEndpoints, controller_args_without_webhook, node_agent_args};
+use topolvm_e2e::process::{ManagedProcess, eventually, rss_kib, workspace_binary};
+use topolvm_e2e::stack::{self, AgentEndpoints, controller_args_without_webhook, node_agent_args};
 use topolvm_proto::csi;
 use topolvm_proto::csi::volume_capability::{
     AccessMode, AccessType, MountVolume, access_mode::Mode,
@@ -94,20 +94,6 @@ impl Summary {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-/// Resident and peak resident set of `pid` in KiB, from /proc.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn mib(kib: u64) -> String {
@@ -193,20 +179,12 @@ fn storage_class() -> StorageClass {
 }
 
 async fn make_pvc(api: &Api<PersistentVolumeClaim>, name: &str) -> PersistentVolumeClaim {
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "topolvm-ssd",
-            "resources": {"requests": {"storage": VOLUME_BYTES.to_string()}},
-        },
-    }))
-    .expect("a PVC");
-    api.create(&PostParams::default(), &pvc)
-        .await
-        .unwrap_or_else(|e| panic!("creating PVC {name}: {e}"))
+    api.create(
+        &PostParams::default(),
+        &stack::claim(name, "topolvm-ssd", VOLUME_BYTES),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("creating PVC {name}: {e}"))
 }
 
 /// Runs `lvm <args>` in `env` and returns how long it took; panics if it fails.

@@ -30,7 +30,7 @@ use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::{PersistentVolume, Sidecars};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
-use topolvm_e2e::stack::{AgentEndpoints, controller_args_without_webhook, node_agent_args};
+use topolvm_e2e::stack::{self, AgentEndpoints, controller_args_without_webhook, node_agent_args};
 use topolvm_proto::csi;
 use topolvm_proto::csi::volume_capability::{
     AccessMode, AccessType, MountVolume, access_mode::Mode,
@@ -64,26 +64,15 @@ fn storage_class(name: &str, class: &str) -> StorageClass {
     .expect("a StorageClass")
 }
 
-/// A PVC of `size` in the API server (for its UID).
+/// A PVC of `bytes` in the API server (for its UID).
 async fn make_pvc(
     client: &kube::Client,
     name: &str,
     class: &str,
-    size: &str,
+    bytes: u64,
 ) -> PersistentVolumeClaim {
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": class,
-            "resources": {"requests": {"storage": size}},
-        },
-    }))
-    .expect("a PVC");
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pvc)
+        .create(&PostParams::default(), &stack::claim(name, class, bytes))
         .await
         .unwrap_or_else(|e| panic!("creating PVC {name}: {e}"))
 }
@@ -197,7 +186,7 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
         .await
         .expect("nodes")
         .items;
-    let pvc = make_pvc(&admin, "data", "topolvm-ssd", "16Mi").await;
+    let pvc = make_pvc(&admin, "data", "topolvm-ssd", 16 * MIB).await;
     let request = Sidecars::create_volume_request(&pvc, &ssd, NODE, &all_nodes).expect("request");
     let name = request.name.clone();
     // Our own watch, to time the answer against the node's status write.
@@ -317,7 +306,7 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
 
     // 4. Out of space on the node: lvmd's RESOURCE_EXHAUSTED reaches the provisioner (it
     // reschedules) and nothing is left behind.
-    let huge = make_pvc(&admin, "huge", "topolvm-ssd", "1Gi").await;
+    let huge = make_pvc(&admin, "huge", "topolvm-ssd", 1024 * MIB).await;
     let huge_request =
         Sidecars::create_volume_request(&huge, &ssd, NODE, &all_nodes).expect("request");
     assert_eq!(
@@ -336,7 +325,7 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
     assert_eq!(lv_sizes(&env, &vg).len(), 1);
 
     // 5. A device class the node lacks: RESOURCE_EXHAUSTED too (issue 909), nothing left.
-    let other_class = make_pvc(&admin, "other-class", "topolvm-hdd", "16Mi").await;
+    let other_class = make_pvc(&admin, "other-class", "topolvm-hdd", 16 * MIB).await;
     let other_request =
         Sidecars::create_volume_request(&other_class, &missing, NODE, &all_nodes).expect("request");
     assert_eq!(
@@ -434,7 +423,7 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
 
     // 9. A volume on node-b, which nobody serves: the request's deadline ends the wait with
     // DEADLINE_EXCEEDED and the object stays for the retry.
-    let stranded = make_pvc(&admin, "stranded", "topolvm-ssd", "16Mi").await;
+    let stranded = make_pvc(&admin, "stranded", "topolvm-ssd", 16 * MIB).await;
     let stranded_request =
         Sidecars::create_volume_request(&stranded, &ssd, OTHER_NODE, &all_nodes).expect("request");
     sidecars.timeout = Duration::from_secs(2);

@@ -50,6 +50,7 @@ use topolvm_core::names;
 use topolvm_e2e::csi::{Kubelet, Sidecars};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, eventually, free_port, workspace_binary};
+use topolvm_e2e::stack;
 use topolvm_e2e::{Cluster, ClusterOptions};
 use topolvm_proto::csi;
 use topolvm_proto::lvmd as pb;
@@ -820,20 +821,12 @@ fn storage_class(name: &str, class: &str) -> StorageClass {
     .expect("a StorageClass")
 }
 
-async fn make_pvc(client: &kube::Client, name: &str, size: &str) -> PersistentVolumeClaim {
-    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "topolvm-ssd",
-            "resources": {"requests": {"storage": size}},
-        },
-    }))
-    .expect("a PVC");
+async fn make_pvc(client: &kube::Client, name: &str, bytes: u64) -> PersistentVolumeClaim {
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &pvc)
+        .create(
+            &PostParams::default(),
+            &stack::claim(name, "topolvm-ssd", bytes),
+        )
         .await
         .expect("creating a PVC")
 }
@@ -1070,7 +1063,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         .await
         .expect("StorageClass");
     let all_nodes = nodes.list(&Default::default()).await.expect("nodes").items;
-    let pvc = make_pvc(&admin, "data", "16Mi").await;
+    let pvc = make_pvc(&admin, "data", 16 * MIB).await;
     let request = Sidecars::create_volume_request(&pvc, &ssd, NODE, &all_nodes).expect("request");
     // The controller's cache may not hold the annotation yet: retried as the provisioner does.
     eventually("CreateVolume", WAIT, || {
@@ -1079,7 +1072,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
         async move { sidecars.create_volume(request).await.ok() }
     })
     .await;
-    let huge = make_pvc(&admin, "huge", "1Gi").await;
+    let huge = make_pvc(&admin, "huge", 1024 * MIB).await;
     let huge_request =
         Sidecars::create_volume_request(&huge, &ssd, NODE, &all_nodes).expect("request");
     let refused = sidecars.create_volume(huge_request).await;

@@ -28,26 +28,12 @@ use topolvm_core::crd::{LogicalVolume, LogicalVolumeSpec};
 use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
-use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
+use topolvm_e2e::process::{ManagedProcess, free_port, rss_kib, workspace_binary};
 use topolvm_proto::lvmd as pb;
 
 const NODE: &str = "bench-node";
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
-
-/// Resident and peak resident set of `pid` in KiB, from /proc.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 fn logical_volume(name: &str, node: &str) -> LogicalVolume {
     let mut lv = LogicalVolume::new(
