@@ -234,6 +234,17 @@ pub fn parse_lv_tag_volume_id(tag: &str) -> Option<&str> {
         .filter(|id| !id.is_empty())
 }
 
+/// Returns true when an LV's tags hold none of lvmd's own ([`LV_TAG_MANAGED`], a volume id tag,
+/// a device class tag): lvmd did not make it (an admin did, or TopoLVM's lvmd, which tags
+/// nothing).
+pub fn has_no_lvmd_tags<S: AsRef<str>>(tags: &[S]) -> bool {
+    tags.iter().map(AsRef::as_ref).all(|t| {
+        t != LV_TAG_MANAGED
+            && parse_lv_tag_volume_id(t).is_none()
+            && parse_lv_tag_device_class(t).is_none()
+    })
+}
+
 /// Returns the LVM tag that records the device class of an LV
 /// (`topolvm.io/device-class=<device_class>`).
 pub fn lv_tag_device_class(device_class: &str) -> String {

@@ -292,7 +292,7 @@ fn standing<'a>(dc: &DeviceClass, lv: &'a LogicalVolume) -> Standing<'a> {
         .iter()
         .filter_map(|t| names::parse_lv_tag_volume_id(t))
         .collect();
-    if !managed && volume_tags.is_empty() && tagged_class.is_none() {
+    if names::has_no_lvmd_tags(&lv.tags) {
         return Standing::Untagged(lv);
     }
     if managed && volume_tags == [lv.name.as_str()] {
