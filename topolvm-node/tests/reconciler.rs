@@ -298,20 +298,7 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
         .expect("delete lv-other");
 
     // 3. Grow.
-    api.patch(
-        "lv-a",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"size": "32Mi"}})),
-    )
-    .await
-    .expect("grow lv-a");
-    wait_ready(&api, "lv-a", "32Mi").await;
-    let size = lvs(&env, &vg)
-        .into_iter()
-        .find(|r| r.get("lv_name") == uid_a)
-        .expect("lv-a's LV")
-        .get_u64("lv_size");
-    assert_eq!(size, 32 * MIB, "lvs shows the new size");
+    grow_to_32_mib(&api, &env, &vg, "lv-a", &uid_a).await;
 
     // 4. A device class this node does not have: RESOURCE_EXHAUSTED (8), so the provisioner
     // reschedules; no LV.
@@ -534,4 +521,127 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
         BTreeSet::from(["by-hand".to_owned(), "eph-alive".to_owned()])
     );
     agent.assert_running();
+}
+
+/// A cluster switching from TopoLVM: a LogicalVolume as TopoLVM leaves it (TopoLVM's finalizer
+/// and created-by label, `status.volumeID` = its UID, `status.currentSize`, none of our labels)
+/// with the untagged LV TopoLVM's lvmd made for it, named by that UID. topolvm-rs started in
+/// TopoLVM's place must grow it when `spec.size` rises and remove it when the object is deleted
+/// (lvmd refuses both for an untagged LV, so the node adopts it first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_topolvm_made_is_adopted_then_grown_and_removed() {
+    let cluster = Cluster::start(ClusterOptions::api_only()).await;
+    cluster.install_crds().await;
+    cluster.make_node(NODE, &[], &[]).await;
+    let api: Api<LogicalVolume> = Api::all(cluster.client());
+
+    let env = LvmEnv::metadata_only();
+    let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
+
+    // What TopoLVM's controller and node left behind (NODE-CONTROLLER.md A.2: the node adds
+    // the created-by label and the finalizer, then writes volumeID and currentSize).
+    let made: LogicalVolume = serde_json::from_value(json!({
+        "apiVersion": "topolvm.io/v1",
+        "kind": "LogicalVolume",
+        "metadata": {
+            "name": "lv-switched",
+            "labels": {names::CREATED_BY_LABEL: names::CREATED_BY_VALUE},
+            "finalizers": [names::LOGICAL_VOLUME_FINALIZER],
+        },
+        "spec": {"name": "lv-switched", "nodeName": NODE, "size": "16Mi", "deviceClass": CLASS},
+    }))
+    .expect("a LogicalVolume");
+    let made = api
+        .create(&PostParams::default(), &made)
+        .await
+        .expect("creating TopoLVM's object");
+    let uid = made.uid().expect("uid");
+    vg.create_lv_by_hand(&uid, "16m");
+    api.patch_status(
+        "lv-switched",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"volumeID": uid, "currentSize": "16Mi", "code": 0}})),
+    )
+    .await
+    .expect("TopoLVM's status");
+    assert!(
+        lvs(&env, &vg)
+            .iter()
+            .any(|r| r.get("lv_name") == uid && r.tags("lv_tags").is_empty()),
+        "the LV starts untagged, as TopoLVM's lvmd makes it"
+    );
+    // Our lvmd in place of TopoLVM's, on the volume group as TopoLVM left it.
+    let lvmd = Lvmd::start(
+        &env,
+        LvmdOptions::new(
+            workspace_binary("lvmd", "lvmd"),
+            common::thick_default_class(CLASS, vg.name()),
+        ),
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut agent = NodeAgent::new(
+        lvmd.socket_path(),
+        cluster.kubeconfig("topolvm-node"),
+        dir.path(),
+    );
+    agent.start(None);
+
+    // Adopted at the first reconcile, before anything asks for a change.
+    eventually("the LV adopted with our tags", WAIT, || async {
+        lvs(&env, &vg)
+            .iter()
+            .any(|r| {
+                r.get("lv_name") == uid
+                    && r.tags("lv_tags")
+                        .contains(&names::LV_TAG_MANAGED.to_owned())
+                    && r.tags("lv_tags")
+                        .contains(&names::lv_tag_logical_volume("lv-switched"))
+            })
+            .then_some(())
+    })
+    .await;
+
+    // Grow: the LV follows spec.size, and the status says so.
+    grow_to_32_mib(&api, &env, &vg, "lv-switched", &uid).await;
+
+    // Delete: the LV goes, then the object with it.
+    api.delete("lv-switched", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("the object gone", WAIT, || async {
+        api.get_opt("lv-switched")
+            .await
+            .expect("get")
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(!lv_names(&env, &vg).contains(&uid), "the LV is removed");
+    agent.assert_running();
+}
+
+/// Raises the object's `spec.size` to 32 MiB, waits for the status to say so, and checks with
+/// `lvs` that the LV has that size.
+async fn grow_to_32_mib(
+    api: &Api<LogicalVolume>,
+    env: &LvmEnv,
+    vg: &VolumeGroup,
+    name: &str,
+    uid: &str,
+) {
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"size": "32Mi"}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("growing {name}: {e}"));
+    wait_ready(api, name, "32Mi").await;
+    let size = lvs(env, vg)
+        .into_iter()
+        .find(|r| r.get("lv_name") == uid)
+        .unwrap_or_else(|| panic!("{name}'s LV"))
+        .get_u64("lv_size");
+    assert_eq!(size, 32 * MIB, "lvs shows the new size of {name}");
 }

@@ -2,7 +2,7 @@
 //! the LV and whose Cleanup removes it. Both are idempotent, so a crash between any two steps
 //! is repaired by running them again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -29,6 +29,9 @@ pub struct Context<V> {
     pub metrics: Metrics,
     /// Failures in a row per object UID, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// What this process knows of the LVs of objects that already have a volume, for adopting
+    /// the ones TopoLVM made before the switch: see [`adopt_topolvm_volume`].
+    adoption: tokio::sync::Mutex<Adoption>,
 }
 
 impl<V> std::fmt::Debug for Context<V> {
@@ -47,6 +50,7 @@ impl<V: Volumes> Context<V> {
             volumes,
             metrics,
             failures: Mutex::default(),
+            adoption: tokio::sync::Mutex::default(),
         }
     }
 }
@@ -195,6 +199,7 @@ async fn apply<V: Volumes>(
     ensure_labels(api, ctx, lv).await?;
     let status = lv.status.clone().unwrap_or_default();
     if !status.volume_id.is_empty() {
+        adopt_topolvm_volume(ctx, lv).await?;
         return expand(api, ctx, lv, &status.volume_id).await;
     }
     if !status.is_ok() {
@@ -206,6 +211,122 @@ async fn apply<V: Volumes>(
         return Ok(Action::await_change());
     }
     create(api, ctx, lv).await
+}
+
+/// The LVs of one device class as lvmd listed them: name, size, and whether it has lvmd's tags.
+type Listing = HashMap<String, (u64, bool)>;
+
+/// The state of adoption in this process.
+#[derive(Debug, Default)]
+pub(super) struct Adoption {
+    /// The last listing of each device class.
+    listed: HashMap<String, Listing>,
+    /// The UIDs of objects whose LV is ours: tagged when first seen, or adopted.
+    checked: HashSet<String>,
+}
+
+/// Tags the LV of an object TopoLVM made before the switch as lvmd's, so that lvmd lets this
+/// node grow and remove it: lvmd refuses both for an LV without its tags, and adopts one only
+/// through a CreateLV that asks for it exactly (an untagged LV named like a Kubernetes UID, of
+/// the size asked). TopoLVM names an LV by its object's UID and records its size in
+/// `status.currentSize`, so only an LV named by this object's own UID is adopted, and only when
+/// it is at least the recorded size (larger when TopoLVM grew it and stopped before recording
+/// that).
+///
+/// Each object is looked at the first time it is reconciled, and again at later reconciles
+/// until its LV is found ours. One listing of the class serves every object of it; a listing
+/// taken for an earlier object is taken again when it does not hold this object's LV.
+async fn adopt_topolvm_volume<V: Volumes>(
+    ctx: &Context<V>,
+    lv: &LogicalVolume,
+) -> Result<(), Error> {
+    let Some(status) = lv.status.as_ref() else {
+        return Ok(());
+    };
+    let uid = lv.uid().ok_or(Error::Incomplete("metadata.uid"))?;
+    if status.volume_id != uid {
+        return Ok(());
+    }
+    let class = &lv.spec.device_class;
+    let mut adoption = ctx.adoption.lock().await;
+    if adoption.checked.contains(&uid) {
+        return Ok(());
+    }
+    let mut found = adoption.listed.get(class).map(|l| l.get(&uid).copied());
+    if !matches!(found, Some(Some(_))) {
+        let listing = list_class(ctx, lv, class).await?;
+        found = Some(listing.get(&uid).copied());
+        adoption.listed.insert(class.clone(), listing);
+    }
+    let size = match found {
+        Some(Some((size, false))) => size,
+        Some(Some((_, true))) => {
+            adoption.checked.insert(uid);
+            return Ok(());
+        }
+        // No LV of that name (yet): looked for again at the object's next reconcile.
+        _ => return Ok(()),
+    };
+    let recorded = match status.current_size_bytes() {
+        Some(Ok(bytes)) => bytes,
+        _ => lv.spec.size_bytes().unwrap_or(u64::MAX),
+    };
+    if size < recorded {
+        return Err(Error::Refused {
+            name: lv.name_any(),
+            message: format!(
+                "LV {uid} has no lvmd tags and {size} bytes, less than the {recorded} bytes \
+                 recorded for it: not adopted"
+            ),
+        });
+    }
+    let request = pb::CreateLvRequest {
+        name: uid.clone(),
+        tags: vec![names::lv_tag_logical_volume(&lv.name_any())],
+        device_class: class.clone(),
+        lvcreate_option_class: lv.spec.lvcreate_option_class.clone(),
+        size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
+        ..Default::default()
+    };
+    match ctx.volumes.create_lv(request).await {
+        Ok(_) => {
+            info!(volume = %uid, size_bytes = size, "adopted the LV TopoLVM made");
+            if let Some(entry) = adoption.listed.get_mut(class).and_then(|l| l.get_mut(&uid)) {
+                entry.1 = true;
+            }
+            adoption.checked.insert(uid);
+            Ok(())
+        }
+        Err(status) => Err(Error::Lvmd {
+            name: lv.name_any(),
+            operation: "CreateLV (adoption)",
+            status,
+        }),
+    }
+}
+
+/// Lists the LVs of `class`; a class this node does not have holds none.
+async fn list_class<V: Volumes>(
+    ctx: &Context<V>,
+    lv: &LogicalVolume,
+    class: &str,
+) -> Result<Listing, Error> {
+    match ctx.volumes.list_lvs(class).await {
+        Ok(volumes) => Ok(volumes
+            .into_iter()
+            .map(|v| {
+                let size = u64::try_from(v.size_bytes).unwrap_or_default();
+                let ours = !names::has_no_lvmd_tags(&v.tags);
+                (v.name, (size, ours))
+            })
+            .collect()),
+        Err(status) if status.code() == Code::NotFound => Ok(Listing::new()),
+        Err(status) => Err(Error::Lvmd {
+            name: lv.name_any(),
+            operation: "GetLVList",
+            status,
+        }),
+    }
 }
 
 /// Adds TopoLVM's `created-by` label and, where it was missing, our node label (objects made
@@ -471,6 +592,7 @@ async fn expand<V: Volumes>(
 /// Removes the LV. It goes by the object's UID even when `status.volumeID` is empty: a crash
 /// between CreateLV and the status write leaves an LV the status does not mention.
 async fn cleanup<V: Volumes>(ctx: &Context<V>, lv: &LogicalVolume) -> Result<Action, Error> {
+    adopt_topolvm_volume(ctx, lv).await?;
     let uid = lv.uid().ok_or(Error::Incomplete("metadata.uid"))?;
     let volume_id = lv
         .status

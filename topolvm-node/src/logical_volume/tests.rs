@@ -563,13 +563,112 @@ async fn a_larger_spec_size_resizes_and_records_the_new_size() {
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(
         lvmd.calls(),
-        [Call::Resize(pb::ResizeLvRequest {
-            name: UID.to_owned(),
-            device_class: "ssd".to_owned(),
-            size_bytes: 2 * GIB,
-            ..Default::default()
-        })]
+        [
+            // The first reconcile of a made volume looks for TopoLVM's untagged LVs, once.
+            Call::List("ssd".to_owned()),
+            Call::Resize(pb::ResizeLvRequest {
+                name: UID.to_owned(),
+                device_class: "ssd".to_owned(),
+                size_bytes: 2 * GIB,
+                ..Default::default()
+            })
+        ]
     );
+}
+
+/// An LV TopoLVM made (named by the object's UID, none of lvmd's tags, the recorded size) is
+/// adopted by a CreateLV of exactly its name and size before the resize, which lvmd would
+/// refuse for an untagged LV.
+#[tokio::test]
+async fn an_lv_topolvm_made_is_adopted_before_it_is_resized() {
+    let lvmd = Arc::new(FakeLvmd {
+        lvs: vec![pb::LogicalVolume {
+            name: UID.to_owned(),
+            size_bytes: GIB,
+            ..Default::default()
+        }],
+        ..FakeLvmd::default()
+    });
+    let result = scenario(
+        logical_volume()
+            .finalized()
+            .labelled()
+            .created("1Gi")
+            .sized("2Gi"),
+        lvmd.clone(),
+        vec![status_patch(|body| {
+            assert_eq!(body["status"]["currentSize"], "2Gi");
+        })],
+    )
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(
+        lvmd.calls(),
+        [
+            Call::List("ssd".to_owned()),
+            Call::CreateLv(pb::CreateLvRequest {
+                name: UID.to_owned(),
+                tags: vec!["topolvm.io/logicalvolume=pvc-0001".to_owned()],
+                device_class: "ssd".to_owned(),
+                size_bytes: GIB,
+                ..Default::default()
+            }),
+            Call::Resize(pb::ResizeLvRequest {
+                name: UID.to_owned(),
+                device_class: "ssd".to_owned(),
+                size_bytes: 2 * GIB,
+                ..Default::default()
+            })
+        ]
+    );
+}
+
+/// An untagged LV smaller than the size recorded for it is not the volume the object
+/// describes: it is not adopted, and nothing is changed.
+#[tokio::test]
+async fn an_untagged_lv_smaller_than_recorded_is_not_adopted() {
+    let lvmd = Arc::new(FakeLvmd {
+        lvs: vec![pb::LogicalVolume {
+            name: UID.to_owned(),
+            size_bytes: GIB / 2,
+            ..Default::default()
+        }],
+        ..FakeLvmd::default()
+    });
+    let result = scenario(
+        logical_volume()
+            .finalized()
+            .labelled()
+            .created("1Gi")
+            .sized("2Gi"),
+        lvmd.clone(),
+        vec![],
+    )
+    .await;
+    assert_eq!(result.expect_err("refused").metric_label(), "refused");
+    assert_eq!(lvmd.calls(), [Call::List("ssd".to_owned())]);
+}
+
+/// An LV with lvmd's tags is ours already: no adoption, whatever its name.
+#[tokio::test]
+async fn a_tagged_lv_is_not_adopted_again() {
+    let lvmd = Arc::new(FakeLvmd {
+        lvs: vec![pb::LogicalVolume {
+            name: UID.to_owned(),
+            size_bytes: GIB,
+            tags: vec!["topolvm.io/managed".to_owned()],
+            ..Default::default()
+        }],
+        ..FakeLvmd::default()
+    });
+    let result = scenario(
+        logical_volume().finalized().labelled().created("1Gi"),
+        lvmd.clone(),
+        vec![],
+    )
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(lvmd.calls(), [Call::List("ssd".to_owned())]);
 }
 
 #[tokio::test]
@@ -582,7 +681,7 @@ async fn an_lv_of_its_size_is_left_alone() {
     )
     .await;
     assert!(result.is_ok(), "{result:?}");
-    assert_eq!(lvmd.calls(), []);
+    assert_eq!(lvmd.calls(), [Call::List("ssd".to_owned())]);
 }
 
 #[tokio::test]
@@ -608,10 +707,13 @@ async fn deletion_removes_the_lv_then_the_finalizer() {
     assert!(result.is_ok(), "{result:?}");
     assert_eq!(
         lvmd.calls(),
-        [Call::Remove(pb::RemoveLvRequest {
-            name: UID.to_owned(),
-            device_class: "ssd".to_owned(),
-        })]
+        [
+            Call::List("ssd".to_owned()),
+            Call::Remove(pb::RemoveLvRequest {
+                name: UID.to_owned(),
+                device_class: "ssd".to_owned(),
+            })
+        ]
     );
 }
 
@@ -653,7 +755,7 @@ async fn a_failed_removal_keeps_the_finalizer() {
     .await;
     let error = result.expect_err("retried later");
     assert_eq!(error.metric_label(), "lvmd");
-    assert_eq!(lvmd.calls().len(), 1);
+    assert_eq!(lvmd.calls().len(), 2, "GetLVList, then the failed RemoveLV");
 }
 
 #[tokio::test]
