@@ -368,12 +368,13 @@ impl csi::node_server::Node for NodeService {
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
         const METHOD: &str = "NodeExpandVolume";
         let started = Instant::now();
-        let checked = validate::expand(request.get_ref(), &self.kubelet_dir)
-            .map_err(|e| self.refuse(METHOD, started, &e))?;
+        let checked =
+            validate::expand(request.get_ref()).map_err(|e| self.refuse(METHOD, started, &e))?;
         let volume_id = checked.volume_id.clone();
+        let kubelet_dir = self.kubelet_dir.clone();
         let size = self
             .locked(METHOD, volume_id, move |volumes| async move {
-                volumes.expand(&checked).await
+                volumes.expand(&checked, &kubelet_dir).await
             })
             .await?;
         Ok(Response::new(csi::NodeExpandVolumeResponse {
@@ -890,6 +891,23 @@ mod tests {
                 Code::NotFound,
             ),
             ("not mounted there", call("known", &d, None), Code::NotFound),
+            // csi-sanity (csi-test v5.4, "should fail when volume is not found") sends an
+            // unknown id with the relative path "some/path": the lookup answers first.
+            (
+                "unknown volume at a relative path",
+                call("unknown", "some/path", None),
+                Code::NotFound,
+            ),
+            (
+                "known volume at a relative path",
+                call("known", "some/path", None),
+                Code::InvalidArgument,
+            ),
+            (
+                "known volume outside the kubelet directory",
+                call("known", "/etc", None),
+                Code::InvalidArgument,
+            ),
         ] {
             let got = match f.node.node_expand_volume(Request::new(request)).await {
                 Ok(_) => Code::Ok,

@@ -51,11 +51,15 @@ pub struct Stats {
     pub path: PathBuf,
 }
 
-/// A checked NodeExpandVolume.
+/// A checked NodeExpandVolume. `volume_path` is only known to be present: it is confined to
+/// the kubelet directory ([`Expand::path_under`]) after the volume is found, because the CSI
+/// spec's "Volume does not exist" (NOT_FOUND) comes before a bad path in csi-sanity's
+/// NodeExpandVolume "should fail when volume is not found" (csi-test v5.4 `pkg/sanity/node.go`,
+/// an unknown id at the relative path `some/path`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expand {
     pub volume_id: String,
-    pub path: PathBuf,
+    pub volume_path: String,
     /// `Some(true)` when the capability says block, `Some(false)` for mount, `None` when the
     /// CO sent none (allowed by the spec; then the path tells).
     pub block: Option<bool>,
@@ -216,10 +220,10 @@ pub fn stats(request: &csi::NodeGetVolumeStatsRequest) -> Result<Stats, Error> {
     Ok(Stats { volume_id, path })
 }
 
-/// Checks a NodeExpandVolume.
-pub fn expand(request: &csi::NodeExpandVolumeRequest, kubelet_dir: &Path) -> Result<Expand, Error> {
+/// Checks a NodeExpandVolume's fields, all but where `volume_path` lies.
+pub fn expand(request: &csi::NodeExpandVolumeRequest) -> Result<Expand, Error> {
     let volume_id = required(&request.volume_id, "volume_id")?.to_owned();
-    let path = target_under(kubelet_dir, &request.volume_path, "volume_path")?;
+    let volume_path = required(&request.volume_path, "volume_path")?.to_owned();
     if let Some(range) = &request.capacity_range {
         if range.required_bytes < 0 || range.limit_bytes < 0 {
             return Err(invalid("capacity_range must not be negative"));
@@ -236,9 +240,17 @@ pub fn expand(request: &csi::NodeExpandVolumeRequest, kubelet_dir: &Path) -> Res
     };
     Ok(Expand {
         volume_id,
-        path,
+        volume_path,
         block,
     })
+}
+
+impl Expand {
+    /// `volume_path` made absolute, refused unless it lies under `kubelet_dir`, as a publish's
+    /// target is.
+    pub fn path_under(&self, kubelet_dir: &Path) -> Result<PathBuf, Error> {
+        target_under(kubelet_dir, &self.volume_path, "volume_path")
+    }
 }
 
 /// The mount options of a filesystem publish, in TopoLVM's order: `ro` when read-only, then the

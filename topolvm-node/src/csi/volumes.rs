@@ -250,11 +250,14 @@ impl Volumes {
         Ok((usage, condition))
     }
 
-    /// Grows the filesystem of a published volume to its LV's size; returns the LV's size.
-    pub async fn expand(&self, request: &Expand) -> Result<u64, Error> {
+    /// Grows the filesystem of `volume_id` mounted at the request's path (which must lie under
+    /// `kubelet_dir`; the volume is looked up first, [`Expand`] says why) to its LV's size;
+    /// returns the LV's size.
+    pub async fn expand(&self, request: &Expand, kubelet_dir: &Path) -> Result<u64, Error> {
         let located = locate(&self.lvmd, &self.report, &request.volume_id).await?;
+        let path = request.path_under(kubelet_dir)?;
         let (major, minor) = device_of(&located)?;
-        let kind = mount::path_kind(&request.path)?;
+        let kind = mount::path_kind(&path)?;
         let block = request
             .block
             .unwrap_or(matches!(kind, PathKind::BlockDevice { .. }));
@@ -264,23 +267,23 @@ impl Volumes {
         }
         let not_here = || Error::NotAtPath {
             volume_id: request.volume_id.clone(),
-            path: request.path.clone(),
+            path: path.clone(),
         };
         if kind != PathKind::Directory {
             return Err(not_here());
         }
         // Grow what is actually mounted there, whatever its device node is called (TopoLVM
         // issues #143, #273, #955 resized another path than the mounted one).
-        let entry = top_mount(&request.path)?.ok_or_else(not_here)?;
+        let entry = top_mount(&path)?.ok_or_else(not_here)?;
         if !mount::is_mount_of(&entry, major, minor) {
             return Err(not_here());
         }
         let device = PathBuf::from(&entry.source);
         if entry.read_only() {
-            return Err(Error::ReadOnlyExpand(request.path.clone()));
+            return Err(Error::ReadOnlyExpand(path.clone()));
         }
-        mount::grow_filesystem(&entry.fs_type, &device, &request.path).await?;
-        info!(volume_id = %request.volume_id, path = %request.path.display(), size = located.size(), "filesystem grown");
+        mount::grow_filesystem(&entry.fs_type, &device, &path).await?;
+        info!(volume_id = %request.volume_id, path = %path.display(), size = located.size(), "filesystem grown");
         Ok(located.size())
     }
 }
