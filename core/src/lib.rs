@@ -14,7 +14,6 @@
 //!   required/limit);
 //! - [`quantity`]: exact conversion between Kubernetes quantities and bytes;
 //! - [`capacity`]: free-space math of lvmd and the scheduler extender's score;
-//! - [`csi_identity`]: the CSI Identity service both topolvm-node and topolvm-controller serve;
 //! - [`config`]: the configuration error type, key-path-aware YAML decoding, durations.
 //!
 //! Each module has its own error type.
@@ -24,7 +23,6 @@ pub mod capacity;
 pub mod capacity_annotation;
 pub mod config;
 pub mod crd;
-pub mod csi_identity;
 pub mod names;
 pub mod quantity;
 pub mod size;

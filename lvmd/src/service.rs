@@ -21,6 +21,7 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use topolvm_core::crd::AccessType;
 use topolvm_core::{capacity, names};
+use topolvm_runtime::keyed_lock::{KeyGuard, KeyedLocks};
 use tracing::{info, instrument, warn};
 
 use crate::config::{Config, DeviceClass, Target};
@@ -163,7 +164,7 @@ pub struct Lvmd {
     runner: Arc<dyn LvmRunner>,
     vg_locks: HashMap<String, Arc<Mutex<()>>>,
     /// Held by a snapshot request for its name, across a device copy too.
-    name_locks: copy::NameLocks,
+    name_locks: KeyedLocks,
     copier: copy::Copier,
 }
 
@@ -385,7 +386,7 @@ impl Lvmd {
             cache,
             runner,
             vg_locks,
-            name_locks: copy::NameLocks::default(),
+            name_locks: KeyedLocks::default(),
             copier: copy::Copier::default(),
         }
     }
@@ -932,7 +933,7 @@ impl Lvmd {
 
         let name_lock = self
             .name_locks
-            .lock(format!("{}/{}", dc.volume_group, req.name))
+            .lock(&format!("{}/{}", dc.volume_group, req.name))
             .await;
         let vg_lock = self.lock_vg(&dc.volume_group).await;
         let snap = self.cache.current();
@@ -1193,7 +1194,7 @@ impl Lvmd {
         dc: &DeviceClass,
         req: &CreateSnapshot,
         permission: args::Permission,
-        name_lock: tokio::sync::OwnedMutexGuard<()>,
+        name_lock: KeyGuard,
     ) -> Result<LogicalVolume> {
         let failed = |reason: String| Error::CopyFailed {
             name: req.name.clone(),

@@ -12,6 +12,7 @@
 //! - [`existence`]: readiness that follows whether one named object exists (a watch);
 //! - [`kubernetes`]: building the client, and the one error type of Kubernetes-side work;
 //! - [`leader`]: leader election on a Lease, with client-go's rules;
+//! - [`keyed_lock`]: locks by name (a volume ID, a request name), gone with their last holder;
 //! - [`logging`]: the tracing subscriber (text or JSON lines).
 //!
 //! Each module has its own error type.
@@ -22,6 +23,7 @@ pub mod endpoints;
 pub mod existence;
 pub mod http;
 pub mod in_process;
+pub mod keyed_lock;
 pub mod kubernetes;
 pub mod leader;
 pub mod logging;

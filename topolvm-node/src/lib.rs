@@ -112,7 +112,7 @@ pub async fn run(
     let (report_sender, latest_report) = lvmd_client::report_channel();
     let tasks = TaskTracker::new();
     // Probe answers ready only while lvmd is reachable and the CSIDriver object exists (the
-    // checks of /readyz), and never fails (see topolvm_core::csi_identity).
+    // checks of /readyz), and never fails (see topolvm_csi_server::identity).
     let probe_ready = {
         let (lvmd_ready, csi_driver_ready) = (lvmd_ready.clone(), csi_driver_ready.clone());
         std::sync::Arc::new(move || lvmd_ready.is_ready() && csi_driver_ready.is_ready())

@@ -2,12 +2,11 @@
 //! clone, which is one) cannot have a copy-on-write snapshot of its own, so a restore or clone
 //! from it is a new plain volume filled from the source's device.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 /// Copies the first `len` bytes of one block device onto another and makes them durable.
 pub type CopyFn = dyn Fn(&Path, &Path, u64) -> io::Result<()> + Send + Sync;
@@ -59,29 +58,6 @@ pub fn copy_device(source: &Path, target: &Path, len: u64) -> io::Result<()> {
     to.sync_all().map_err(with_path(target, "syncing"))
 }
 
-/// One lock per volume name, so two requests never copy into the same volume at once. Entries
-/// go away with their last holder.
-#[derive(Debug, Default)]
-pub struct NameLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
-
-impl NameLocks {
-    pub async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            map.retain(|_, weak| weak.strong_count() > 0);
-            match map.get(&key).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    let lock = Arc::new(tokio::sync::Mutex::new(()));
-                    map.insert(key, Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,27 +81,5 @@ mod tests {
         assert!(err.to_string().contains("reading"), "{err}");
         let err = copy_device(&dir.path().join("nope"), &dst, 1).expect_err("no source");
         assert!(err.to_string().contains("nope"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn one_holder_per_name() {
-        let locks = Arc::new(NameLocks::default());
-        let held = locks.lock("vg/a".into()).await;
-        let other = locks.lock("vg/b".into()).await;
-        let second = tokio::time::timeout(
-            std::time::Duration::from_millis(50),
-            locks.lock("vg/a".into()),
-        )
-        .await;
-        assert!(second.is_err(), "a second holder of vg/a");
-        drop(held);
-        drop(locks.lock("vg/a".into()).await);
-        drop(other);
-        drop(locks.lock("vg/c".into()).await);
-        assert_eq!(
-            locks.0.lock().expect("map").len(),
-            1,
-            "dead entries are pruned"
-        );
     }
 }

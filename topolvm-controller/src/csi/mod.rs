@@ -9,7 +9,6 @@
 
 pub mod cache;
 pub mod error;
-pub mod locks;
 pub mod request;
 pub mod service;
 pub mod volumes;

@@ -6,13 +6,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::Registry;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use topolvm_core::crd::{AccessType, LogicalVolumeSpec};
 use topolvm_core::names;
 use topolvm_core::quantity::format_bytes_quantity;
 use topolvm_core::size::MinimumAllocation;
+use topolvm_csi_server::metrics::{RpcMetricNames, RpcMetrics};
+use topolvm_csi_server::unimplemented;
 use topolvm_proto::csi;
 use topolvm_proto::csi::controller_service_capability::{self, rpc};
 use topolvm_proto::csi::volume_content_source;
@@ -47,44 +49,28 @@ pub fn status_of(error: &Error) -> Status {
     Status::new(code, error.to_string())
 }
 
-/// The gRPC code's name as gRPC-Go prints it (`OK`, `InvalidArgument`, ...), as topolvm-node's
-/// CSI metrics label it, so one `code!="OK"` matches both.
-fn code_label(code: Code) -> String {
-    match code {
-        Code::Ok => "OK".to_owned(),
-        other => format!("{other:?}"),
-    }
-}
+/// `topolvm_controller_csi_*`.
+const METRIC_NAMES: RpcMetricNames = RpcMetricNames {
+    requests: (
+        "topolvm_controller_csi_requests_total",
+        "CSI Controller requests by method and gRPC code.",
+    ),
+    duration: (
+        "topolvm_controller_csi_request_duration_seconds",
+        "How long CSI Controller requests took, by method.",
+    ),
+    buckets: &[
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ],
+};
 
 /// `topolvm_controller_csi_*` metrics.
 #[derive(Debug, Clone)]
-pub struct Metrics {
-    requests: IntCounterVec,
-    duration: HistogramVec,
-}
+pub struct Metrics(RpcMetrics);
 
 impl Metrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "topolvm_controller_csi_requests_total",
-                "CSI Controller requests by method and gRPC code.",
-            ),
-            &["method", "code"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "topolvm_controller_csi_request_duration_seconds",
-                "How long CSI Controller requests took, by method.",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["method"],
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        Ok(Self { requests, duration })
+        RpcMetrics::register(registry, METRIC_NAMES).map(Self)
     }
 }
 
@@ -162,14 +148,7 @@ impl ControllerService {
                 status.code()
             }
         };
-        self.metrics
-            .requests
-            .with_label_values(&[method, &code_label(code)])
-            .inc();
-        self.metrics
-            .duration
-            .with_label_values(&[method])
-            .observe(start.elapsed().as_secs_f64());
+        self.metrics.0.observe(method, code, start.elapsed());
         result.map(Response::new)
     }
 
@@ -439,10 +418,6 @@ pub fn controller_capabilities() -> Vec<csi::ControllerServiceCapability> {
     .collect()
 }
 
-fn unimplemented<T>(method: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!("{method} is not supported")))
-}
-
 #[tonic::async_trait]
 impl csi::controller_server::Controller for ControllerService {
     async fn create_volume(
@@ -474,14 +449,14 @@ impl csi::controller_server::Controller for ControllerService {
         &self,
         _: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
-        unimplemented("ControllerPublishVolume")
+        unimplemented("ControllerPublishVolume", "PUBLISH_UNPUBLISH_VOLUME")
     }
 
     async fn controller_unpublish_volume(
         &self,
         _: Request<csi::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
-        unimplemented("ControllerUnpublishVolume")
+        unimplemented("ControllerUnpublishVolume", "PUBLISH_UNPUBLISH_VOLUME")
     }
 
     async fn validate_volume_capabilities(
@@ -500,7 +475,7 @@ impl csi::controller_server::Controller for ControllerService {
         &self,
         _: Request<csi::ListVolumesRequest>,
     ) -> Result<Response<csi::ListVolumesResponse>, Status> {
-        unimplemented("ListVolumes")
+        unimplemented("ListVolumes", "LIST_VOLUMES")
     }
 
     async fn get_capacity(
@@ -556,14 +531,14 @@ impl csi::controller_server::Controller for ControllerService {
         &self,
         _: Request<csi::ListSnapshotsRequest>,
     ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
-        unimplemented("ListSnapshots")
+        unimplemented("ListSnapshots", "LIST_SNAPSHOTS")
     }
 
     async fn get_snapshot(
         &self,
         _: Request<csi::GetSnapshotRequest>,
     ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
-        unimplemented("GetSnapshot")
+        unimplemented("GetSnapshot", "GET_SNAPSHOT")
     }
 
     async fn controller_expand_volume(
@@ -582,13 +557,13 @@ impl csi::controller_server::Controller for ControllerService {
         &self,
         _: Request<csi::ControllerGetVolumeRequest>,
     ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
-        unimplemented("ControllerGetVolume")
+        unimplemented("ControllerGetVolume", "GET_VOLUME")
     }
 
     async fn controller_modify_volume(
         &self,
         _: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
-        unimplemented("ControllerModifyVolume")
+        unimplemented("ControllerModifyVolume", "MODIFY_VOLUME")
     }
 }

@@ -15,11 +15,11 @@ use tokio::time::Instant;
 use topolvm_core::crd::{LogicalVolume, LogicalVolumeSpec};
 use topolvm_core::names;
 use topolvm_core::quantity::format_bytes_quantity;
+use topolvm_runtime::keyed_lock::KeyedLocks;
 use tracing::{info, warn};
 
 use super::cache::{Cache, VolumeRecord};
 use super::error::Error;
-use super::locks::Locks;
 
 /// How long an RPC without a gRPC deadline waits for the node agent. The sidecars always send
 /// one (external-provisioner's `--timeout`, 10 s by default); this only bounds stray callers.
@@ -30,8 +30,10 @@ const WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(300);
 pub struct Volumes {
     client: kube::Client,
     cache: Arc<Cache>,
-    pub(super) names: Arc<Locks>,
-    pub(super) ids: Arc<Locks>,
+    /// Per request name (CreateVolume, CreateSnapshot) and per volume ID (the rest), as TopoLVM
+    /// serializes them, so two retries of one request never race each other.
+    pub(super) names: KeyedLocks,
+    pub(super) ids: KeyedLocks,
 }
 
 impl std::fmt::Debug for Volumes {
@@ -54,8 +56,8 @@ impl Volumes {
         Self {
             client,
             cache,
-            names: Arc::default(),
-            ids: Arc::default(),
+            names: KeyedLocks::default(),
+            ids: KeyedLocks::default(),
         }
     }
 

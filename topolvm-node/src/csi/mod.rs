@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
-use topolvm_core::csi_identity::{IdentityService, Readiness};
+use topolvm_csi_server::identity::{IdentityService, Readiness};
 
 use crate::lvmd_client::{LatestReport, LvmdConnection};
 

@@ -10,14 +10,16 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::Registry;
 use tonic::{Code, Request, Response, Status};
 use topolvm_core::names::TOPOLOGY_NODE_KEY;
+use topolvm_csi_server::metrics::{RpcMetricNames, RpcMetrics};
+use topolvm_csi_server::unimplemented;
 use topolvm_proto::csi;
 use topolvm_proto::csi::node_service_capability::{self, rpc};
+use topolvm_runtime::keyed_lock::KeyedLocks;
 use tracing::warn;
 
 use super::volumes::{Usage, Volumes};
@@ -63,95 +65,18 @@ fn status(error: &Error) -> Status {
     Status::new(code_of(error), error.to_string())
 }
 
-/// The gRPC code's name as gRPC-Go prints it (`OK`, `InvalidArgument`, ...).
-fn code_label(code: Code) -> String {
-    match code {
-        Code::Ok => "OK".to_owned(),
-        other => format!("{other:?}"),
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Metrics {
-    requests: IntCounterVec,
-    duration: HistogramVec,
-}
-
-impl Metrics {
-    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "topolvm_node_csi_requests_total",
-                "CSI Node and Identity calls by method and gRPC code.",
-            ),
-            &["method", "code"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "topolvm_node_csi_request_duration_seconds",
-                "Time taken by CSI Node calls, by method.",
-            )
-            .buckets(vec![
-                0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-            ]),
-            &["method"],
-        )?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        Ok(Self { requests, duration })
-    }
-
-    fn observe(&self, method: &str, started: Instant, code: Code) {
-        self.requests
-            .with_label_values(&[method, &code_label(code)])
-            .inc();
-        self.duration
-            .with_label_values(&[method])
-            .observe(started.elapsed().as_secs_f64());
-    }
-}
-
-/// One lock per volume ID, dropped from the map when nobody holds or waits for it.
-#[derive(Debug, Default)]
-struct VolumeLocks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
-
-struct VolumeGuard {
-    locks: Arc<VolumeLocks>,
-    volume_id: String,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl VolumeLocks {
-    async fn lock(self: &Arc<Self>, volume_id: &str) -> VolumeGuard {
-        let mutex = {
-            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(volume_id.to_owned()).or_default().clone()
-        };
-        VolumeGuard {
-            locks: self.clone(),
-            volume_id: volume_id.to_owned(),
-            guard: Some(mutex.lock_owned().await),
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-impl Drop for VolumeGuard {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut map = self.locks.0.lock().unwrap_or_else(|e| e.into_inner());
-        if map
-            .get(&self.volume_id)
-            .is_some_and(|m| Arc::strong_count(m) == 1)
-        {
-            map.remove(&self.volume_id);
-        }
-    }
-}
+/// `topolvm_node_csi_*`.
+const METRIC_NAMES: RpcMetricNames = RpcMetricNames {
+    requests: (
+        "topolvm_node_csi_requests_total",
+        "CSI Node and Identity calls by method and gRPC code.",
+    ),
+    duration: (
+        "topolvm_node_csi_request_duration_seconds",
+        "Time taken by CSI Node calls, by method.",
+    ),
+    buckets: &[0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0],
+};
 
 /// The CSI Node service.
 #[derive(Debug, Clone)]
@@ -159,8 +84,8 @@ pub struct NodeService {
     node_name: String,
     kubelet_dir: PathBuf,
     volumes: Volumes,
-    locks: Arc<VolumeLocks>,
-    metrics: Metrics,
+    locks: KeyedLocks,
+    metrics: RpcMetrics,
 }
 
 impl NodeService {
@@ -175,8 +100,8 @@ impl NodeService {
             node_name: options.node_name.clone(),
             kubelet_dir: options.kubelet_dir.clone(),
             volumes: Volumes { lvmd, report },
-            locks: Arc::default(),
-            metrics: Metrics::register(registry)?,
+            locks: KeyedLocks::default(),
+            metrics: RpcMetrics::register(registry, METRIC_NAMES)?,
         })
     }
 
@@ -214,13 +139,14 @@ impl NodeService {
 
     fn count<T>(&self, method: &str, started: Instant, result: &Result<T, Status>) {
         let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        self.metrics.observe(method, started, code);
+        self.metrics.observe(method, code, started.elapsed());
     }
 
     /// Counts a call refused before any work.
     fn refuse(&self, method: &str, started: Instant, error: &Error) -> Status {
         let status = status(error);
-        self.metrics.observe(method, started, status.code());
+        self.metrics
+            .observe(method, status.code(), started.elapsed());
         status
     }
 
@@ -299,18 +225,14 @@ impl csi::node_server::Node for NodeService {
         &self,
         _request: Request<csi::NodeStageVolumeRequest>,
     ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
-        Err(Status::unimplemented(
-            "NodeStageVolume: this plugin has no STAGE_UNSTAGE_VOLUME capability",
-        ))
+        unimplemented("NodeStageVolume", "STAGE_UNSTAGE_VOLUME")
     }
 
     async fn node_unstage_volume(
         &self,
         _request: Request<csi::NodeUnstageVolumeRequest>,
     ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
-        Err(Status::unimplemented(
-            "NodeUnstageVolume: this plugin has no STAGE_UNSTAGE_VOLUME capability",
-        ))
+        unimplemented("NodeUnstageVolume", "STAGE_UNSTAGE_VOLUME")
     }
 
     async fn node_publish_volume(
@@ -388,7 +310,7 @@ impl csi::node_server::Node for NodeService {
     ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
         let started = Instant::now();
         self.metrics
-            .observe("NodeGetCapabilities", started, Code::Ok);
+            .observe("NodeGetCapabilities", Code::Ok, started.elapsed());
         Ok(Response::new(csi::NodeGetCapabilitiesResponse {
             capabilities: node_capabilities(),
         }))
@@ -399,7 +321,8 @@ impl csi::node_server::Node for NodeService {
         _request: Request<csi::NodeGetInfoRequest>,
     ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
         let started = Instant::now();
-        self.metrics.observe("NodeGetInfo", started, Code::Ok);
+        self.metrics
+            .observe("NodeGetInfo", Code::Ok, started.elapsed());
         Ok(Response::new(csi::NodeGetInfoResponse {
             node_id: self.node_name.clone(),
             max_volumes_per_node: 0,
@@ -416,6 +339,7 @@ mod tests {
     //! names for it. A small fake lvmd (only GetLVList) answers the lookups.
     use std::path::Path;
     use std::pin::Pin;
+    use std::sync::Arc;
 
     use csi::node_server::Node;
     use csi::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode};

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use topolvm_proto::csi;
 use topolvm_proto::csi::plugin_capability::{self, service, volume_expansion};
 
-use crate::names::PLUGIN_NAME;
+use topolvm_core::names::PLUGIN_NAME;
 
 /// Whether the plugin is ready to serve, asked on every Probe.
 pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
