@@ -205,15 +205,21 @@ pub fn capacity_annotation_key(device_class: &str) -> String {
     format!("{CAPACITY_ANNOTATION_PREFIX}{suffix}")
 }
 
-/// Returns the device class part of a capacity annotation key, or `None` when the key is not
-/// a capacity annotation (or has nothing after the prefix).
+/// Returns the device class part of a capacity annotation key (everything after
+/// [`CAPACITY_ANNOTATION_PREFIX`]), or `None` when the key does not start with the prefix.
+///
+/// This is TopoLVM's rule: its scheduler extender takes every pod annotation key with the
+/// prefix and whatever follows it, an empty rest included, and looks that same key up on the
+/// nodes (`extractRequestedSize` in `internal/scheduler/predicate.go` @ `86e72f5317ce`,
+/// `scoreNodes` in `internal/scheduler/prioritize.go` @ `46f8ac98fe59`, topolvm/topolvm). The
+/// API server refuses an annotation key ending in `/`, so only a request body can carry one.
 ///
 /// The default class comes back as [`DEFAULT_DEVICE_CLASS_ANNOTATION_NAME`], exactly as it
 /// appears in the key: the scheduler extender looks the same suffix up on nodes, and per-class
-/// divisors for the default class are keyed by it.
+/// divisors for the default class are keyed by it. So an empty rest is a class named `""` in
+/// the key, not the default class: it does not round-trip through [`capacity_annotation_key`].
 pub fn capacity_annotation_device_class(key: &str) -> Option<&str> {
     key.strip_prefix(CAPACITY_ANNOTATION_PREFIX)
-        .filter(|class| !class.is_empty())
 }
 
 /// Returns true when `device_class` names the default class in either spelling.
@@ -370,9 +376,10 @@ mod tests {
             capacity_annotation_device_class(&capacity_annotation_key("")),
             Some("00default")
         );
+        // TopoLVM's extender reads an empty class after the prefix (predicate.go @ 86e72f5317ce).
         assert_eq!(
             capacity_annotation_device_class("capacity.topolvm.io/"),
-            None
+            Some("")
         );
         assert_eq!(
             capacity_annotation_device_class("topolvm.io/capacity"),

@@ -24,7 +24,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use topolvm_core::names::CAPACITY_ANNOTATION_PREFIX;
+use topolvm_core::names::capacity_annotation_device_class;
 use tracing::{debug, info, warn};
 
 use crate::accounting::{
@@ -272,7 +272,7 @@ async fn keep_pending(
 
 fn retain_capacity_annotations(meta: &mut ObjectMeta) {
     if let Some(annotations) = &mut meta.annotations {
-        annotations.retain(|k, _| k.starts_with(CAPACITY_ANNOTATION_PREFIX));
+        annotations.retain(|k, _| capacity_annotation_device_class(k).is_some());
     }
 }
 

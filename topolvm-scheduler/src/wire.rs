@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use topolvm_core::names::CAPACITY_ANNOTATION_PREFIX;
+use topolvm_core::names::capacity_annotation_device_class;
 
 /// Why a request body is not an `ExtenderArgs` we can answer.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -100,14 +100,14 @@ impl<'a> CapacityAnnotations<'a> {
     }
 }
 
+/// The device class of a capacity annotation key, by core's one parser (TopoLVM's rule),
+/// still borrowed from the body when the key was.
 fn strip_capacity_prefix(key: Cow<'_, str>) -> Option<Cow<'_, str>> {
     match key {
-        Cow::Borrowed(k) => k
-            .strip_prefix(CAPACITY_ANNOTATION_PREFIX)
-            .map(Cow::Borrowed),
-        Cow::Owned(k) => k
-            .strip_prefix(CAPACITY_ANNOTATION_PREFIX)
-            .map(|class| Cow::Owned(class.to_owned())),
+        Cow::Borrowed(k) => capacity_annotation_device_class(k).map(Cow::Borrowed),
+        Cow::Owned(k) => {
+            capacity_annotation_device_class(&k).map(|class| Cow::Owned(class.to_owned()))
+        }
     }
 }
 
@@ -749,6 +749,21 @@ mod tests {
         )
         .expect("valid");
         assert!(args.pod.capacity.is_empty());
+    }
+
+    #[test]
+    fn nothing_after_the_prefix_is_a_class_too() {
+        // TopoLVM takes whatever follows the prefix, an empty rest included, and looks the same
+        // key up on the nodes (topolvm/topolvm internal/scheduler/predicate.go @ 86e72f5317ce).
+        let args = parse(
+            r#"{"Pod":{"metadata":{"annotations":{"capacity.topolvm.io/":"1"}}},"Nodes":{"items":[{"metadata":{"name":"n","annotations":{"capacity.topolvm.io\/":"2"}}}]}}"#,
+        )
+        .expect("valid");
+        assert_eq!(args.pod.capacity.get(""), Some("1"));
+        let Candidates::Nodes(nodes) = args.candidates else {
+            panic!("expected nodes")
+        };
+        assert_eq!(nodes[0].capacity.get(""), Some("2"));
     }
 
     #[test]

@@ -92,7 +92,7 @@ impl NodeRecord {
             topology: labels.get(names::TOPOLOGY_NODE_KEY).cloned(),
             capacity: annotations
                 .iter()
-                .filter(|(k, _)| k.starts_with(names::CAPACITY_ANNOTATION_PREFIX))
+                .filter(|(k, _)| names::capacity_annotation_device_class(k).is_some())
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         }
