@@ -1,5 +1,5 @@
-//! Our extender against TopoLVM's own: every file of `shared/fixtures/topolvm-extender/` (beside
-//! the repository) is a request body shaped like kube-scheduler's and the answers TopoLVM's Go
+//! Our extender against TopoLVM's own: every file of `tests/topolvm-extender/` (recorded from
+//! TopoLVM, see its README) is a request body shaped like kube-scheduler's and the answers TopoLVM's Go
 //! handler (`internal/scheduler`, v0.41) gave to it under a configuration. Ours, started with the
 //! same configuration and sent the same body, must give the same filter result and scores.
 //!
@@ -14,7 +14,7 @@
 //!   only the status of such an answer, so ours must have a status of the same class (4xx, 5xx)
 //!   and its body is not compared.
 //!
-//! The fixtures are not copied into this crate: a missing directory fails the test.
+//! A missing or short directory fails the test.
 
 mod common;
 
@@ -30,9 +30,9 @@ use topolvm_scheduler::config::Config;
 /// directory's README). Fewer means the directory is not the one recorded from TopoLVM.
 const MIN_FIXTURES: usize = 32;
 
-/// `<repository>/../shared/fixtures/topolvm-extender`.
+/// `tests/topolvm-extender` of this crate.
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/topolvm-extender")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/topolvm-extender")
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,8 +57,7 @@ fn load_fixtures() -> Vec<(String, Fixture)> {
     let dir = fixtures_dir();
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
         panic!(
-            "TopoLVM's extender answers are expected in {} (a copy of shared/ beside the \
-             repository): {e}",
+            "TopoLVM's extender answers are expected in {}: {e}",
             dir.display()
         )
     });
