@@ -222,6 +222,16 @@ pub fn capacity_annotation_device_class(key: &str) -> Option<&str> {
     key.strip_prefix(CAPACITY_ANNOTATION_PREFIX)
 }
 
+/// A device class as a person reads it in a message: `(default)` for the default class in
+/// either spelling, else the class's own name.
+pub fn device_class_for_humans(device_class: &str) -> &str {
+    if is_default_device_class(device_class) {
+        "(default)"
+    } else {
+        device_class
+    }
+}
+
 /// Returns true when `device_class` names the default class in either spelling.
 pub fn is_default_device_class(device_class: &str) -> bool {
     device_class == DEFAULT_DEVICE_CLASS_NAME
@@ -397,6 +407,9 @@ mod tests {
         assert!(is_default_device_class("00default"));
         assert!(!is_default_device_class("ssd"));
         assert!(!is_default_device_class("default"));
+        assert_eq!(device_class_for_humans(""), "(default)");
+        assert_eq!(device_class_for_humans("00default"), "(default)");
+        assert_eq!(device_class_for_humans("ssd"), "ssd");
     }
 
     #[test]

@@ -44,6 +44,31 @@ pub const DEFAULT_MINIMUM_ALLOCATION_XFS: u64 = 300 * MIB;
 /// Default minimum allocation of a btrfs volume (`--minimum-allocation-btrfs`).
 pub const DEFAULT_MINIMUM_ALLOCATION_BTRFS: u64 = 200 * MIB;
 
+/// A volume made from a source (a restore of a snapshot, a clone of a volume) asked for fewer
+/// bytes than the source has: its content would not fit. The CSI spec answers it with
+/// `OUT_OF_RANGE` (v1.12.0, CreateVolume "Errors": "Unsupported `capacity_range`", for example a
+/// volume smaller than its source snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("requested {requested} bytes is smaller than the {source_size} bytes of the source")]
+pub struct SmallerThanSource {
+    /// The size asked for the new volume.
+    pub requested: u64,
+    /// The source's size.
+    pub source_size: u64,
+}
+
+/// Checks that a volume of `requested` bytes can hold a source of `source_size` bytes.
+pub fn fits_source(requested: u64, source_size: u64) -> Result<(), SmallerThanSource> {
+    if requested < source_size {
+        Err(SmallerThanSource {
+            requested,
+            source_size,
+        })
+    } else {
+        Ok(())
+    }
+}
+
 /// Why a capacity range cannot be turned into a volume size. CreateVolume and
 /// ControllerExpandVolume answer all of them with `InvalidArgument`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -286,6 +311,19 @@ pub fn create_volume_size(required: i64, limit: i64, minimum: u64) -> Result<u64
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_volume_fits_a_source_of_its_size_or_smaller() {
+        assert_eq!(fits_source(GIB, GIB), Ok(()));
+        assert_eq!(fits_source(2 * GIB, GIB), Ok(()));
+        assert_eq!(
+            fits_source(GIB - 1, GIB),
+            Err(SmallerThanSource {
+                requested: GIB - 1,
+                source_size: GIB
+            })
+        );
+    }
 
     #[test]
     fn rounding() {

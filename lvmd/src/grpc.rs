@@ -35,7 +35,7 @@ pub fn status_of(error: service::Error) -> Status {
         }
         E::Unavailable { .. } => Code::Unavailable,
         E::Exists { .. } => Code::AlreadyExists,
-        E::Shrink { .. } | E::SmallerThanSource { .. } => Code::OutOfRange,
+        E::Shrink { .. } | E::SmallerThanSource(_) => Code::OutOfRange,
         E::NoSpace { .. } | E::ThinPoolFull { .. } => Code::ResourceExhausted,
         E::Lvm(e) if e.is_insufficient_space() => Code::ResourceExhausted,
         E::NotOwned { .. }

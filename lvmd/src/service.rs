@@ -66,8 +66,8 @@ pub enum Error {
         current: u64,
         requested: u64,
     },
-    #[error("requested size {requested} is smaller than the source volume's {source_size} bytes")]
-    SmallerThanSource { requested: u64, source_size: u64 },
+    #[error(transparent)]
+    SmallerThanSource(#[from] topolvm_core::size::SmallerThanSource),
     #[error("not enough space in device class {class:?}: {free} bytes free, {wanted} requested")]
     NoSpace {
         class: String,
@@ -973,12 +973,7 @@ impl Lvmd {
                     });
                 }
                 let desired = requested.unwrap_or(source.size);
-                if desired < source.size {
-                    return Err(Error::SmallerThanSource {
-                        requested: desired,
-                        source_size: source.size,
-                    });
-                }
+                topolvm_core::size::fits_source(desired, source.size)?;
                 let desired = round_up(desired, granule(vg, 1))?;
                 if desired > cap.new_volume_bytes {
                     return Err(Error::NoSpace {
@@ -1063,12 +1058,7 @@ impl Lvmd {
             Target::Thick if source.is_thick_snapshot() => {
                 // LVM cannot snapshot a snapshot: make a plain volume and copy the blocks.
                 let desired = requested.unwrap_or(source.size);
-                if desired < source.size {
-                    return Err(Error::SmallerThanSource {
-                        requested: desired,
-                        source_size: source.size,
-                    });
-                }
+                topolvm_core::size::fits_source(desired, source.size)?;
                 let stripes = dc.stripe.unwrap_or(1);
                 let needed = round_up(desired, granule(vg, stripes))?;
                 if needed > cap.new_volume_bytes {
@@ -1214,12 +1204,8 @@ impl Lvmd {
             let target = vg.lvs.get(&req.name).ok_or_else(|| Error::Vanished {
                 name: req.name.clone(),
             })?;
-            if target.size < source.size {
-                return Err(failed(format!(
-                    "the volume has {} bytes, fewer than its source's {}",
-                    target.size, source.size
-                )));
-            }
+            topolvm_core::size::fits_source(target.size, source.size)
+                .map_err(|e| failed(e.to_string()))?;
             (
                 PathBuf::from(&source.path),
                 PathBuf::from(&target.path),

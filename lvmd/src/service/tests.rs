@@ -758,7 +758,7 @@ async fn snapshot_refusals() {
             matches!(e, Error::NotInClass { .. })
         }),
         (snap("s", "thin", "thin1", "ro", MIB), |e| {
-            matches!(e, Error::SmallerThanSource { .. })
+            matches!(e, Error::SmallerThanSource(_))
         }),
         (snap("s", "ssd", "existing", "ro", 600 * MIB), |e| {
             matches!(e, Error::NoSpace { .. })
@@ -1069,7 +1069,7 @@ async fn copy_refusals() {
         .create_snapshot(restore_req("r", "rw", 50 * MIB))
         .await
         .expect_err("smaller than the snapshot");
-    assert!(matches!(err, Error::SmallerThanSource { .. }), "{err:?}");
+    assert!(matches!(err, Error::SmallerThanSource(_)), "{err:?}");
     let err = lvmd
         .create_snapshot(restore_req("r", "rw", 600 * MIB))
         .await

@@ -21,8 +21,8 @@ pub enum Error {
     #[error("{0}")]
     NoCapacity(String),
     /// The requested size is smaller than the content source's.
-    #[error("{0}")]
-    SmallerThanSource(String),
+    #[error(transparent)]
+    SmallerThanSource(#[from] topolvm_core::size::SmallerThanSource),
     /// The node agent (or lvmd behind it) refused, with this gRPC code number and message.
     #[error("{message}")]
     Refused { code: i32, message: String },

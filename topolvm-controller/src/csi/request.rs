@@ -171,7 +171,7 @@ pub fn choose_node(
     if u64::try_from(capacity).unwrap_or(0) < size {
         return Err(Error::NoCapacity(format!(
             "no node has {size} bytes free in device class {}; the most is {capacity} on {name}",
-            class_for_humans(device_class)
+            names::device_class_for_humans(device_class)
         )));
     }
     Ok(name.to_owned())
@@ -188,14 +188,6 @@ pub fn node_allowed(requirements: Option<&csi::TopologyRequirement>, node: &str)
         .iter()
         .chain(&req.requisite)
         .any(|t| segment_node(t) == Some(node))
-}
-
-pub fn class_for_humans(device_class: &str) -> &str {
-    if device_class.is_empty() {
-        "(default)"
-    } else {
-        device_class
-    }
 }
 
 /// GetCapacity: the sum over all Nodes without a segment (Nodes without the annotation count

@@ -200,16 +200,12 @@ impl ControllerService {
                 let source_size = source.current_or_spec_size().ok_or_else(|| {
                     Error::Corrupt(format!("content source {id} has no readable size"))
                 })?;
-                if size < source_size {
-                    return Err(Error::SmallerThanSource(format!(
-                        "requested {size} bytes is smaller than the {source_size} bytes of the source"
-                    )));
-                }
+                topolvm_core::size::fits_source(size, source_size)?;
                 if device_class != source.device_class {
                     return Err(Error::Invalid(format!(
                         "device class {} differs from the source's {}",
-                        request::class_for_humans(&device_class),
-                        request::class_for_humans(&source.device_class)
+                        names::device_class_for_humans(&device_class),
+                        names::device_class_for_humans(&source.device_class)
                     )));
                 }
                 if !request::node_allowed(requirements, &source.node_name) {

@@ -174,14 +174,5 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(seconds.min(300))
 }
 
-/// A device class as a person reads it in a message: the default class has an empty name.
-fn class_for_humans(device_class: &str) -> &str {
-    if names::is_default_device_class(device_class) {
-        "(default)"
-    } else {
-        device_class
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -195,7 +195,7 @@ impl<V: Volumes> OrphanScanner<V> {
             let message = format!(
                 "LV {} of device class {} ({} bytes) is an orphan: {}",
                 orphan.name,
-                super::class_for_humans(&orphan.device_class),
+                names::device_class_for_humans(&orphan.device_class),
                 orphan.size_bytes,
                 orphan.reason
             );
@@ -337,7 +337,7 @@ impl<V: Volumes> OrphanScanner<V> {
         let message = format!(
             "LV {} of device class {} ({} bytes) removed: {}",
             orphan.name,
-            super::class_for_humans(&orphan.device_class),
+            names::device_class_for_humans(&orphan.device_class),
             orphan.size_bytes,
             orphan.reason
         );

@@ -19,7 +19,7 @@ use topolvm_proto::lvmd as pb;
 use tracing::{debug, error, info, instrument, warn};
 
 use super::volumes::Volumes;
-use super::{Error, Metrics, backoff, class_for_humans};
+use super::{Error, Metrics, backoff};
 
 /// What every reconciliation shares.
 pub struct Context<V> {
@@ -433,7 +433,7 @@ async fn create<V: Volumes>(
                     Code::ResourceExhausted,
                     format!(
                         "device class {} is not on node {}: {}",
-                        class_for_humans(&lv.spec.device_class),
+                        names::device_class_for_humans(&lv.spec.device_class),
                         ctx.node_name,
                         status.message()
                     ),
@@ -501,14 +501,12 @@ async fn snapshot_request<V: Volumes>(
         });
     }
     if let Some(Ok(current)) = source_status.current_size_bytes()
-        && u64::try_from(size).is_ok_and(|size| size < current)
+        && let Ok(wanted) = u64::try_from(size)
+        && let Err(smaller) = topolvm_core::size::fits_source(wanted, current)
     {
         return Ok(Err((
             Code::InvalidArgument,
-            format!(
-                "spec.size {} bytes is smaller than the {current} bytes of source {source_name}",
-                size
-            ),
+            format!("spec.size: {smaller} ({source_name})"),
         )));
     }
     Ok(Ok(pb::CreateLvSnapshotRequest {
