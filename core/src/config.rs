@@ -1,6 +1,7 @@
 //! Pieces every component's configuration file needs: one error type that names the offending
 //! key, YAML decoding that reports where a value went wrong, and durations written Go-style.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -92,9 +93,96 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(total)
 }
 
+/// A duration read and written as Go writes it (`15s`, `1m0s`, `1h30m0s`, `250ms`): the type
+/// of a duration flag, whose default is then a constant, shown as Go's `Duration.String()`
+/// shows it. Below a millisecond the fraction is written in milliseconds, which
+/// [`parse_duration`] reads back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoDuration(pub Duration);
+
+/// Why a duration flag was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a duration such as 90s, 30m or 1h30m")]
+pub struct NotADuration(pub String);
+
+impl std::str::FromStr for GoDuration {
+    type Err = NotADuration;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_duration(text)
+            .map(Self)
+            .ok_or_else(|| NotADuration(text.to_owned()))
+    }
+}
+
+impl fmt::Display for GoDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        if d.is_zero() {
+            return f.write_str("0s");
+        }
+        if d < Duration::from_secs(1) {
+            let nanos = d.subsec_nanos();
+            return write!(
+                f,
+                "{}{}ms",
+                nanos / 1_000_000,
+                fraction(nanos % 1_000_000, 6)
+            );
+        }
+        let total = d.as_secs();
+        let (hours, minutes, seconds) = (total / 3600, total % 3600 / 60, total % 60);
+        let seconds = format!("{seconds}{}s", fraction(d.subsec_nanos(), 9));
+        match (hours, minutes) {
+            (0, 0) => f.write_str(&seconds),
+            (0, m) => write!(f, "{m}m{seconds}"),
+            (h, m) => write!(f, "{h}h{m}m{seconds}"),
+        }
+    }
+}
+
+/// `.` and the digits of `part` out of `10^digits`, trailing zeros dropped; empty for 0.
+fn fraction(part: u32, digits: usize) -> String {
+    if part == 0 {
+        return String::new();
+    }
+    let text = format!("{part:0digits$}");
+    format!(".{}", text.trim_end_matches('0'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Go's `time.Duration.String()`: its documented example (`1h2m0.3s`, `300ms`) and the
+    /// forms TopoLVM's and controller-runtime's `--help` show for their defaults.
+    #[test]
+    fn durations_are_written_as_go_writes_them() {
+        for (d, go) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(1), "1ms"),
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_secs(15), "15s"),
+            (Duration::from_secs(60), "1m0s"),
+            (Duration::from_secs(600), "10m0s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3600), "1h0m0s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_millis(300), "300ms"),
+            (Duration::from_millis(3_720_300), "1h2m0.3s"),
+        ] {
+            assert_eq!(GoDuration(d).to_string(), go);
+            assert_eq!(
+                go.parse::<GoDuration>(),
+                Ok(GoDuration(d)),
+                "{go} reads back"
+            );
+        }
+        assert_eq!(
+            "1d".parse::<GoDuration>(),
+            Err(NotADuration("1d".to_owned()))
+        );
+    }
 
     #[test]
     fn durations() {

@@ -194,6 +194,24 @@ pub fn format_bytes_quantity(bytes: u64) -> Quantity {
     Quantity(format_bytes(bytes))
 }
 
+/// A byte count read and written as a Kubernetes quantity (`8Mi`, `1Gi`, `1536`): the type of a
+/// size flag, whose default is then one of the size constants, shown in the quantity's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteQuantity(pub u64);
+
+impl std::str::FromStr for ByteQuantity {
+    type Err = QuantityError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        parse_quantity_bytes(text).map(Self)
+    }
+}
+
+impl std::fmt::Display for ByteQuantity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_bytes(self.0))
+    }
+}
+
 fn format_bytes(bytes: u64) -> String {
     const BINARY_SUFFIXES: [&str; 7] = ["", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
     if bytes == 0 {
@@ -286,6 +304,21 @@ fn digits_to_u128(digits: &[u8]) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_byte_quantity_reads_and_writes_as_kubernetes_writes_it() {
+        for (text, bytes) in [
+            ("8Mi", 8 << 20),
+            ("300Mi", 300 << 20),
+            ("1Gi", 1 << 30),
+            ("1536", 1536),
+        ] {
+            assert_eq!(text.parse::<ByteQuantity>(), Ok(ByteQuantity(bytes)));
+            assert_eq!(ByteQuantity(bytes).to_string(), text);
+        }
+        assert_eq!("8M".parse::<ByteQuantity>(), Ok(ByteQuantity(8_000_000)));
+        assert!("-1".parse::<ByteQuantity>().is_err());
+    }
     use proptest::prelude::*;
 
     const KI: u64 = 1 << 10;

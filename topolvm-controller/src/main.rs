@@ -1,9 +1,11 @@
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use topolvm_core::size::MinimumAllocation;
+use topolvm_core::config::GoDuration;
+use topolvm_core::quantity::ByteQuantity;
+use topolvm_core::size::{self, MinimumAllocation};
+use topolvm_runtime::leader::Timing;
 
 /// topolvm-controller: the controller of topolvm-rs, compatible with TopoLVM's. Serves the CSI
 /// controller service, cleans up after deleted nodes and runs the pod mutating webhook.
@@ -42,37 +44,37 @@ struct Args {
     #[arg(long, default_value = "")]
     leader_election_namespace: String,
     /// How long a Lease is valid without renewal.
-    #[arg(long, default_value = "15s", value_parser = parse_go_duration)]
-    leader_election_lease_duration: Duration,
+    #[arg(long, default_value_t = GoDuration(Timing::default().lease_duration))]
+    leader_election_lease_duration: GoDuration,
     /// How long the leader keeps trying to renew before it gives up.
-    #[arg(long, default_value = "10s", value_parser = parse_go_duration)]
-    leader_election_renew_deadline: Duration,
+    #[arg(long, default_value_t = GoDuration(Timing::default().renew_deadline))]
+    leader_election_renew_deadline: GoDuration,
     /// How often candidates try to acquire or renew.
-    #[arg(long, default_value = "2s", value_parser = parse_go_duration)]
-    leader_election_retry_period: Duration,
+    #[arg(long, default_value_t = GoDuration(Timing::default().retry_period))]
+    leader_election_retry_period: GoDuration,
     /// Do not clean up after deleted Nodes (their PVCs and LogicalVolumes).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     skip_node_finalize: bool,
     /// How long a LogicalVolume without PersistentVolume and claim may exist before it is
     /// deleted as stray (it is counted in topolvm_controller_stray_logicalvolumes at once);
     /// 0s: count only, never delete. Not a TopoLVM flag.
-    #[arg(long, default_value = "10m", value_parser = parse_go_duration)]
-    stray_volume_grace_period: Duration,
+    #[arg(long, default_value = "10m")]
+    stray_volume_grace_period: GoDuration,
     /// Time between two scans for stray LogicalVolumes. Not a TopoLVM flag.
-    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
-    stray_volume_scan_interval: Duration,
+    #[arg(long, default_value = "1m")]
+    stray_volume_scan_interval: GoDuration,
     /// Smallest raw block volume (a Kubernetes quantity).
-    #[arg(long, default_value = "8Mi", value_parser = parse_quantity_bytes)]
-    minimum_allocation_block: u64,
+    #[arg(long, default_value_t = ByteQuantity(size::DEFAULT_MINIMUM_ALLOCATION_BLOCK))]
+    minimum_allocation_block: ByteQuantity,
     /// Smallest ext4 volume.
-    #[arg(long, default_value = "32Mi", value_parser = parse_quantity_bytes)]
-    minimum_allocation_ext4: u64,
+    #[arg(long, default_value_t = ByteQuantity(size::DEFAULT_MINIMUM_ALLOCATION_EXT4))]
+    minimum_allocation_ext4: ByteQuantity,
     /// Smallest xfs volume.
-    #[arg(long, default_value = "300Mi", value_parser = parse_quantity_bytes)]
-    minimum_allocation_xfs: u64,
+    #[arg(long, default_value_t = ByteQuantity(size::DEFAULT_MINIMUM_ALLOCATION_XFS))]
+    minimum_allocation_xfs: ByteQuantity,
     /// Smallest btrfs volume.
-    #[arg(long, default_value = "200Mi", value_parser = parse_quantity_bytes)]
-    minimum_allocation_btrfs: u64,
+    #[arg(long, default_value_t = ByteQuantity(size::DEFAULT_MINIMUM_ALLOCATION_BTRFS))]
+    minimum_allocation_btrfs: ByteQuantity,
     /// Kubeconfig (default: $KUBECONFIG, then the in-cluster service account, then
     /// ~/.kube/config).
     #[arg(long)]
@@ -80,16 +82,6 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
-}
-
-fn parse_quantity_bytes(value: &str) -> Result<u64, String> {
-    topolvm_core::quantity::parse_quantity_bytes(value).map_err(|e| e.to_string())
-}
-
-/// A Go duration, as TopoLVM's flags take them (`15s`, `1m30s`).
-fn parse_go_duration(value: &str) -> Result<Duration, String> {
-    topolvm_core::config::parse_duration(value)
-        .ok_or_else(|| format!("{value:?} is not a duration such as 15s or 1m30s"))
 }
 
 #[tokio::main]
@@ -102,11 +94,11 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = topolvm_runtime::shutdown::cancel_on_signals()
         .context("installing the SIGTERM and SIGINT handlers")?;
     let minimum_allocation = MinimumAllocation {
-        block: args.minimum_allocation_block,
+        block: args.minimum_allocation_block.0,
         filesystem: [
-            ("ext4", args.minimum_allocation_ext4),
-            ("xfs", args.minimum_allocation_xfs),
-            ("btrfs", args.minimum_allocation_btrfs),
+            ("ext4", args.minimum_allocation_ext4.0),
+            ("xfs", args.minimum_allocation_xfs.0),
+            ("btrfs", args.minimum_allocation_btrfs.0),
         ]
         .into_iter()
         .map(|(fs, bytes)| (fs.to_owned(), bytes))
@@ -125,17 +117,17 @@ async fn main() -> anyhow::Result<()> {
             .then_some(topolvm_controller::LeaderElection {
                 id: args.leader_election_id,
                 namespace: args.leader_election_namespace,
-                timing: topolvm_runtime::leader::Timing {
-                    lease_duration: args.leader_election_lease_duration,
-                    renew_deadline: args.leader_election_renew_deadline,
-                    retry_period: args.leader_election_retry_period,
+                timing: Timing {
+                    lease_duration: args.leader_election_lease_duration.0,
+                    renew_deadline: args.leader_election_renew_deadline.0,
+                    retry_period: args.leader_election_retry_period.0,
                 },
             }),
         skip_node_finalize: args.skip_node_finalize,
         minimum_allocation,
         stray: topolvm_controller::stray::StrayOptions {
-            grace_period: args.stray_volume_grace_period,
-            interval: args.stray_volume_scan_interval,
+            grace_period: args.stray_volume_grace_period.0,
+            interval: args.stray_volume_scan_interval.0,
         },
     };
     topolvm_controller::run(options, client, shutdown).await?;

@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use topolvm_core::config::GoDuration;
+use topolvm_node::logical_volume::orphans::OrphanOptions;
 
 /// topolvm-node: the node agent of topolvm-rs, compatible with TopoLVM's. Serves the CSI node
 /// service, makes the LVs of this node's LogicalVolumes through lvmd, publishes lvmd's free
@@ -43,20 +45,14 @@ struct Args {
     /// Remove an LV carrying topolvm-rs's ownership tag once it has been seen orphaned (its
     /// LogicalVolume or pod gone) for this long, e.g. `30m`, `1h`. Without it orphans are only
     /// reported (metric, Node Event, log).
-    #[arg(long, value_parser = parse_go_duration)]
-    orphan_gc_after: Option<std::time::Duration>,
+    #[arg(long)]
+    orphan_gc_after: Option<GoDuration>,
     /// How often to look for orphan LVs (and soon after start).
-    #[arg(long, default_value = "1m", value_parser = parse_go_duration)]
-    orphan_scan_interval: std::time::Duration,
+    #[arg(long, default_value_t = GoDuration(OrphanOptions::default().interval))]
+    orphan_scan_interval: GoDuration,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
-}
-
-/// A Go duration, as TopoLVM's flags take them (`90s`, `30m`, `1h30m`).
-fn parse_go_duration(value: &str) -> Result<std::time::Duration, String> {
-    topolvm_core::config::parse_duration(value)
-        .ok_or_else(|| format!("{value:?} is not a duration such as 90s, 30m or 1h30m"))
 }
 
 #[tokio::main]
@@ -83,8 +79,8 @@ async fn main() -> anyhow::Result<()> {
         secure_metrics_server: args.secure_metrics_server,
         csi_socket: args.csi_socket,
         kubelet_dir: args.kubelet_dir,
-        orphan_gc_after: args.orphan_gc_after,
-        orphan_scan_interval: args.orphan_scan_interval,
+        orphan_gc_after: args.orphan_gc_after.map(|d| d.0),
+        orphan_scan_interval: args.orphan_scan_interval.0,
     };
     topolvm_node::run(options, client, shutdown).await?;
     Ok(())
