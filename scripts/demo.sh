@@ -16,7 +16,7 @@ cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '%s\n' "$*"; }
 
-step "set-up: packages, the Kubernetes 1.20 binaries of the test bed, our binaries"
+step "set-up: packages, our binaries, the Kubernetes 1.20 binaries of the test bed (a fresh machine: about 20 min, with progress below; then seconds)"
 scripts/setup.sh
 e2e/scripts/build-control-plane.sh
 cargo build --quiet -p lvmd -p topolvm-node -p topolvm-controller -p topolvm-scheduler -p topolvm-e2e --bins

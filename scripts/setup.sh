@@ -30,4 +30,6 @@ done
 # Helm's chart engine (PyPI helm-python-sdk) for rendering deploy/charts/topolvm-rs.
 scripts/install-helm.sh
 
-cargo build --workspace --all-targets --quiet
+# Cargo's own progress shows (a bar on a terminal, a line per crate otherwise).
+echo "setup: building the workspace, debug, every target (the first time about 10-15 min on 2 cores; then seconds)"
+cargo build --workspace --all-targets

@@ -355,6 +355,15 @@ mkdir -p "$TREE/.go/src/k8s.io" "$WORK/home" "$WORK/go-cache"
 [[ -L $TREE/.go/src/k8s.io/kubernetes ]] || ln -s ../../.. "$TREE/.go/src/k8s.io/kubernetes"
 log "building $WHAT with $(go version) (log: $WORK/build.log); 5-7 min on 2 cores"
 start=$SECONDS
+# A line a minute while make runs, so a newcomer sees it is alive and where to look.
+(
+  while sleep 60; do
+    last=$(tail -n 1 "$WORK/build.log" 2>/dev/null | cut -c1-100)
+    log "still building: $(((SECONDS - start) / 60)) min so far (usually 5-7); last: ${last:-nothing yet}"
+  done
+) &
+heartbeat=$!
+trap 'kill "$heartbeat" 2>/dev/null || true' EXIT
 # hack/lib/init.sh sets GO111MODULE=off and builds from vendor/ in GOPATH mode
 # (so no -mod=vendor); hack/lib/golang.sh puts GOCACHE under _output/ in the tree.
 if ! (cd "$TREE" && env -u GOFLAGS -u GOROOT \
@@ -365,9 +374,11 @@ if ! (cd "$TREE" && env -u GOFLAGS -u GOROOT \
   CGO_ENABLED=0 \
   HOME="$WORK/home" XDG_CACHE_HOME="$WORK/home/.cache" \
   make WHAT="$WHAT") >"$WORK/build.log" 2>&1; then
+  kill "$heartbeat" 2>/dev/null || true
   tail -n 40 "$WORK/build.log" >&2
   die "build failed after $((SECONDS - start)) s; see $WORK/build.log (tree kept)"
 fi
+kill "$heartbeat" 2>/dev/null || true
 build_secs=$((SECONDS - start))
 log "built in $build_secs s"
 
