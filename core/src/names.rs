@@ -180,7 +180,9 @@ pub const LV_TAG_COPY_SOURCE_PREFIX: &str = "topolvm.io/copy-source=";
 /// so a crash halfway never hands out a half-copied volume.
 pub const LV_TAG_COPY_PENDING: &str = "topolvm.io/copy-pending";
 
-/// Longest LVM tag LVM accepts.
+/// Longest LVM tag lvmd writes or accepts: the documented limit (Red Hat's "Configuring and
+/// managing logical volumes", RHEL 8, "LVM object tags": "strings of up to 1024 characters").
+/// lvm2 2.03.16 itself stores longer ones, but a tag rides on every `lvs` row.
 pub const LVM_TAG_MAX_LEN: usize = 1024;
 
 /// Longest label value Kubernetes accepts.
@@ -455,8 +457,12 @@ mod tests {
         assert!(!is_valid_lvm_tag("has space"));
         assert!(!is_valid_lvm_tag("comma,"));
         assert!(!is_valid_lvm_tag("ü"));
-        assert!(is_valid_lvm_tag(&"a".repeat(LVM_TAG_MAX_LEN)));
-        assert!(!is_valid_lvm_tag(&"a".repeat(LVM_TAG_MAX_LEN + 1)));
+        // The documented limit, 1024 characters (LVM_TAG_MAX_LEN cites it).
+        assert!(is_valid_lvm_tag(&"a".repeat(1024)));
+        assert!(!is_valid_lvm_tag(&"a".repeat(1025)));
+        // The longest tag lvmd makes: a LogicalVolume named with Kubernetes' longest name, a
+        // 253-character DNS subdomain (k8s.io/apimachinery validation.DNS1123SubdomainMaxLength).
+        assert!(is_valid_lvm_tag(&lv_tag_logical_volume(&"n".repeat(253))));
     }
 
     #[test]
