@@ -47,6 +47,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 use topolvm_core::names;
+use topolvm_core::quantity::format_bytes_quantity;
 use topolvm_proto::csi;
 use tracing::{info, warn};
 
@@ -526,7 +527,8 @@ async fn provision(
         "metadata": {"name": pv_name,
                      "annotations": {PROVISIONED_BY_ANNOTATION: names::PLUGIN_NAME}},
         "spec": {
-            "capacity": {"storage": volume.capacity_bytes.to_string()},
+            // external-provisioner: resource.NewQuantity(capacity, resource.BinarySI).
+            "capacity": {"storage": format_bytes_quantity(u64::try_from(volume.capacity_bytes).unwrap_or_default())},
             "accessModes": spec.access_modes.clone().unwrap_or_default(),
             "volumeMode": if block { "Block" } else { "Filesystem" },
             "persistentVolumeReclaimPolicy": class.reclaim_policy.clone().unwrap_or_else(|| "Delete".into()),
@@ -609,7 +611,8 @@ async fn expand(
             return Ok(());
         }
     };
-    let size = answer.capacity_bytes.to_string();
+    // external-resizer writes the new size as a BinarySI quantity too.
+    let size = format_bytes_quantity(u64::try_from(answer.capacity_bytes).unwrap_or_default());
     Api::<PersistentVolume>::all(client.clone())
         .patch(
             &pv.name_any(),

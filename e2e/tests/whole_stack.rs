@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
@@ -147,6 +148,11 @@ async fn a_claim_goes_from_pod_to_lv_and_back() {
         .await
         .expect("the PV");
     let spec = pv.spec.clone().expect("spec");
+    assert_eq!(
+        spec.capacity.as_ref().and_then(|c| c.get("storage")),
+        Some(&Quantity("100Mi".to_owned())),
+        "the PV's capacity is a quantity, as external-provisioner writes it"
+    );
     let affinity = serde_json::to_value(&spec.node_affinity).expect("json");
     assert_eq!(
         affinity["required"]["nodeSelectorTerms"][0]["matchExpressions"][0],
@@ -206,7 +212,7 @@ async fn a_claim_goes_from_pod_to_lv_and_back() {
                 .await
                 .ok()?;
             let size = pv.spec?.capacity?.get("storage")?.0.clone();
-            (size == (200 * MIB).to_string()).then_some(())
+            (size == "200Mi").then_some(())
         }
     })
     .await;
