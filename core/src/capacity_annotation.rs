@@ -1,7 +1,9 @@
 //! The capacity annotations `capacity.topolvm.io/<device-class>`, written and read.
 //!
-//! **Writing (topolvm-node, NODE-CONTROLLER.md A.3).** For every lvmd `Watch` message the node
-//! agent merge-patches its Node:
+//! **Writing (topolvm-node, as TopoLVM's `updateNode` in `internal/runners/metrics_exporter.go`
+//! @ `4284fc956e96`, with the values lvmd's `send` in `internal/lvmd/vgservice.go` @
+//! `10cb5cf5ef02` puts in the Watch message).** For every lvmd `Watch` message the node agent
+//! merge-patches its Node:
 //! - `capacity.topolvm.io/<class>` for every [`WatchItem`]: [`class_capacity_bytes`], which is
 //!   `WatchItem.free_bytes` (VG free less spare) for a thick class and
 //!   `thin_pool.overprovision_bytes` for a thin one. A class is thin when its item has a
@@ -16,9 +18,10 @@
 //! Unlike TopoLVM (issue 293), keys of device classes that lvmd no longer reports are removed:
 //! [`node_capacity_patch`] compares the desired keys with the Node's current annotations.
 //!
-//! **Pods (the pod webhook, NODE-CONTROLLER.md B.6).** A pod's `capacity.topolvm.io/<class>`
-//! is the sum of the bytes its unbound TopoLVM claims and inline volumes ask for, per class
-//! ([`webhook_device_class`], [`webhook_claim_bytes`], [`webhook_inline_bytes`]).
+//! **Pods (the pod webhook, as TopoLVM's `volumesCapacity` in `internal/hook/mutate_pod.go` @
+//! `397c05639c83`).** A pod's `capacity.topolvm.io/<class>` is the sum of the bytes its unbound
+//! TopoLVM claims and inline volumes ask for, per class ([`webhook_device_class`],
+//! [`webhook_claim_bytes`], [`webhook_inline_bytes`]).
 //!
 //! **Reading.** The readers parse the values with different Go functions, and a value that one
 //! accepts another may refuse; [`parse_go_uint`] and [`parse_go_int`] reproduce Go's rules:

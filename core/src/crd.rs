@@ -259,8 +259,8 @@ mod tests {
         &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     }
 
-    /// Values from TopoLVM's `config/crd/bases/topolvm.io_logicalvolumes.yaml` (44c31e33) and
-    /// REFERENCE.md "LogicalVolume custom resource".
+    /// Values from TopoLVM's `config/crd/bases/topolvm.io_logicalvolumes.yaml` @ `44c31e33c242`
+    /// (topolvm/topolvm).
     #[test]
     fn crd_identity_matches_topolvm() {
         let crd = crd_json();
@@ -311,7 +311,11 @@ mod tests {
         assert_eq!(access_type["type"], "string");
         assert_eq!(access_type["enum"], json!(["ro", "rw"]));
         assert!(access_type.get("nullable").is_none());
-        // NODE-CONTROLLER.md section 0: `accessType` (`ro`/`rw`).
+        // TopoLVM's CRD (@ 44c31e33c242) describes `accessType` as "ro" for a snapshot and "rw"
+        // for a restore or clone, and `createLV` in
+        // `internal/controller/logicalvolume_controller.go` @ 110864718b8f accepts only those
+        // two. (The `enum` checked above is our own, stricter schema: TopoLVM's CRD declares
+        // `accessType` as a plain string with no enum.)
         assert_eq!(
             serde_json::to_value(AccessType::ReadOnly).expect("json"),
             json!("ro")
@@ -331,8 +335,8 @@ mod tests {
         assert!(serde_json::from_value::<AccessType>(json!("")).is_err());
     }
 
-    /// Field names, types and the required list of TopoLVM's CRD (44c31e33); REFERENCE.md
-    /// "LogicalVolume custom resource".
+    /// Field names, types and the required list of TopoLVM's CRD
+    /// (`config/crd/bases/topolvm.io_logicalvolumes.yaml` @ `44c31e33c242`).
     #[test]
     fn schema_fields_and_required_lists_match_topolvm() {
         let crd = crd_json();

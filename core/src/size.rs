@@ -1,7 +1,8 @@
 //! Byte units and TopoLVM's volume size rules.
 //!
-//! TopoLVM's controller sizes a new volume in two steps (`internal/driver/controller.go` and
-//! `allocation_settings.go`; NODE-CONTROLLER.md B.2 steps 2 and 4):
+//! TopoLVM's controller sizes a new volume in two steps (`CreateVolume` in
+//! `internal/driver/controller.go` @ `061b806ae885` and `MinMaxAllocationsFromSettings` in
+//! `internal/driver/allocation_settings.go` @ `a967c95da14f`):
 //!
 //! 1. [`raise_to_minimum`]: a `required_bytes` below the minimum allocation of the volume's
 //!    access type (block, or the filesystem of a mount) is raised to that minimum

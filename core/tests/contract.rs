@@ -1,7 +1,6 @@
-//! The TopoLVM contract, checked against TopoLVM's values as the project's reference documents
-//! state them (`/work/shared/REFERENCE.md` and `/work/shared/NODE-CONTROLLER.md`, gathered from
-//! TopoLVM v0.41 at 83e3dcee). Every expected value below is a literal copied from the section
-//! named beside it, never one of our own constants.
+//! The TopoLVM contract, checked against TopoLVM's own values. Every expected value below is a
+//! literal copied from the TopoLVM source (topolvm/topolvm, or external-provisioner where said)
+//! named beside it, file @ commit, never one of our own constants.
 
 use std::collections::BTreeMap;
 
@@ -24,155 +23,165 @@ const GI: i64 = 1 << 30;
 #[test]
 fn names_are_topolvms() {
     let table: &[(&str, &str, &str)] = &[
-        // NODE-CONTROLLER.md 0 "Names and constants"; REFERENCE.md "Kubernetes names".
-        (names::PLUGIN_NAME, "topolvm.io", "0: CSI driver name"),
+        // TopoLVM's `constants.go` @ 110864718b8f unless the label names another source.
+        (names::PLUGIN_NAME, "topolvm.io", "constants.go pluginName"),
         (
             names::TOPOLOGY_NODE_KEY,
             "topology.topolvm.io/node",
-            "0: topology key",
+            "constants.go GetTopologyNodeKey",
         ),
         (
             names::DEVICE_CLASS_PARAMETER,
             "topolvm.io/device-class",
-            "0: StorageClass param",
+            "constants.go GetDeviceClassKey",
         ),
         (
             names::LVCREATE_OPTION_CLASS_PARAMETER,
             "topolvm.io/lvcreate-option-class",
-            "0: StorageClass param",
+            "constants.go GetLvcreateOptionClassKey",
         ),
         (
             names::FSTYPE_PARAMETER,
             "csi.storage.k8s.io/fstype",
-            "REFERENCE: StorageClass parameters",
+            "external-provisioner controller.go @ a11af5ce7238 prefixedFsTypeKey",
         ),
         (
             names::CAPACITY_ANNOTATION_PREFIX,
             "capacity.topolvm.io/",
-            "0: capacity annotation prefix",
+            "constants.go GetCapacityKeyPrefix",
         ),
         (
             names::DEFAULT_CAPACITY_ANNOTATION_KEY,
             "capacity.topolvm.io/00default",
-            "0: the default class is also written as",
+            "constants.go DefaultDeviceClassAnnotationName; metrics_exporter.go @ 4284fc956e96 updateNode",
         ),
         (
             names::DEFAULT_DEVICE_CLASS_ANNOTATION_NAME,
             "00default",
-            "0 and B.2 GetCapacity",
+            "constants.go DefaultDeviceClassAnnotationName",
         ),
         (
             names::DEFAULT_DEVICE_CLASS_NAME,
             "",
-            "0: empty/absent = default device class",
+            "constants.go DefaultDeviceClassName",
         ),
         (
             names::CAPACITY_RESOURCE,
             "topolvm.io/capacity",
-            "0: extended resource",
+            "constants.go GetCapacityResource",
         ),
         (
             names::CAPACITY_RESOURCE_VALUE,
             "1",
-            "REFERENCE: requests = limits = \"1\"",
+            "mutate_pod.go @ 397c05639c83 Handle",
         ),
         (
             names::RESIZE_REQUESTED_AT_ANNOTATION,
             "topolvm.io/resize-requested-at",
-            "0: LV resize-retry annotation",
+            "constants.go GetResizeRequestedAtKey",
         ),
         (
             names::PENDING_DELETION_ANNOTATION,
             "topolvm.io/pendingdeletion",
-            "0: pending deletion",
+            "constants.go GetLVPendingDeletionKey",
         ),
-        (names::PENDING_DELETION_VALUE, "true", "0: (value \"true\")"),
+        (
+            names::PENDING_DELETION_VALUE,
+            "true",
+            "node_controller.go @ 44099e062507 cleanupLogicalVolume",
+        ),
         (
             names::LOGICAL_VOLUME_FINALIZER,
             "topolvm.io/logicalvolume",
-            "0: LV finalizer",
+            "constants.go GetLogicalVolumeFinalizer",
         ),
         (
             names::NODE_FINALIZER,
             "topolvm.io/node",
-            "0: Node finalizer",
+            "constants.go GetNodeFinalizer",
         ),
         (
             names::LAST_RESIZE_FS_REQUESTED_AT_ANNOTATION,
             "topolvm.io/last-resizefs-requested-at",
-            "0: pod annotation that nudges kubelet",
+            "constants.go LastResizeFSRequestedAtKey",
         ),
         (
             names::CREATED_BY_LABEL,
             "app.kubernetes.io/created-by",
-            "0: LV label added by the node",
+            "constants.go CreatedbyLabelKey",
         ),
         (
             names::CREATED_BY_VALUE,
             "topolvm-controller",
-            "0: LV label added by the node",
+            "constants.go CreatedbyLabelValue",
         ),
         (
             names::DEFAULT_CSI_SOCKET,
             "/run/topolvm/csi-topolvm.sock",
-            "0: default CSI socket",
+            "constants.go DefaultCSISocket",
         ),
         (
             names::DEFAULT_LVMD_SOCKET,
             "/run/topolvm/lvmd.sock",
-            "0: default lvmd socket",
+            "constants.go DefaultLVMdSocket",
         ),
         (
             names::LEGACY_DEVICE_DIRECTORY,
             "/dev/topolvm",
-            "0: legacy device directory",
+            "constants.go LegacyDeviceDirectory",
         ),
         (
             names::WEBHOOK_NAMESPACE_LABEL,
             "topolvm.io/webhook",
-            "B.6 namespaceSelector",
+            "charts/topolvm/templates/mutatingwebhooks.yaml @ 6ed2c515267d namespaceSelector",
         ),
         (
             names::WEBHOOK_IGNORE_VALUE,
             "ignore",
-            "B.6 namespaceSelector NotIn [ignore]",
+            "charts/topolvm/templates/mutatingwebhooks.yaml @ 6ed2c515267d namespaceSelector NotIn [ignore]",
         ),
         (
             names::POD_WEBHOOK_NAME,
             "pod-hook.topolvm.io",
-            "B.6 webhook name",
+            "mutate_pod.go @ 397c05639c83 kubebuilder:webhook marker name",
         ),
-        (names::POD_WEBHOOK_PATH, "/pod/mutate", "B.6 path"),
+        (
+            names::POD_WEBHOOK_PATH,
+            "/pod/mutate",
+            "mutate_pod.go @ 397c05639c83 kubebuilder:webhook marker path",
+        ),
         (
             names::SELECTED_NODE_ANNOTATION,
             "volume.kubernetes.io/selected-node",
-            "B.4 PVC field index",
+            "internal/controller/constants.go @ 397a3603a84d AnnSelectedNode",
         ),
         (
             names::FILESYSTEM_RESIZE_PENDING_CONDITION,
             "FileSystemResizePending",
-            "B.5 condition",
+            "persistentvolumeclaim_controller.go @ 47b68a852534 notifyKubeletToResizeFS",
         ),
         (
             names::DEFAULT_LEADER_ELECTION_ID,
             "topolvm",
-            "B.1 --leader-election-id",
+            "cmd/topolvm-controller/app/root.go @ 596d23c660e4 --leader-election-id",
         ),
         (
             names::DEFAULT_LVMD_CONFIG_PATH,
             "/etc/topolvm/lvmd.yaml",
-            "A.1 --config default",
+            "cmd/topolvm-node/app/root.go @ 3a660db97d5e --config default",
         ),
         (
             names::DEFAULT_FSTYPE,
             "ext4",
-            "REFERENCE CSI: ext4 (default when empty)",
+            "node.go @ 110864718b8f nodePublishFilesystemVolume",
         ),
     ];
     for (ours, topolvm, section) in table {
-        assert_eq!(ours, topolvm, "NODE-CONTROLLER.md/REFERENCE.md {section}");
+        assert_eq!(ours, topolvm, "TopoLVM {section}");
     }
-    // NODE-CONTROLLER.md 0: legacy PVC finalizers, now only ever removed.
+    // TopoLVM's `PVCFinalizer`/`LegacyPVCFinalizer` (`constants.go` @ 110864718b8f), now only
+    // ever removed (`removeUnusedFinalizer` in
+    // `internal/controller/persistentvolumeclaim_controller.go` @ 47b68a852534).
     assert_eq!(
         names::LEGACY_PVC_FINALIZERS,
         ["topolvm.io/pvc", "topolvm.cybozu.com/pvc"]
@@ -181,8 +190,9 @@ fn names_are_topolvms() {
 
 #[test]
 fn capacity_keys_per_device_class() {
-    // NODE-CONTROLLER.md 0: `capacity.topolvm.io/` + `<device-class>`; B.2 GetCapacity: ""
-    // maps to `00default`.
+    // TopoLVM's `GetCapacityKeyPrefix` + `<device-class>` (`constants.go` @ 110864718b8f); ""
+    // maps to `00default` (`extractCapacityFromAnnotation` in
+    // `internal/driver/internal/k8s/node_service.go` @ 44099e062507).
     assert_eq!(
         names::capacity_annotation_key("ssd"),
         "capacity.topolvm.io/ssd"
@@ -195,13 +205,15 @@ fn capacity_keys_per_device_class() {
 
 #[test]
 fn numbers_are_topolvms() {
-    // NODE-CONTROLLER.md 0: 1 GiB default, 4096-byte sector rounding.
+    // TopoLVM's `DefaultSize` (1 GiB) and `MinimumSectorSize` (4096) in `constants.go` @
+    // 110864718b8f.
     assert_eq!(DEFAULT_VOLUME_SIZE, 1_073_741_824);
     assert_eq!(VOLUME_SIZE_ALIGNMENT, 4096);
-    // REFERENCE.md lvmd: `spare-gb` (default 10).
+    // TopoLVM's lvmd: `spare-gb` (`pkg/lvmd/types/types.go` @ 228e54a27810), default
+    // `defaultSpareGB = 10` (`internal/lvmd/device_class_manager.go` @ 632afc8b5b8f).
     assert_eq!(DEFAULT_SPARE_GB, 10);
-    // NODE-CONTROLLER.md B.1 flags: --minimum-allocation-block 8Mi, -ext4 32Mi, -xfs 300Mi,
-    // -btrfs 200Mi.
+    // TopoLVM's flag defaults (`cmd/topolvm-controller/app/root.go` @ 596d23c660e4):
+    // --minimum-allocation-block 8Mi, -ext4 32Mi, -xfs 300Mi, -btrfs 200Mi.
     let minimums = MinimumAllocation::default();
     assert_eq!(minimums.for_access(VolumeAccess::Block), 8 * 1_048_576);
     for (fs_type, mebibytes) in [("ext4", 32), ("xfs", 300), ("btrfs", 200)] {
@@ -216,7 +228,9 @@ fn numbers_are_topolvms() {
 /// Name, required_bytes, limit_bytes, minimum allocation, expected size.
 type SizeCase = (&'static str, i64, i64, u64, Result<u64, SizeError>);
 
-/// NODE-CONTROLLER.md B.2 CreateVolume steps 2 and 4, with TopoLVM's default minimums.
+/// TopoLVM's `CreateVolume` sizing (`MinMaxAllocationsFromSettings` in
+/// `internal/driver/allocation_settings.go` @ a967c95da14f, then `convertRequestCapacityBytes` in
+/// `internal/driver/controller.go` @ 061b806ae885), with TopoLVM's default minimums.
 #[test]
 fn create_volume_sizes_follow_b2() {
     let minimums = MinimumAllocation::default();
@@ -337,8 +351,9 @@ fn create_volume_sizes_follow_b2() {
     }
 }
 
-/// NODE-CONTROLLER.md B.2 ControllerExpandVolume step 1: capacity conversion (step 4 of
-/// CreateVolume, no minimum) errors are InvalidArgument.
+/// TopoLVM's `ControllerExpandVolume` (`internal/driver/controller.go` @ 061b806ae885): the
+/// capacity conversion (`convertRequestCapacityBytes`, as in CreateVolume but with no minimum)
+/// fails with InvalidArgument.
 #[test]
 fn expand_sizes_follow_b2() {
     assert_eq!(
@@ -352,15 +367,18 @@ fn expand_sizes_follow_b2() {
     assert_eq!(resolve_capacity_range(0, 0), Ok(1_073_741_824));
 }
 
-/// NODE-CONTROLLER.md B.2 ControllerExpandVolume step 5: `time.Now().UTC().String()`, Go's
-/// default time format, e.g. `2025-01-02 03:04:05.123456789 +0000 UTC`.
+/// TopoLVM's `updateSpecSize` (`internal/driver/internal/k8s/logicalvolume_service.go` @
+/// 09d8771608fd): `time.Now().UTC().String()`, Go's default time format, e.g.
+/// `2025-01-02 03:04:05.123456789 +0000 UTC`.
 #[test]
 fn resize_requested_at_is_gos_default_time_format() {
     let t = "2025-01-02T03:04:05.123456789Z".parse().expect("time");
     assert_eq!(format_go_utc(t), "2025-01-02 03:04:05.123456789 +0000 UTC");
 }
 
-/// NODE-CONTROLLER.md 0 and B.5: `topolvm.io/last-resizefs-requested-at` is RFC3339Nano.
+/// TopoLVM's `LastResizeFSRequestedAtKey` (`constants.go` @ 110864718b8f) is written and read as
+/// `time.RFC3339Nano` (`notifyKubeletToResizeFS` in
+/// `internal/controller/persistentvolumeclaim_controller.go` @ 47b68a852534).
 #[test]
 fn last_resizefs_requested_at_is_rfc3339_nano() {
     let t = "2025-01-02T03:04:05.123456789Z".parse().expect("time");
@@ -399,10 +417,11 @@ fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// NODE-CONTROLLER.md A.3: one `capacity.topolvm.io/<dc>` per WatchItem, thick = VG free less
-/// spare (`free_bytes`), thin = `thin_pool.overprovision_bytes` (not the raw VG free that thin
-/// items carry in `free_bytes`), `00default` = `WatchResponse.free_bytes`; values are decimal
-/// byte strings.
+/// TopoLVM's `updateNode` (`internal/runners/metrics_exporter.go` @ 4284fc956e96) with lvmd's
+/// `send` (`internal/lvmd/vgservice.go` @ 10cb5cf5ef02): one `capacity.topolvm.io/<dc>` per
+/// WatchItem, thick = VG free less spare (`free_bytes`), thin = `thin_pool.overprovision_bytes`
+/// (not the raw VG free that thin items carry in `free_bytes`), `00default` =
+/// `WatchResponse.free_bytes`; values are decimal byte strings.
 #[test]
 fn watch_message_becomes_node_annotations_per_a3() {
     let watch = WatchResponse {
@@ -461,10 +480,12 @@ fn annotations_of_removed_device_classes_are_removed() {
     );
 }
 
-/// How each reader parses the values (REFERENCE.md scheduler extender: "bad capacity
-/// annotation"; TopoLVM's scheduler uses `strconv.ParseUint`, its controller
-/// `strconv.ParseInt` in `internal/driver/internal/k8s/node_service.go`; NODE-CONTROLLER.md B.2
-/// GetCapacity: "value not parseable -> Internal", annotation missing -> 0).
+/// How each reader parses the values (TopoLVM's scheduler: `filterNode` in
+/// `internal/scheduler/predicate.go` @ 86e72f5317ce, `strconv.ParseUint`, "bad capacity
+/// annotation: "; its controller: `strconv.ParseInt` in `extractCapacityFromAnnotation`,
+/// `internal/driver/internal/k8s/node_service.go` @ 44099e062507; `GetCapacity` in
+/// `internal/driver/controller.go` @ 061b806ae885: a parse error -> Internal, annotation missing
+/// -> 0).
 #[test]
 fn readers_parse_like_topolvm() {
     // A sign: the scheduler's ParseUint refuses it, the controller's ParseInt takes it.
@@ -493,12 +514,13 @@ fn readers_parse_like_topolvm() {
     assert_eq!(missing.ignored_value(), 0);
 }
 
-/// NODE-CONTROLLER.md B.6 handler: "size = `spec.resources.requests.storage` as a byte value;
-/// absent or 0 -> 1 GiB"; "dc = the StorageClass parameter `topolvm.io/device-class` if the key
-/// is present, else `00default`. A present-but-empty value gives dc "", and such volumes are
-/// silently skipped." We differ on purpose in the last point (NODE-CONTROLLER.md E: "The webhook
-/// skips a StorageClass whose `device-class` is set to the empty string"): an empty parameter is
-/// the default class, as CreateVolume reads it.
+/// TopoLVM's `pvcCapacity` (`internal/hook/mutate_pod.go` @ 397c05639c83): size =
+/// `spec.resources.requests.storage` as a byte value, absent or 0 -> `DefaultSize` (1 GiB); dc =
+/// the StorageClass parameter `topolvm.io/device-class` if the key is present, else `00default`;
+/// a present-but-empty value gives dc "", which `volumesCapacity` skips
+/// (`if len(dc) == 0 { continue }`). We differ on purpose in the last point (TopoLVM's
+/// `volumesCapacity` skips a claim whose StorageClass sets `device-class` to the empty string):
+/// an empty parameter is the default class, as CreateVolume reads it.
 #[test]
 fn pod_webhook_counts_claims_per_b6() {
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;

@@ -1,7 +1,8 @@
 //! The CSI Identity service of topolvm-node and topolvm-controller, as TopoLVM's
-//! (`internal/driver/identity.go`, NODE-CONTROLLER.md A.1): the plugin name `topolvm.io`, the
-//! capabilities CONTROLLER_SERVICE, VOLUME_ACCESSIBILITY_CONSTRAINTS and online and offline
-//! volume expansion, and a Probe that reports readiness.
+//! (`NewIdentityServer` in `internal/driver/identity.go`, exported as `pkg/driver/identity.go` @
+//! `46f8ac98fe59`): the plugin name `topolvm.io`, the capabilities CONTROLLER_SERVICE,
+//! VOLUME_ACCESSIBILITY_CONSTRAINTS and online and offline volume expansion, and a Probe that
+//! reports readiness.
 //!
 //! Unlike TopoLVM, Probe never fails: it answers `ready = false` while a check does not pass.
 //! TopoLVM returns `FAILED_PRECONDITION` instead, and external-provisioner's start-up probe loop

@@ -458,8 +458,10 @@ mod tests {
 // ---------------------------------------------------------------------------------------
 
 /// The `csi.storage.k8s.io/` StorageClass keys external-provisioner consumes and removes before
-/// CreateVolume (`EP:pkg/controller/controller.go`, NODE-CONTROLLER.md C). Any other key with
-/// that prefix makes it fail.
+/// CreateVolume (`removePrefixedParameters` in kubernetes-csi/external-provisioner
+/// `pkg/controller/controller.go` @ `a11af5ce7238`; the two `controller-modify-secret-*` keys
+/// since v6.2.0, `CHANGELOG/CHANGELOG-6.2.md` PR #1440). Any other key with that prefix makes it
+/// fail.
 pub const PROVISIONER_STRIPPED_KEYS: [&str; 17] = [
     "csi.storage.k8s.io/fstype",
     "csi.storage.k8s.io/secret-name",
@@ -503,8 +505,10 @@ fn with_deadline<T>(message: T, timeout: std::time::Duration) -> tonic::Request<
 
 /// Stand-in for the csi-provisioner, csi-resizer and csi-snapshotter sidecars, which the test
 /// bed does not run: it builds exactly the Controller requests they build from Kubernetes
-/// objects (NODE-CONTROLLER.md C, read from external-provisioner's `pkg/controller`), so tests
-/// drive topolvm-controller as a cluster would. Product code never uses it.
+/// objects (external-provisioner's `prepareProvision` in `pkg/controller/controller.go` @
+/// `a11af5ce7238` and `GenerateAccessibilityRequirements` in `pkg/controller/topology.go` @
+/// `099f314e13c8`), so tests drive topolvm-controller as a cluster would. Product code never uses
+/// it.
 ///
 /// - **CreateVolume** (external-provisioner with TopoLVM's chart flags: Topology on, no
 ///   `--strict-topology`, no `--extra-create-metadata`, no `--default-fstype`):
@@ -819,8 +823,9 @@ mod sidecar_tests {
         node
     }
 
-    /// The request of NODE-CONTROLLER.md C for a WaitForFirstConsumer PVC (the example of
-    /// issue 909: requisite = all nodes, preferred starting with the selected one).
+    /// external-provisioner's request for a WaitForFirstConsumer PVC (`prepareProvision` @
+    /// a11af5ce7238, `GenerateAccessibilityRequirements` @ 099f314e13c8; the example of issue
+    /// 909: requisite = all nodes, preferred starting with the selected one).
     #[test]
     fn create_volume_request_is_the_provisioners() {
         let mut pvc = PersistentVolumeClaim::default();

@@ -315,9 +315,10 @@ impl pb::vg_service_server::VgService for LvmdGrpc {
 mod tests {
     use super::*;
 
-    /// The codes topolvm-node acts on, as TopoLVM's lvmd answers them (NODE-CONTROLLER.md A.2:
-    /// "ResourceExhausted for no enough space left on VG ... NotFound for an unknown device
-    /// class"): ResourceExhausted is what makes external-provisioner reschedule a pod.
+    /// The codes topolvm-node acts on, as TopoLVM's lvmd answers them (`internal/lvmd/lvservice.go`
+    /// @ 035a95792be4: ResourceExhausted "not enough space left on VG" from CreateLV,
+    /// CreateLVSnapshot and ResizeLV; NotFound for an unknown device class): ResourceExhausted is
+    /// what makes external-provisioner reschedule a pod.
     #[test]
     fn topolvm_codes_for_space_and_unknown_classes() {
         let no_space = service::Error::NoSpace {
@@ -342,10 +343,12 @@ mod tests {
         assert_eq!(status_of(other_failure).code(), Code::Internal);
     }
 
-    /// Our Watch message, read by topolvm-node through core, gives TopoLVM's annotations
-    /// (NODE-CONTROLLER.md A.3): a thin class is annotated with its overprovision headroom,
-    /// not the raw VG free its item carries for the metrics, and with a thin default class
-    /// `00default` has the same value as the class's own key (TopoLVM issue 622).
+    /// Our Watch message, read by topolvm-node through core, gives TopoLVM's annotations (as
+    /// TopoLVM's `updateNode` in `internal/runners/metrics_exporter.go` @ 4284fc956e96 reads
+    /// lvmd's `send`, `internal/lvmd/vgservice.go` @ 10cb5cf5ef02): a thin class is annotated with
+    /// its overprovision headroom, not the raw VG free its item carries for the metrics, and with
+    /// a thin default class `00default` has the same value as the class's own key (TopoLVM issue
+    /// 622).
     #[test]
     fn watch_message_gives_topolvms_node_annotations() {
         use topolvm_core::capacity_annotation::node_capacity_annotations;

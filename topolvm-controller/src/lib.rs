@@ -1,7 +1,7 @@
-//! topolvm-controller: the controller of topolvm-rs, compatible with TopoLVM's
-//! (NODE-CONTROLLER.md B). Every replica serves the CSI Identity and Controller services on its
-//! socket (the sidecars elect their own leader) and the pod webhook; the reconcilers run only on
-//! the replica holding the leader election Lease.
+//! topolvm-controller: the controller of topolvm-rs, compatible with TopoLVM's (`subMain` in
+//! `cmd/topolvm-controller/app/run.go` @ 47b68a852534). Every replica serves the CSI Identity and
+//! Controller services on its socket (the sidecars elect their own leader) and the pod webhook; the
+//! reconcilers run only on the replica holding the leader election Lease.
 //!
 //! Modules: [`csi`] (the Identity and Controller services on the CSI socket), [`webhook`] (the
 //! pod mutating webhook), [`node_cleanup`] (after a deleted Node), [`pvc`] (legacy finalizers,

@@ -1,9 +1,10 @@
-//! Clean-up after a deleted Node (NODE-CONTROLLER.md B.4). topolvm-node puts the finalizer
-//! `topolvm.io/node` on its Node; when that Node is deleted, this reconciler deletes the claims
-//! of our StorageClasses that were placed on it (annotation `volume.kubernetes.io/selected-node`)
-//! so their pods can be placed elsewhere, and its LogicalVolumes, then removes the finalizer.
-//! It needs nothing from the node: a machine that is gone for good is cleaned up all the same
-//! (TopoLVM issue 868). LVM LVs on the node's disks are never touched.
+//! Clean-up after a deleted Node (TopoLVM's `internal/controller/node_controller.go` @
+//! 44099e062507). topolvm-node puts the finalizer `topolvm.io/node` on its Node; when that Node is
+//! deleted, this reconciler deletes the claims of our StorageClasses that were placed on it
+//! (annotation `volume.kubernetes.io/selected-node`) so their pods can be placed elsewhere, and its
+//! LogicalVolumes, then removes the finalizer. It needs nothing from the node: a machine that is
+//! gone for good is cleaned up all the same (TopoLVM issue 868). LVM LVs on the node's disks are
+//! never touched.
 //!
 //! A LogicalVolume still carrying topolvm-node's finalizer gets `topolvm.io/pendingdeletion=true`
 //! and loses that finalizer in one patch (so a topolvm-node that is still running does not put

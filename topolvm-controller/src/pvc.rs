@@ -1,4 +1,5 @@
-//! The PersistentVolumeClaim reconciler (NODE-CONTROLLER.md B.5):
+//! The PersistentVolumeClaim reconciler (as TopoLVM's
+//! `internal/controller/persistentvolumeclaim_controller.go` @ 47b68a852534):
 //! - removes the finalizers `topolvm.io/pvc` and `topolvm.cybozu.com/pvc` that TopoLVM's PVC
 //!   webhook added before v0.40 (nothing adds them any more; a claim keeping one could never
 //!   be deleted; see TopoLVM issue 1157 for the stale webhook configuration, which the README

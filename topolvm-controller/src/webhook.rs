@@ -1,7 +1,8 @@
-//! The pod mutating webhook `/pod/mutate` (NODE-CONTROLLER.md B.6): a pod that will need
-//! TopoLVM volumes gets, per device class, the annotation `capacity.topolvm.io/<class>` with the
-//! bytes it still needs, and on its first container the extended resource `topolvm.io/capacity`
-//! (requests = limits = 1), which makes kube-scheduler consult topolvm-scheduler for it.
+//! The pod mutating webhook `/pod/mutate` (as TopoLVM's `internal/hook/mutate_pod.go` @
+//! 397c05639c83): a pod that will need TopoLVM volumes gets, per device class, the annotation
+//! `capacity.topolvm.io/<class>` with the bytes it still needs, and on its first container the
+//! extended resource `topolvm.io/capacity` (requests = limits = 1), which makes kube-scheduler
+//! consult topolvm-scheduler for it.
 //!
 //! Counted, per device class ([`topolvm_core::capacity_annotation`] says how):
 //! - claims of a StorageClass of our provisioner that are not bound yet;

@@ -1,7 +1,9 @@
 //! The CSI `VolumeCondition` of a volume, read from its LVM `lv_attr` (the ten attribute
-//! characters of lvs(8)) by the rules TopoLVM's node applies (NODE-CONTROLLER.md A.4): the
-//! health character (9th) for every volume and by volume type (1st) for thin pools, thin volumes
-//! and RAID, then the state (5th) and the open flag (6th). NodeGetVolumeStats reports it.
+//! characters of lvs(8)) by the rules TopoLVM's node applies (`VerifyHealth` in
+//! `internal/lvmd/command/lvm_lv_attr.go` @ 1857b4774ca5, used by `getVolumeCondition` in
+//! `internal/driver/node.go` @ 110864718b8f): the health character (9th) for every volume and by
+//! volume type (1st) for thin pools, thin volumes and RAID, then the state (5th) and the open flag
+//! (6th). NodeGetVolumeStats reports it.
 
 use thiserror::Error;
 
@@ -124,8 +126,9 @@ mod tests {
         }
     }
 
-    /// The characters NODE-CONTROLLER.md A.4 lists as abnormal, each in an otherwise healthy
-    /// attribute string, and the ones it does not list.
+    /// The characters TopoLVM's `VerifyHealth` (`internal/lvmd/command/lvm_lv_attr.go` @
+    /// 1857b4774ca5) treats as abnormal, each in an otherwise healthy attribute string, and the
+    /// ones it accepts.
     #[test]
     fn topolvm_health_rules() {
         let with = |kind: char, state: char, open: char, health: char| {

@@ -538,8 +538,9 @@ async fn a_volume_topolvm_made_is_adopted_then_grown_and_removed() {
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
 
-    // What TopoLVM's controller and node left behind (NODE-CONTROLLER.md A.2: the node adds
-    // the created-by label and the finalizer, then writes volumeID and currentSize).
+    // What TopoLVM's controller and node left behind (`Reconcile`/`createLV` in
+    // `internal/controller/logicalvolume_controller.go` @ 110864718b8f: the node adds the
+    // created-by label and the finalizer, then writes volumeID and currentSize).
     let made: LogicalVolume = serde_json::from_value(json!({
         "apiVersion": "topolvm.io/v1",
         "kind": "LogicalVolume",

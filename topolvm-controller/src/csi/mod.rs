@@ -1,5 +1,6 @@
-//! The CSI Controller service (NODE-CONTROLLER.md B.2): it turns CSI requests into
-//! LogicalVolume objects and waits, through a watch, for the node agent's answer in their
+//! The CSI Controller service (as TopoLVM's `internal/driver/controller.go` @ 061b806ae885 with
+//! `internal/driver/internal/k8s/logicalvolume_service.go` @ 09d8771608fd): it turns CSI requests
+//! into LogicalVolume objects and waits, through a watch, for the node agent's answer in their
 //! status.
 //!
 //! - `cache`: LogicalVolumes and Node metadata, reduced to what the RPCs read.

@@ -1,6 +1,6 @@
 //! Validation of Controller requests and the decisions that need no API call: sizes, the
 //! node a volume goes to, capability support. Every rule cites where it comes from (the CSI
-//! spec or TopoLVM's controller, NODE-CONTROLLER.md B.2).
+//! spec v1.12.0 or TopoLVM's `internal/driver/controller.go` @ 061b806ae885).
 
 use std::collections::HashMap;
 

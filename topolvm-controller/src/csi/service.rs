@@ -24,7 +24,8 @@ use super::error::Error;
 use super::request;
 use super::volumes::{Volumes, Wanted};
 
-/// The gRPC status of an error (codes per the CSI spec and TopoLVM, NODE-CONTROLLER.md B.2).
+/// The gRPC status of an error (codes per the CSI spec v1.12.0 "Error Scheme" and the RPCs'
+/// "Errors" tables, and TopoLVM's `internal/driver/controller.go` @ 061b806ae885).
 pub fn status_of(error: &Error) -> Status {
     let code = match error {
         Error::Invalid(_) | Error::Size(_) => Code::InvalidArgument,

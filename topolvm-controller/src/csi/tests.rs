@@ -1,5 +1,7 @@
-//! The Controller service against the CSI spec's and TopoLVM's codes (NODE-CONTROLLER.md B.2,
-//! D), with a scripted API server (`tower_test::mock::pair`) where an RPC reaches the API.
+//! The Controller service against the CSI spec's (v1.12.0) and TopoLVM's codes
+//! (`internal/driver/controller.go` @ 061b806ae885) and csi-sanity's expectations
+//! (kubernetes-csi/csi-test `pkg/sanity/controller.go` @ 02c01f2d060a), with a scripted API
+//! server (`tower_test::mock::pair`) where an RPC reaches the API.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -1042,9 +1044,10 @@ fn from_volume(id: &str) -> Option<csi::VolumeContentSource> {
     })
 }
 
-/// Clones and restores (NODE-CONTROLLER.md B.2 step 5): the source decides the node; a
-/// smaller size is OUT_OF_RANGE (CSI spec: unsupported capacity), another device class or a
-/// node the requirements exclude INVALID_ARGUMENT, a missing source NOT_FOUND.
+/// Clones and restores (TopoLVM's `CreateVolume`/`validateContentSource`,
+/// `internal/driver/controller.go` @ 061b806ae885): the source decides the node; a smaller size
+/// is OUT_OF_RANGE (CSI spec: unsupported capacity), another device class or a node the
+/// requirements exclude INVALID_ARGUMENT, a missing source NOT_FOUND.
 #[tokio::test]
 async fn content_sources_pin_the_node_and_are_checked() {
     let mut source = ready(lv("pvc-src", "uid-src", "n1", "2Gi"));

@@ -1,7 +1,8 @@
-//! Node clean-up scenarios against a scripted API server: the requests are TopoLVM's
-//! (NODE-CONTROLLER.md B.4): StorageClasses of `topolvm.io`, the claims selected for the node
-//! deleted, each LogicalVolume patched (pendingdeletion + finalizer removed in one patch) then
-//! deleted, and last the Node's finalizer removed.
+//! Node clean-up scenarios against a scripted API server: the requests are TopoLVM's (`doFinalize`
+//! and `cleanupLogicalVolume` in `internal/controller/node_controller.go` @ 44099e062507):
+//! StorageClasses of `topolvm.io`, the claims selected for the node deleted, each LogicalVolume
+//! patched (pendingdeletion + finalizer removed in one patch) then deleted, and last the Node's
+//! finalizer removed.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! The webhook against pods as the API server sends them (defaults filled in, a service account
 //! token volume, `generateName`), with claims and StorageClasses from an in-memory lookup. The
-//! expected annotations and resource are TopoLVM's (NODE-CONTROLLER.md B.6, REFERENCE.md); the
-//! patches are applied to the pod to check what the API server would store.
+//! expected annotations and resource are TopoLVM's (`Handle` and `pvcCapacity` in
+//! `internal/hook/mutate_pod.go` @ 397c05639c83); the patches are applied to the pod to check what
+//! the API server would store.
 
 use std::collections::BTreeMap;
 
@@ -251,8 +252,8 @@ async fn claims_of_one_class_are_summed() {
     );
 }
 
-/// TopoLVM leaves the whole pod unmutated once one claim is bound (NODE-CONTROLLER.md E);
-/// we skip only the bound claim.
+/// TopoLVM leaves the whole pod unmutated once one claim is bound (`volumesCapacity` returns nil on
+/// `isAlreadyBound`, `internal/hook/mutate_pod.go` @ 397c05639c83); we skip only the bound claim.
 #[tokio::test]
 async fn a_bound_claim_does_not_hide_the_other_unbound_claims() {
     let api = FakeApi::cluster()
@@ -352,8 +353,9 @@ async fn other_provisioners_missing_claims_and_missing_classes_are_skipped() {
     assert_eq!(patched, raw);
 }
 
-/// TopoLVM skips a StorageClass whose device-class parameter is "" (NODE-CONTROLLER.md E); the
-/// CSI controller makes such volumes in the default class, so we count them there.
+/// TopoLVM skips a StorageClass whose device-class parameter is "" (`volumesCapacity`,
+/// `internal/hook/mutate_pod.go` @ 397c05639c83); the CSI controller makes such volumes in the
+/// default class, so we count them there.
 #[tokio::test]
 async fn an_empty_device_class_parameter_is_the_default_class() {
     let api = FakeApi::cluster().claim("data", "topolvm-empty", Some("2Gi"), None);

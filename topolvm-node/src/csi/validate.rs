@@ -284,7 +284,8 @@ mod tests {
         f.iter().map(|s| (*s).to_owned()).collect()
     }
 
-    /// TopoLVM's order (NODE-CONTROLLER.md A.4 step 2): `ro`, the mount flags, `nouuid` for xfs.
+    /// TopoLVM's order (`makeMountOptions` in `internal/driver/node.go` @ 110864718b8f): `ro`, the
+    /// mount flags, `nouuid` for xfs.
     #[test]
     fn mount_options_in_topolvms_order() {
         assert_eq!(

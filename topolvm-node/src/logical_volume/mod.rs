@@ -1,6 +1,7 @@
 //! The LogicalVolume reconciler: makes, grows and removes the LVs of this node's LogicalVolume
-//! objects through lvmd, as TopoLVM's topolvm-node does (NODE-CONTROLLER.md A.2), plus
-//! [`orphans`], the scan for LVs whose object is gone.
+//! objects through lvmd, as TopoLVM's topolvm-node does
+//! (`internal/controller/logicalvolume_controller.go` @ 110864718b8f), plus [`orphans`], the scan
+//! for LVs whose object is gone.
 //!
 //! Differences from TopoLVM, on purpose:
 //! - Only this node's objects are watched (label `topolvm.io/node=<node>`); TopoLVM's node

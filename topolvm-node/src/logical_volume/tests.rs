@@ -1,7 +1,8 @@
 //! The reconciler against a scripted API server (`tower_test::mock::pair`) and a fake lvmd,
-//! scenario by scenario. The requests expected are TopoLVM's (NODE-CONTROLLER.md A.2): the
-//! finalizer first, CreateLV named by the object's UID, the status fields TopoLVM writes; and
-//! our differences (RESOURCE_EXHAUSTED for a missing class, a bad source recorded in status).
+//! scenario by scenario. The requests expected are TopoLVM's (`Reconcile`/`createLV` in
+//! `internal/controller/logicalvolume_controller.go` @ 110864718b8f): the finalizer first, CreateLV
+//! named by the object's UID, the status fields TopoLVM writes; and our differences
+//! (RESOURCE_EXHAUSTED for a missing class, a bad source recorded in status).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
