@@ -17,6 +17,7 @@ COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY proto proto
 COPY core core
 COPY runtime runtime
+COPY csi-server csi-server
 COPY lvmd lvmd
 COPY e2e e2e
 COPY topolvm-scheduler topolvm-scheduler
