@@ -615,5 +615,11 @@ async fn cleanup<V: Volumes>(ctx: &Context<V>, lv: &LogicalVolume) -> Result<Act
             });
         }
     }
+    // Gone: nothing left to adopt, so this process forgets it.
+    let mut adoption = ctx.adoption.lock().await;
+    adoption.checked.remove(&volume_id);
+    if let Some(listing) = adoption.listed.get_mut(&lv.spec.device_class) {
+        listing.remove(&volume_id);
+    }
     Ok(Action::await_change())
 }
