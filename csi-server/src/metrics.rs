@@ -1,23 +1,12 @@
 //! Per-RPC metrics of a CSI server: `<prefix>_requests_total{method,code}` and
-//! `<prefix>_request_duration_seconds{method}`. The code label is the gRPC code's name as
-//! gRPC-Go prints it (`OK`, `InvalidArgument`, ...; `codes.Code.String()` in grpc-go's
-//! `codes/code_string.go`), so one `code!="OK"` selects the failures of every server and of the
-//! Go sidecars alike.
+//! `<prefix>_request_duration_seconds{method}`, the code labelled by
+//! [`topolvm_runtime::grpc_code::label`] (gRPC-Go's names).
 
 use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use tonic::Code;
-
-/// The name of a gRPC code as gRPC-Go prints it.
-pub fn code_label(code: Code) -> String {
-    match code {
-        Code::Ok => "OK".to_owned(),
-        // tonic spells it the British way.
-        Code::Cancelled => "Canceled".to_owned(),
-        other => format!("{other:?}"),
-    }
-}
+use topolvm_runtime::grpc_code;
 
 /// What one server's metrics are called.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +45,7 @@ impl RpcMetrics {
     /// Counts one call of `method` that ended with `code` after `took`.
     pub fn observe(&self, method: &str, code: Code, took: Duration) {
         self.requests
-            .with_label_values(&[method, &code_label(code)])
+            .with_label_values(&[method, grpc_code::label(code)])
             .inc();
         self.duration
             .with_label_values(&[method])
@@ -69,24 +58,6 @@ mod tests {
     use prometheus::Encoder;
 
     use super::*;
-
-    #[test]
-    fn codes_are_named_as_grpc_go_names_them() {
-        // grpc-go codes/code_string.go: "OK", "Canceled", ..., "Unauthenticated".
-        for (code, name) in [
-            (Code::Ok, "OK"),
-            (Code::Cancelled, "Canceled"),
-            (Code::InvalidArgument, "InvalidArgument"),
-            (Code::DeadlineExceeded, "DeadlineExceeded"),
-            (Code::NotFound, "NotFound"),
-            (Code::ResourceExhausted, "ResourceExhausted"),
-            (Code::FailedPrecondition, "FailedPrecondition"),
-            (Code::Unimplemented, "Unimplemented"),
-            (Code::Unavailable, "Unavailable"),
-        ] {
-            assert_eq!(code_label(code), name);
-        }
-    }
 
     #[test]
     fn a_call_is_counted_by_method_and_code_and_timed_by_method() {

@@ -129,10 +129,10 @@ impl Metrics {
 
     /// Records one finished gRPC request.
     pub fn observe_rpc(&self, method: &str, code: tonic::Code, elapsed: Duration) {
-        let code = format!("{code:?}");
-        self.rpc_requests.with_label_values(&[method, &code]).inc();
+        let code = topolvm_runtime::grpc_code::label(code);
+        self.rpc_requests.with_label_values(&[method, code]).inc();
         self.rpc_duration
-            .with_label_values(&[method, &code])
+            .with_label_values(&[method, code])
             .observe(elapsed.as_secs_f64());
     }
 

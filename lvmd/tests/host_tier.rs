@@ -972,7 +972,7 @@ async fn health_is_serving_and_metrics_are_exported() {
     );
     assert!(text.contains(&gauge), "missing {gauge}\n{text}");
     assert!(
-        text.contains("lvmd_grpc_requests_total{code=\"Ok\",method=\"GetFreeBytes\"} 1"),
+        text.contains("lvmd_grpc_requests_total{code=\"OK\",method=\"GetFreeBytes\"} 1"),
         "{text}"
     );
 }

@@ -9,6 +9,7 @@
 //!   addresses and graceful shutdown; [`tls`]: certificates re-read when their files change;
 //! - [`endpoints`]: `/metrics` from a Prometheus registry, `/healthz` and `/readyz`;
 //! - [`delegated_auth`]: TokenReview + SubjectAccessReview in front of an endpoint (secure metrics);
+//! - [`grpc_code`]: gRPC-Go's names of the status codes, the `code` label of RPC counters;
 //! - [`existence`]: readiness that follows whether one named object exists (a watch);
 //! - [`kubernetes`]: building the client, and the one error type of Kubernetes-side work;
 //! - [`leader`]: leader election on a Lease, with client-go's rules;
@@ -21,6 +22,7 @@
 pub mod delegated_auth;
 pub mod endpoints;
 pub mod existence;
+pub mod grpc_code;
 pub mod http;
 pub mod in_process;
 pub mod keyed_lock;
