@@ -14,6 +14,9 @@
 //! - No GetLVList before CreateLV: our lvmd's CreateLV is idempotent by name and size and
 //!   adopts TopoLVM's untagged LV of the same name, so a retry after a crash anywhere finds the
 //!   LV that was made.
+//! - An object that already has its volume (`status.volumeID`, as TopoLVM left it before the
+//!   switch) has its untagged LV adopted before any resize or removal, which lvmd refuses for an
+//!   LV without its tags; one GetLVList per device class serves every object of it.
 
 pub mod backfill;
 pub mod orphans;
