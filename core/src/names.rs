@@ -253,8 +253,8 @@ pub fn parse_lv_tag_volume_id(tag: &str) -> Option<&str> {
 }
 
 /// Returns true when an LV's tags hold none of lvmd's own ([`LV_TAG_MANAGED`], a volume id tag,
-/// a device class tag): lvmd did not make it (an admin did, or TopoLVM's lvmd, which tags
-/// nothing).
+/// a device class tag): lvmd did not make it (an admin did, or TopoLVM, whose node sends
+/// CreateLV without `tags`: `internal/controller/logicalvolume_controller.go`, topolvm/topolvm).
 pub fn has_no_lvmd_tags<S: AsRef<str>>(tags: &[S]) -> bool {
     tags.iter().map(AsRef::as_ref).all(|t| {
         t != LV_TAG_MANAGED
