@@ -31,5 +31,5 @@ done
 scripts/install-helm.sh
 
 # Cargo's own progress shows (a bar on a terminal, a line per crate otherwise).
-echo "setup: building the workspace, debug, every target (the first time about 10-15 min on 2 cores; then seconds)"
+echo "setup: building the workspace, debug, every target (the first time a few minutes on 2 cores: 2 min in a clean clone with the crates downloaded; then seconds)"
 cargo build --workspace --all-targets
