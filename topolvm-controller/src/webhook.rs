@@ -333,21 +333,60 @@ pub async fn admit<L: Lookup>(raw: &Value, request_namespace: &str, lookup: &L) 
     }
 }
 
-/// The parts of an AdmissionReview request the webhook reads.
+/// The parts of an AdmissionReview the webhook reads, as they arrive.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Review {
+struct RawReview {
     api_version: String,
-    request: Option<ReviewRequest>,
+    request: Option<RawRequest>,
 }
 
 #[derive(Debug, Deserialize)]
-struct ReviewRequest {
+struct RawRequest {
     uid: String,
     #[serde(default)]
     namespace: String,
     #[serde(default)]
     object: Value,
+}
+
+/// An AdmissionReview request the webhook answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Review {
+    /// `admission.k8s.io/v1` or `admission.k8s.io/v1beta1`; the answer is in the same version.
+    pub api_version: String,
+    /// The request's uid, which the answer repeats.
+    pub uid: String,
+    /// The namespace of the request (a pod may leave its own empty).
+    pub namespace: String,
+    /// The pod as the API server sent it.
+    pub object: Value,
+}
+
+/// Why a request body is not an AdmissionReview the webhook answers (a 400 response).
+#[derive(Debug, thiserror::Error)]
+pub enum BadReview {
+    #[error("not an AdmissionReview: {0}")]
+    NotJson(#[from] serde_json::Error),
+    #[error("AdmissionReview without a request")]
+    NoRequest,
+    #[error("AdmissionReview version {0:?} is not one of {REVIEW_VERSIONS:?}")]
+    UnknownVersion(String),
+}
+
+/// Decodes the body of `POST /pod/mutate`.
+pub fn decode_review(body: &[u8]) -> Result<Review, BadReview> {
+    let review: RawReview = serde_json::from_slice(body)?;
+    let request = review.request.ok_or(BadReview::NoRequest)?;
+    if !REVIEW_VERSIONS.contains(&review.api_version.as_str()) {
+        return Err(BadReview::UnknownVersion(review.api_version));
+    }
+    Ok(Review {
+        api_version: review.api_version,
+        uid: request.uid,
+        namespace: request.namespace,
+        object: request.object,
+    })
 }
 
 /// The AdmissionReview answering `uid`, in the version it was asked in.
@@ -374,32 +413,13 @@ struct WebhookState<L> {
 }
 
 async fn mutate_pod<L: Lookup>(State(state): State<Arc<WebhookState<L>>>, body: Bytes) -> Response {
-    let review: Review = match serde_json::from_slice(&body) {
-        Ok(review) => review,
+    let request = match decode_review(&body) {
+        Ok(request) => request,
         Err(e) => {
             state.metrics.admitted("error");
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("not an AdmissionReview: {e}"),
-            )
-                .into_response();
+            return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
     };
-    let Some(request) = review.request else {
-        state.metrics.admitted("error");
-        return (StatusCode::BAD_REQUEST, "AdmissionReview without a request").into_response();
-    };
-    if !REVIEW_VERSIONS.contains(&review.api_version.as_str()) {
-        state.metrics.admitted("error");
-        return (
-            StatusCode::BAD_REQUEST,
-            format!(
-                "AdmissionReview version {:?} is not one of {REVIEW_VERSIONS:?}",
-                review.api_version
-            ),
-        )
-            .into_response();
-    }
     let answer = admit(&request.object, &request.namespace, &state.lookup).await;
     state.metrics.admitted(answer.metric_label());
     let pod = request.object["metadata"]["name"]
@@ -417,7 +437,7 @@ async fn mutate_pod<L: Lookup>(State(state): State<Arc<WebhookState<L>>>, body: 
             warn!(uid = %request.uid, namespace = %request.namespace, pod, code, message, "pod refused")
         }
     }
-    axum::Json(review_response(&review.api_version, &request.uid, &answer)).into_response()
+    axum::Json(review_response(&request.api_version, &request.uid, &answer)).into_response()
 }
 
 /// The webhook's routes: `POST /pod/mutate`.

@@ -507,3 +507,27 @@ async fn garbage_is_a_bad_request() {
     let (status, _) = post_review(review("admission.k8s.io/v2", pod(json!([])))).await;
     assert_eq!(status, 400);
 }
+
+#[test]
+fn decode_review_reads_the_request_and_refuses_the_rest() {
+    let raw = pod(json!([]));
+    let body = serde_json::to_vec(&review("admission.k8s.io/v1beta1", raw.clone())).expect("json");
+    let decoded = decode_review(&body).expect("a review");
+    assert_eq!(decoded.api_version, "admission.k8s.io/v1beta1");
+    assert_eq!(decoded.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+    assert_eq!(decoded.namespace, "app");
+    assert_eq!(decoded.object, raw);
+    assert!(matches!(
+        decode_review(b"{\"apiVersion\":\"admission.k8s.io/v1\""),
+        Err(BadReview::NotJson(_))
+    ));
+    assert!(matches!(
+        decode_review(br#"{"apiVersion":"admission.k8s.io/v1","request":null}"#),
+        Err(BadReview::NoRequest)
+    ));
+    let body = serde_json::to_vec(&review("admission.k8s.io/v2", raw)).expect("json");
+    assert!(matches!(
+        decode_review(&body),
+        Err(BadReview::UnknownVersion(v)) if v == "admission.k8s.io/v2"
+    ));
+}
