@@ -8,7 +8,8 @@
 //!   nodes inside are ordinary API objects with lower-case tagged fields.
 //! - Go's decoder matches object keys to struct fields case-insensitively, so TopoLVM's tagged
 //!   copies (`pod`, `nodes`, `nodenames`) and kube-scheduler's untagged names interoperate in both
-//!   directions. We match the keys we read the same way.
+//!   directions. We match the keys we read the same way, and read a repeated field and `null`
+//!   as Go does (`encoding/json` decode.go and fold.go; "Decoding" below says how).
 //! - `ExtenderFilterResult` is untagged too: `Nodes`, `NodeNames`, `FailedNodes`,
 //!   `FailedAndUnresolvableNodes` (1.20 on), `Error`. A nil pointer, map or slice encodes as
 //!   `null`. `HostPriority` is `{"Host":…, "Score":…}`; the score is `int` before 1.17 and `int64`
@@ -160,9 +161,9 @@ pub fn parse_extender_args(body: &[u8]) -> Result<ExtenderArgs<'_>, RequestError
     if let Some(c) = cursor.peek() {
         return Err(cursor.error(format!("trailing characters starting with {c:?}")));
     }
-    let pod = args.pod.ok_or(RequestError::MissingPod)?;
+    let pod = args.pod.ok_or(RequestError::MissingPod)?.into_pod();
     let candidates = match (args.nodes, args.node_names) {
-        (Some(nodes), _) => Candidates::Nodes(nodes),
+        (Some(nodes), _) => Candidates::Nodes(nodes.into_iter().map(NodeItem::from).collect()),
         (None, Some(names)) => Candidates::NodeNames(names),
         (None, None) => return Err(RequestError::MissingNodes),
     };
@@ -171,12 +172,39 @@ pub fn parse_extender_args(body: &[u8]) -> Result<ExtenderArgs<'_>, RequestError
 
 // ---------------------------------------------------------------------------------------------
 // Decoding
+//
+// Go's decoder reads a repeated field into the value the earlier occurrences left: a struct
+// (through its pointer) or a map keeps what the new object does not name, a list's elements
+// are decoded over the earlier list's elements at the same index, and `null` leaves a string,
+// a struct or a list element as it was while it drops a pointer, a map or a list. Each JSON
+// object is read into an update, which is then laid over what is already there.
+//
+// Where this stops being Go: Go reuses a list's backing array, so a list that is cut short by
+// one occurrence and grows again in a later one can bring back elements of the first; we start
+// such elements from zero. kube-scheduler never repeats a field.
 
 #[derive(Default)]
 struct RawArgs<'a> {
-    pod: Option<PodInfo<'a>>,
-    nodes: Option<Vec<NodeItem<'a>>>,
+    pod: Option<ObjectMeta<'a>>,
+    nodes: Option<Vec<RawNode<'a>>>,
     node_names: Option<Vec<Cow<'a, str>>>,
+}
+
+/// One element of `Nodes.items` while the body is read.
+struct RawNode<'a> {
+    /// The text the node was last read from.
+    raw: &'a str,
+    meta: ObjectMeta<'a>,
+}
+
+impl<'a> From<RawNode<'a>> for NodeItem<'a> {
+    fn from(node: RawNode<'a>) -> Self {
+        NodeItem {
+            raw: node.raw,
+            name: node.meta.name,
+            capacity: node.meta.capacity,
+        }
+    }
 }
 
 /// Walks the outer levels of the body by hand; serde_json reads every value inside them.
@@ -271,16 +299,21 @@ impl<'a> Cursor<'a> {
         }
         self.object("an ExtenderArgs object", |this, key| {
             if is_key(key, "Pod") {
-                args.pod = this
-                    .value::<Option<ObjectMeta<'a>>>()?
-                    .map(ObjectMeta::into_pod);
+                match this.value::<Option<ObjectUpdate<'a>>>()? {
+                    Some(update) => args.pod.get_or_insert_default().apply(update.0),
+                    None => args.pod = None,
+                }
             } else if is_key(key, "Nodes") {
-                args.nodes = this.node_list()?;
+                this.node_list(&mut args.nodes)?;
             } else if is_key(key, "NodeNames") {
                 args.node_names = this.value::<Option<Vec<Option<Text<'a>>>>>()?.map(|names| {
+                    let mut earlier = args.node_names.take().unwrap_or_default().into_iter();
                     names
                         .into_iter()
-                        .map(|n| n.map(|t| t.0).unwrap_or_default())
+                        .map(|name| {
+                            let before = earlier.next();
+                            name.map(|t| t.0).or(before).unwrap_or_default()
+                        })
                         .collect()
                 });
             } else {
@@ -291,58 +324,73 @@ impl<'a> Cursor<'a> {
         Ok(args)
     }
 
-    fn node_list(&mut self) -> Result<Option<Vec<NodeItem<'a>>>, RequestError> {
+    fn node_list(&mut self, nodes: &mut Option<Vec<RawNode<'a>>>) -> Result<(), RequestError> {
         if self.null()? {
-            return Ok(None);
+            *nodes = None;
+            return Ok(());
         }
-        let mut items = Vec::new();
+        let items = nodes.get_or_insert_default();
         self.object("a NodeList object", |this, key| {
             if is_key(key, "items") {
-                items = this.node_items()?;
+                this.node_items(items)?;
             } else {
                 this.value::<IgnoredAny>()?;
             }
             Ok(())
-        })?;
-        Ok(Some(items))
+        })
     }
 
-    fn node_items(&mut self) -> Result<Vec<NodeItem<'a>>, RequestError> {
+    /// Reads `Nodes.items` over the nodes an earlier `items` left in `items`.
+    fn node_items(&mut self, items: &mut Vec<RawNode<'a>>) -> Result<(), RequestError> {
         if self.null()? {
-            return Ok(Vec::new());
+            items.clear();
+            return Ok(());
         }
         self.eat('[', "a list of Node objects")?;
-        let mut items = Vec::new();
+        let mut count = 0;
         if self.peek() == Some(']') {
             self.pos += 1;
-            return Ok(items);
+            items.clear();
+            return Ok(());
         }
         loop {
             self.peek();
             let start = self.pos;
-            let meta: Option<ObjectMeta<'a>> = self.value().map_err(|e| match e {
+            let update: Option<ObjectUpdate<'a>> = self.value().map_err(|e| match e {
                 RequestError::Malformed {
                     message,
                     line,
                     column,
                 } => RequestError::Malformed {
-                    message: format!("Nodes.items[{}]: {message}", items.len()),
+                    message: format!("Nodes.items[{count}]: {message}"),
                     line,
                     column,
                 },
                 other => other,
             })?;
-            let meta = meta.unwrap_or_default();
-            items.push(NodeItem {
-                raw: &self.text[start..self.pos],
-                name: meta.name,
-                capacity: meta.capacity,
-            });
+            let raw = &self.text[start..self.pos];
+            match (items.get_mut(count), update) {
+                // `null` leaves an element as it was.
+                (Some(_), None) => {}
+                (Some(node), Some(update)) => {
+                    node.raw = raw;
+                    node.meta.apply(update.0);
+                }
+                (None, update) => {
+                    let mut meta = ObjectMeta::default();
+                    if let Some(update) = update {
+                        meta.apply(update.0);
+                    }
+                    items.push(RawNode { raw, meta });
+                }
+            }
+            count += 1;
             match self.peek() {
                 Some(',') => self.pos += 1,
                 Some(']') => {
                     self.pos += 1;
-                    return Ok(items);
+                    items.truncate(count);
+                    return Ok(());
                 }
                 _ => return Err(self.error("expected ',' or ']' in Nodes.items".to_owned())),
             }
@@ -386,9 +434,23 @@ fn line_column(text: &str, pos: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Go's rule for struct fields: exact or ASCII-case-insensitive match of the key.
+/// Go's rule for matching an object key to a struct field (`foldName` in encoding/json's
+/// fold.go): letters match in either case, and so do the two non-ASCII runes that fold into
+/// ASCII letters, the Kelvin sign (U+212A) for `k` and the long s (U+017F) for `s`. Every
+/// field name here is ASCII.
 fn is_key(key: &str, field: &str) -> bool {
-    key.eq_ignore_ascii_case(field)
+    if key.len() == field.len() {
+        // Both runes take more than one byte, so a key of the field's length has neither.
+        return key.eq_ignore_ascii_case(field);
+    }
+    let mut letters = field.bytes();
+    key.chars().all(|c| {
+        letters.next().is_some_and(|letter| match c {
+            '\u{212A}' => letter.eq_ignore_ascii_case(&b'k'),
+            '\u{17F}' => letter.eq_ignore_ascii_case(&b's'),
+            c => c.is_ascii() && letter.eq_ignore_ascii_case(&(c as u8)),
+        })
+    }) && letters.next().is_none()
 }
 
 /// A JSON string, borrowed from the body unless it had escapes.
@@ -416,14 +478,6 @@ impl<'de> Deserialize<'de> for Text<'de> {
     }
 }
 
-/// A string field: Go leaves a string unchanged (empty) when the JSON says `null`.
-fn nullable_text<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Cow<'de, str>, A::Error> {
-    Ok(map
-        .next_value::<Option<Text<'de>>>()?
-        .map(|t| t.0)
-        .unwrap_or_default())
-}
-
 /// What is read of an API object (Pod or Node): its metadata's name, namespace, UID and
 /// capacity annotations. Everything else is skipped.
 #[derive(Default)]
@@ -443,34 +497,81 @@ impl<'a> ObjectMeta<'a> {
             capacity: self.capacity,
         }
     }
+
+    /// Lays what one JSON object said over what earlier ones left.
+    fn apply(&mut self, update: MetaUpdate<'a>) {
+        for (field, value) in [
+            (&mut self.name, update.name),
+            (&mut self.namespace, update.namespace),
+            (&mut self.uid, update.uid),
+        ] {
+            if let Some(value) = value {
+                *field = value;
+            }
+        }
+        match update.annotations {
+            None => {}
+            Some(AnnotationsUpdate {
+                dropped: true,
+                entries,
+            }) => self.capacity = entries,
+            Some(AnnotationsUpdate { entries, .. }) => {
+                for (class, value) in entries.entries {
+                    self.capacity.insert(class, value);
+                }
+            }
+        }
+    }
 }
 
-impl<'de> Deserialize<'de> for ObjectMeta<'de> {
+/// The metadata fields one JSON object (a Pod, a Node) names, `None` for those it does not
+/// name or sets to `null`.
+#[derive(Default)]
+struct MetaUpdate<'a> {
+    name: Option<Cow<'a, str>>,
+    namespace: Option<Cow<'a, str>>,
+    uid: Option<Cow<'a, str>>,
+    annotations: Option<AnnotationsUpdate<'a>>,
+}
+
+/// What the `annotations` of one object said.
+#[derive(Default)]
+struct AnnotationsUpdate<'a> {
+    /// A `null` came: the map there was is gone, only `entries` remain.
+    dropped: bool,
+    entries: CapacityAnnotations<'a>,
+}
+
+/// A Pod or Node object as an update of what is read of it: every `metadata` it holds.
+struct ObjectUpdate<'a>(MetaUpdate<'a>);
+
+impl<'de> Deserialize<'de> for ObjectUpdate<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct ObjectVisitor;
         impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = ObjectMeta<'de>;
+            type Value = ObjectUpdate<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("an API object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut meta = ObjectMeta::default();
+                let mut update = MetaUpdate::default();
                 while let Some(key) = map.next_key::<Text<'de>>()? {
                     if is_key(&key.0, "metadata") {
-                        map.next_value_seed(MetaSeed(&mut meta))?;
+                        map.next_value_seed(MetaSeed(&mut update))?;
                     } else {
                         map.next_value::<IgnoredAny>()?;
                     }
                 }
-                Ok(meta)
+                Ok(ObjectUpdate(update))
             }
         }
         deserializer.deserialize_map(ObjectVisitor)
     }
 }
 
-/// Reads an `ObjectMeta` into the object's fields (`null` leaves them empty, as in Go).
-struct MetaSeed<'s, 'a>(&'s mut ObjectMeta<'a>);
+/// Reads an `ObjectMeta` into the update of its object (`null` changes nothing: the metadata
+/// is a struct in Go, not a pointer).
+struct MetaSeed<'s, 'a>(&'s mut MetaUpdate<'a>);
 
 impl<'de, 's> DeserializeSeed<'de> for MetaSeed<'s, 'de> {
     type Value = ();
@@ -491,21 +592,38 @@ impl<'de, 's> Visitor<'de> for MetaSeed<'s, 'de> {
         deserializer.deserialize_map(self)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let update = self.0;
         while let Some(key) = map.next_key::<Text<'de>>()? {
             let key = key.0;
-            if is_key(&key, "name") {
-                self.0.name = nullable_text(&mut map)?;
+            let field = if is_key(&key, "name") {
+                &mut update.name
             } else if is_key(&key, "namespace") {
-                self.0.namespace = nullable_text(&mut map)?;
+                &mut update.namespace
             } else if is_key(&key, "uid") {
-                self.0.uid = nullable_text(&mut map)?;
+                &mut update.uid
             } else if is_key(&key, "annotations") {
-                self.0.capacity = map
-                    .next_value::<Option<AnnotationMap<'de>>>()?
-                    .map(|a| a.0)
-                    .unwrap_or_default();
+                match map.next_value::<Option<AnnotationMap<'de>>>()? {
+                    Some(AnnotationMap(entries)) => {
+                        let annotations = update.annotations.get_or_insert_default();
+                        for (class, value) in entries.entries {
+                            annotations.entries.insert(class, value);
+                        }
+                    }
+                    None => {
+                        update.annotations = Some(AnnotationsUpdate {
+                            dropped: true,
+                            entries: CapacityAnnotations::default(),
+                        })
+                    }
+                }
+                continue;
             } else {
                 map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            // A string stays as it was when the JSON says `null`.
+            if let Some(text) = map.next_value::<Option<Text<'de>>>()? {
+                *field = Some(text.0);
             }
         }
         Ok(())
@@ -527,7 +645,13 @@ impl<'de> Deserialize<'de> for AnnotationMap<'de> {
                 let mut out = CapacityAnnotations::default();
                 while let Some(key) = map.next_key::<Text<'de>>()? {
                     match strip_capacity_prefix(key.0) {
-                        Some(class) => out.insert(class, nullable_text(&mut map)?),
+                        // A map element is decoded afresh: `null` gives the empty string.
+                        Some(class) => out.insert(
+                            class,
+                            map.next_value::<Option<Text<'de>>>()?
+                                .map(|t| t.0)
+                                .unwrap_or_default(),
+                        ),
                         None => {
                             map.next_value::<IgnoredAny>()?;
                         }
@@ -805,13 +929,99 @@ mod tests {
     }
 
     #[test]
-    fn repeated_keys_keep_the_last_value() {
+    fn a_repeated_annotation_keeps_the_last_value() {
         let args = parse(
-            r#"{"Pod":{"metadata":{"annotations":{"capacity.topolvm.io/a":"1","capacity.topolvm.io/a":"2"}}},"Pod":{"metadata":{"name":"second","annotations":{"capacity.topolvm.io/a":"3"}}},"NodeNames":[]}"#,
+            r#"{"Pod":{"metadata":{"annotations":{"capacity.topolvm.io/a":"1","capacity.topolvm.io/a":"2"}}},"NodeNames":[]}"#,
+        )
+        .expect("valid");
+        assert_eq!(args.pod.capacity.get("a"), Some("2"));
+    }
+
+    // Go decodes a repeated field into the value it already holds (encoding/json decode.go:
+    // `indirect` follows a non-nil pointer, `object` reuses a non-nil map, `array` decodes
+    // over the slice's elements, and `literalStore` ignores `null` for a string or a struct).
+
+    #[test]
+    fn a_repeated_pod_is_read_over_the_first() {
+        let args = parse(
+            r#"{"Pod":{"metadata":{"name":"first","uid":"u","annotations":{"capacity.topolvm.io/a":"1"}}},"Pod":{"metadata":{"name":"second","annotations":{"capacity.topolvm.io/b":"2"}}},"NodeNames":[]}"#,
         )
         .expect("valid");
         assert_eq!(args.pod.name, "second");
-        assert_eq!(args.pod.capacity.get("a"), Some("3"));
+        assert_eq!(args.pod.uid, "u");
+        assert_eq!(args.pod.capacity.get("a"), Some("1"));
+        assert_eq!(args.pod.capacity.get("b"), Some("2"));
+        // `null` drops the pod (a pointer in ExtenderArgs); a later one starts afresh.
+        let args = parse(
+            r#"{"Pod":{"metadata":{"uid":"u"}},"Pod":null,"Pod":{"metadata":{"name":"p"}},"NodeNames":[]}"#,
+        )
+        .expect("valid");
+        assert_eq!((args.pod.name.as_ref(), args.pod.uid.as_ref()), ("p", ""));
+    }
+
+    #[test]
+    fn null_leaves_a_string_as_it_was_and_drops_a_map() {
+        let args = parse(
+            r#"{"Pod":{"metadata":{"name":"p","name":null,"annotations":{"capacity.topolvm.io/a":"1"},"annotations":null,"annotations":{"capacity.topolvm.io/b":"2"}}},"NodeNames":[]}"#,
+        )
+        .expect("valid");
+        assert_eq!(args.pod.name, "p");
+        assert_eq!(args.pod.capacity.get("a"), None);
+        assert_eq!(args.pod.capacity.get("b"), Some("2"));
+    }
+
+    #[test]
+    fn repeated_node_lists_are_read_element_by_element() {
+        let body = r#"{"Pod":{},"Nodes":{"items":[{"metadata":{"name":"n1","annotations":{"capacity.topolvm.io/a":"1"}}},{"metadata":{"name":"n2"}},{"metadata":{"name":"n3"}}]},"Nodes":{"metadata":{}},"Nodes":{"items":[{"metadata":{"annotations":{"capacity.topolvm.io/b":"2"}}},null]}}"#;
+        let args = parse(body).expect("valid");
+        let Candidates::Nodes(nodes) = args.candidates else {
+            panic!("expected nodes")
+        };
+        // The third node is cut off; the second, `null` the second time, is as it was.
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[0].name, "n1");
+        assert_eq!(nodes[0].capacity.get("a"), Some("1"));
+        assert_eq!(nodes[0].capacity.get("b"), Some("2"));
+        assert_eq!(
+            nodes[0].raw,
+            r#"{"metadata":{"annotations":{"capacity.topolvm.io/b":"2"}}}"#
+        );
+        assert_eq!(nodes[1].name, "n2");
+        assert_eq!(nodes[1].raw, r#"{"metadata":{"name":"n2"}}"#);
+
+        let args = parse(r#"{"Pod":{},"NodeNames":["a","b"],"NodeNames":[null,"c",null]}"#)
+            .expect("valid");
+        let Candidates::NodeNames(names) = args.candidates else {
+            panic!("expected names")
+        };
+        assert_eq!(names, ["a", "c", ""]);
+    }
+
+    #[test]
+    fn keys_fold_like_go() {
+        // The Kelvin sign folds to k and the long s to s; dotted and dotless i fold only to
+        // themselves (Go's caseOrbit), so they match nothing here.
+        let args = parse(
+            "{\"Pod\":{\"metadata\":{\"name\":\"p\"}},\"Node\u{17F}\":{\"ITEM\u{17F}\":[{\"metadata\":{\"name\":\"n\"}}]}}",
+        )
+        .expect("valid");
+        let Candidates::Nodes(nodes) = args.candidates else {
+            panic!("expected nodes")
+        };
+        assert_eq!(nodes[0].name, "n");
+        for (key, field, matches) in [
+            ("\u{212A}", "k", true),
+            ("\u{212A}", "K", true),
+            ("\u{17F}", "S", true),
+            ("NAME\u{17F}PACE", "namespace", true),
+            ("\u{130}tems", "items", false),
+            ("\u{131}tems", "items", false),
+            ("item", "items", false),
+            ("itemss", "items", false),
+            ("\u{17F}", "k", false),
+        ] {
+            assert_eq!(is_key(key, field), matches, "{key:?} {field:?}");
+        }
     }
 
     #[test]
