@@ -701,7 +701,10 @@ impl FilterResult<'_> {
                 for item in items {
                     match (run, span_in(source, item)) {
                         // The next node follows the run with only a comma between: extend it.
-                        (Some((start, end)), Some((s, e))) if is_separator(&source[end..s]) => {
+                        // (Nodes read over a repeated list can lie before the run.)
+                        (Some((start, end)), Some((s, e)))
+                            if source.get(end..s).is_some_and(is_separator) =>
+                        {
                             run = Some((start, e));
                         }
                         (_, span) => {
@@ -1137,6 +1140,29 @@ mod tests {
             br#"{"metadata":{"name":"n1"}}, {"metadata":{"name":"n2"}}"#
         );
         assert_eq!(echoed[1].as_ref(), br#"{"metadata":{"name":"n4"}}"#);
+    }
+
+    #[test]
+    fn passing_nodes_out_of_body_order_are_echoed_in_their_order() {
+        // Found by the fuzz target `wire`: the second list is read over the first, so the
+        // first node's text now lies after the second's, and the run of echoed text ended
+        // before the next node began (a slice from its end back to the next node's start).
+        let body = Bytes::from(
+            r#"{"Pod":{"metadata":{"annotations":{"capacity.topolvm.io/ssd":"1"}}},"Nodes":{"items":[{"metadata":{"name":"a"}},{"metadata":{"name":"b"}}]},"Nodes":{"items":[{"metadata":{"name":"c"}},null]}}"#,
+        );
+        let args = parse_extender_args(&body).expect("valid");
+        let Candidates::Nodes(nodes) = &args.candidates else {
+            panic!("expected nodes")
+        };
+        let result = FilterResult {
+            passed: PassedNodes::Nodes(nodes.iter().map(|n| n.raw).collect()),
+            failed: None,
+        };
+        let expected = r#"{"Nodes":{"metadata":{},"items":[{"metadata":{"name":"c"}},{"metadata":{"name":"b"}}]},"NodeNames":null,"FailedNodes":null,"FailedAndUnresolvableNodes":null,"Error":""}"#;
+        assert_eq!(
+            String::from_utf8(result.to_chunks(&body).concat()).expect("utf8"),
+            expected
+        );
     }
 
     #[test]
