@@ -63,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
             // Annotations the patch changed are ours, in bytes.
             for (key, value) in annotations {
                 if review.object["metadata"]["annotations"][key] != *value {
-                    assert!(capacity_annotation_device_class(key).is_some(), "{key} changed");
+                    assert!(
+                        capacity_annotation_device_class(key).is_some(),
+                        "{key} changed"
+                    );
                     let value = value.as_str().expect("a string value");
                     assert!(value.parse::<u64>().is_ok(), "{key}: {value:?}");
                 }

@@ -24,13 +24,16 @@ fuzz_target!(|data: &[u8]| {
     // The same number with other suffixes: plain digits, `k` against `e3`, `Ki` against 1024.
     let plain = bytes.to_string();
     assert_eq!(parse_quantity_bytes(&plain), Ok(bytes));
-    if let Some(thousands) = plain.strip_suffix("000") {
-        if !thousands.is_empty() {
-            assert_eq!(parse_quantity_bytes(&format!("{thousands}k")), Ok(bytes));
-            assert_eq!(parse_quantity_bytes(&format!("{thousands}e3")), Ok(bytes));
-        }
+    if let Some(thousands) = plain.strip_suffix("000")
+        && !thousands.is_empty()
+    {
+        assert_eq!(parse_quantity_bytes(&format!("{thousands}k")), Ok(bytes));
+        assert_eq!(parse_quantity_bytes(&format!("{thousands}e3")), Ok(bytes));
     }
     if bytes % 1024 == 0 && bytes > 0 {
-        assert_eq!(parse_quantity_bytes(&format!("{}Ki", bytes / 1024)), Ok(bytes));
+        assert_eq!(
+            parse_quantity_bytes(&format!("{}Ki", bytes / 1024)),
+            Ok(bytes)
+        );
     }
 });

@@ -1,41 +1,59 @@
 //! Differential target for the scheduler's hand-written request walker
 //! (`topolvm_scheduler::wire::parse_extender_args`).
 //!
-//! The reference decodes the same shape in one serde_json pass with plain serde visitors: keys
-//! of ExtenderArgs, NodeList and the API objects match case-insensitively (Go's rule), the last
-//! of a repeated field wins, a repeated `metadata` fills in what it names, `null` reads as the
-//! Go zero value, and everything else is skipped with `IgnoredAny`. The walker must give the
-//! same pod, the same candidates and, for each node, a slice of the body that decodes to that
-//! node. On what serde_json refuses the walker must refuse with `NotUtf8` or `Malformed`.
+//! The reference reads the whole body in one serde_json pass into a model of what Go holds
+//! after `json.Unmarshal` into kube-scheduler's `ExtenderArgs`: pointers as `Option`, Go's
+//! slices and maps, and one rule per Go kind for a repeated field and for `null` (below). It
+//! reads only the fields the extender uses and skips the rest with `IgnoredAny`, as the walker
+//! does. On every UTF-8 body serde_json accepts, the walker must give the same pod, the same
+//! candidates, and for each node a slice of the body that is one JSON value (and, for a node
+//! read from one object only, that object). On every body serde_json refuses, the walker must
+//! refuse it with `Malformed`, or with `NotUtf8` on bytes that are not UTF-8. The filter
+//! answer that passes those nodes (`FilterResult::to_chunks`, which echoes runs of the body
+//! without copying them) must then say what the copied answer (`to_json`) says.
 //!
-//! Two inputs are left out of the comparison, both on purpose:
-//! - the body must be UTF-8 (RFC 8259 section 8.1) before the reference reads it with
-//!   `from_str`; `from_slice` would let invalid bytes through inside skipped strings;
-//! - nesting past serde_json's limit of 128 levels: the walker decodes each field of
-//!   ExtenderArgs, NodeList and each node with a fresh deserializer, so its limit counts from
-//!   there, up to three levels deeper than a whole-document decode (Go allows 10000).
+//! Nesting past serde_json's limit of 128 levels is left out of the comparison: the walker
+//! reads each field of ExtenderArgs and NodeList and each node with a fresh deserializer, so
+//! its limit counts from there, up to three levels deeper than a whole-body read (Go's limit
+//! is 10000). It must still answer without panicking.
 #![no_main]
 
 use std::fmt;
 
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
-use topolvm_scheduler::wire::{CapacityAnnotations, Candidates, RequestError, parse_extender_args};
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+use topolvm_core::names::capacity_annotation_device_class;
+use topolvm_scheduler::wire::{
+    Candidates, CapacityAnnotations, ExtenderArgs, FilterResult, NodeItem, PassedNodes,
+    RequestError, parse_extender_args,
+};
 
 fuzz_target!(|data: &[u8]| {
+    // A `Bytes` body, as the extender has it: passing nodes are echoed as slices of it.
+    let body = Bytes::copy_from_slice(data);
+    let data: &[u8] = &body;
     let walked = parse_extender_args(data);
-    let reference = match std::str::from_utf8(data) {
-        Ok(text) => serde_json::from_str::<Option<Args>>(text),
-        Err(_) => {
-            assert!(
-                matches!(walked, Err(RequestError::NotUtf8 { .. })),
-                "not UTF-8, but the walker gave {walked:?}"
-            );
-            return;
-        }
+    let Ok(text) = std::str::from_utf8(data) else {
+        assert!(
+            matches!(walked, Err(RequestError::NotUtf8 { .. })),
+            "not UTF-8, but the walker gave {walked:?}"
+        );
+        return;
     };
-    match reference {
-        Ok(args) => compare(data, &walked, args.unwrap_or_default()),
+    match reference(text) {
+        Ok(args) => {
+            compare(data, &walked, &args);
+            if let Ok(ExtenderArgs {
+                candidates: Candidates::Nodes(items),
+                ..
+            }) = &walked
+            {
+                check_echo(&body, items);
+            }
+        }
         Err(e) if e.to_string().starts_with("recursion limit exceeded") => {}
         Err(e) => assert!(
             matches!(walked, Err(RequestError::Malformed { .. })),
@@ -44,13 +62,19 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn compare(data: &[u8], walked: &Result<topolvm_scheduler::wire::ExtenderArgs<'_>, RequestError>, want: Args) {
-    let want_pod = match want.pod {
-        Some(pod) => pod,
-        None => {
-            assert_eq!(walked, &Err(RequestError::MissingPod));
-            return;
-        }
+/// The whole body decoded the way Go decodes it.
+fn reference(text: &str) -> Result<GoArgs, serde_json::Error> {
+    let mut args = GoArgs::default();
+    let mut de = serde_json::Deserializer::from_str(text);
+    args.decode(&mut de)?;
+    de.end()?;
+    Ok(args)
+}
+
+fn compare(data: &[u8], walked: &Result<ExtenderArgs<'_>, RequestError>, want: &GoArgs) {
+    let Some(want_pod) = &want.pod else {
+        assert_eq!(walked, &Err(RequestError::MissingPod));
+        return;
     };
     if want.nodes.is_none() && want.node_names.is_none() {
         assert_eq!(walked, &Err(RequestError::MissingNodes));
@@ -60,247 +84,396 @@ fn compare(data: &[u8], walked: &Result<topolvm_scheduler::wire::ExtenderArgs<'_
         Ok(args) => args,
         Err(e) => panic!("serde_json accepted the body but the walker refused it: {e}"),
     };
-    assert_eq!(args.pod.name, want_pod.name);
-    assert_eq!(args.pod.namespace, want_pod.namespace);
-    assert_eq!(args.pod.uid, want_pod.uid);
-    assert_eq!(args.pod.capacity, want_pod.capacity());
-    match (&args.candidates, want.nodes, want.node_names) {
+    let meta = &want_pod.metadata;
+    assert_eq!(args.pod.name, meta.name);
+    assert_eq!(args.pod.namespace, meta.namespace);
+    assert_eq!(args.pod.uid, meta.uid);
+    assert_eq!(sorted(&args.pod.capacity), meta.annotations.sorted());
+    match (&args.candidates, &want.nodes, &want.node_names) {
         (Candidates::Nodes(items), Some(nodes), _) => {
-            assert_eq!(items.len(), nodes.len());
-            for (item, node) in items.iter().zip(nodes) {
-                assert_eq!(item.name, node.name);
-                assert_eq!(item.capacity, node.capacity());
-                // The echoed text is a slice of the body, exactly one JSON value.
+            assert_eq!(items.len(), nodes.items.len());
+            for (item, node) in items.iter().zip(&nodes.items) {
+                assert_eq!(item.name, node.metadata.name);
+                assert_eq!(sorted(&item.capacity), node.metadata.annotations.sorted());
+                // What is echoed is a slice of the body and one JSON value.
                 let start = (item.raw.as_ptr() as usize)
                     .checked_sub(data.as_ptr() as usize)
                     .expect("raw lies in the body");
                 assert!(start + item.raw.len() <= data.len(), "raw lies in the body");
                 assert_eq!(item.raw.trim(), item.raw);
-                let again: Option<Object> = serde_json::from_str(item.raw).expect("raw is a node");
-                let again = again.map(|o| o.0).unwrap_or_default();
-                assert_eq!(again.name, node.name);
-                assert_eq!(again.capacity(), node.capacity());
+                let mut again = GoObject::default();
+                let mut de = serde_json::Deserializer::from_str(item.raw);
+                again.decode(&mut de).expect("raw is a node");
+                de.end().expect("raw is one value");
+                if node.objects_read <= 1 {
+                    assert_eq!(again.metadata.name, node.metadata.name);
+                    assert_eq!(again.metadata.annotations, node.metadata.annotations);
+                }
             }
         }
         (Candidates::NodeNames(names), None, Some(want_names)) => {
-            assert_eq!(names, &want_names);
+            assert_eq!(names, want_names);
         }
         (got, nodes, names) => panic!("walker gave {got:?}, serde_json {nodes:?} / {names:?}"),
     }
 }
 
-/// Go's rule for struct fields.
+/// The filter answer passing every node, and every other node: the chunks that echo slices of
+/// the body say the same as the answer copied into one buffer, and list the nodes as received.
+fn check_echo(body: &Bytes, items: &[NodeItem<'_>]) {
+    let every_other = items.iter().step_by(2);
+    for passed in [items.iter().collect::<Vec<_>>(), every_other.collect()] {
+        let result = FilterResult {
+            passed: PassedNodes::Nodes(passed.iter().map(|item| item.raw).collect()),
+            failed: None,
+        };
+        let chunks = result.to_chunks(body).concat();
+        let copied = result.to_json();
+        for answer in [&chunks, &copied] {
+            let mut de = serde_json::Deserializer::from_slice(answer);
+            IgnoredAny::deserialize(&mut de).expect("the answer is JSON");
+            de.end().expect("the answer is one value");
+        }
+        // Decoded, unless a node holds a lone surrogate escape, which serde_json skips but
+        // does not decode (Go decodes it as U+FFFD).
+        let (Ok(chunked), Ok(copied)) = (
+            serde_json::from_slice::<serde_json::Value>(&chunks),
+            serde_json::from_slice::<serde_json::Value>(&copied),
+        ) else {
+            continue;
+        };
+        assert_eq!(chunked, copied);
+        let echoed = chunked["Nodes"]["items"].as_array().expect("items");
+        assert_eq!(echoed.len(), passed.len());
+        for (echo, item) in echoed.iter().zip(&passed) {
+            let raw: serde_json::Value = serde_json::from_str(item.raw).expect("raw is JSON");
+            assert_eq!(echo, &raw);
+        }
+    }
+}
+
+fn sorted(capacity: &CapacityAnnotations<'_>) -> Vec<(String, String)> {
+    let mut pairs: Vec<_> = capacity
+        .iter()
+        .map(|(class, value)| (class.to_owned(), value.to_owned()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// Go's match of a key to a field name: both folded by encoding/json's `foldName`, which takes
+/// ASCII letters to upper case and every other rune to the smallest rune of its case-fold
+/// orbit. Only two orbits have an ASCII member: the Kelvin sign's (K) and the long s's (S).
 fn is_key(key: &str, field: &str) -> bool {
-    key.eq_ignore_ascii_case(field)
+    fn fold(s: &str) -> impl Iterator<Item = char> + '_ {
+        s.chars().map(|c| match c {
+            '\u{212A}' => 'K',
+            '\u{17F}' => 'S',
+            c => c.to_ascii_uppercase(),
+        })
+    }
+    fold(key).eq(fold(field))
 }
 
-/// Whether the extender keeps an annotation (the rule lives in `wire`, not in this target).
-fn is_capacity_key(key: &str) -> bool {
-    !CapacityAnnotations::from_annotations([(key, "")]).is_empty()
+// ---------------------------------------------------------------------------------------------
+// A model of Go's values and of how encoding/json decodes into them (decode.go): each kind is
+// decoded into what it already holds.
+
+/// A Go value JSON is decoded into.
+trait GoDecode: Default {
+    fn decode<'de, D: Deserializer<'de>>(&mut self, d: D) -> Result<(), D::Error>;
 }
 
+/// Decodes into an existing value.
+struct Over<'a, T>(&'a mut T);
+
+impl<'de, T: GoDecode> DeserializeSeed<'de> for Over<'_, T> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.0.decode(d)
+    }
+}
+
+/// A string: `null` leaves it as it was.
+impl GoDecode for String {
+    fn decode<'de, D: Deserializer<'de>>(&mut self, d: D) -> Result<(), D::Error> {
+        struct V<'a>(&'a mut String);
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or null")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                *self.0 = String::deserialize(d)?;
+                Ok(())
+            }
+        }
+        d.deserialize_option(V(self))
+    }
+}
+
+/// A pointer: `null` makes it nil, anything else is decoded into what it points to, which is
+/// allocated when it is nil.
+impl<T: GoDecode> GoDecode for Option<T> {
+    fn decode<'de, D: Deserializer<'de>>(&mut self, d: D) -> Result<(), D::Error> {
+        struct V<'a, T>(&'a mut Option<T>);
+        impl<'de, T: GoDecode> Visitor<'de> for V<'_, T> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a value or null")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+                *self.0 = None;
+                Ok(())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                self.0.get_or_insert_default().decode(d)
+            }
+        }
+        d.deserialize_option(V(self))
+    }
+}
+
+/// A slice: `null` makes it nil; an array is decoded element by element over the elements
+/// there are, then the slice is cut to the array's length. (Go also keeps the backing array,
+/// so elements cut off once can come back when a later array is longer; not modelled, as in
+/// the walker.)
+impl<T: GoDecode> GoDecode for Vec<T> {
+    fn decode<'de, D: Deserializer<'de>>(&mut self, d: D) -> Result<(), D::Error> {
+        struct Element<'a, T> {
+            slice: &'a mut Vec<T>,
+            index: usize,
+        }
+        impl<'de, T: GoDecode> DeserializeSeed<'de> for Element<'_, T> {
+            type Value = ();
+            fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                if self.index == self.slice.len() {
+                    self.slice.push(T::default());
+                }
+                self.slice[self.index].decode(d)
+            }
+        }
+        struct V<'a, T>(&'a mut Vec<T>);
+        impl<'de, T: GoDecode> Visitor<'de> for V<'_, T> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array or null")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+                self.0.clear();
+                Ok(())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_seq(self)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                let mut index = 0;
+                while seq
+                    .next_element_seed(Element {
+                        slice: &mut *self.0,
+                        index,
+                    })?
+                    .is_some()
+                {
+                    index += 1;
+                }
+                self.0.truncate(index);
+                Ok(())
+            }
+        }
+        d.deserialize_option(V(self))
+    }
+}
+
+/// A `map[string]string` of annotations, of which the capacity annotations are kept in the
+/// order first set: `null` makes it nil, an object adds to the entries there are, and each
+/// value is decoded into a fresh string (so `null` gives `""`).
+#[derive(Debug, Default, PartialEq)]
+struct Annotations(Option<Vec<(String, String)>>);
+
+impl Annotations {
+    /// `(device class, value)` pairs, sorted.
+    fn sorted(&self) -> Vec<(String, String)> {
+        let mut pairs: Vec<_> = self
+            .0
+            .iter()
+            .flatten()
+            .filter_map(|(key, value)| {
+                capacity_annotation_device_class(key).map(|class| (class.to_owned(), value.clone()))
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    }
+}
+
+impl GoDecode for Annotations {
+    fn decode<'de, D: Deserializer<'de>>(&mut self, d: D) -> Result<(), D::Error> {
+        struct V<'a>(&'a mut Option<Vec<(String, String)>>);
+        impl<'de> Visitor<'de> for V<'_> {
+            type Value = ();
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object or null")
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+                *self.0 = None;
+                Ok(())
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_map(self)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+                let entries = self.0.get_or_insert_default();
+                while let Some(key) = map.next_key::<String>()? {
+                    // Only capacity annotations are read, so only their values are checked.
+                    if capacity_annotation_device_class(&key).is_none() {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                    let mut value = String::new();
+                    map.next_value_seed(Over(&mut value))?;
+                    match entries.iter_mut().find(|(k, _)| *k == key) {
+                        Some(entry) => entry.1 = value,
+                        None => entries.push((key, value)),
+                    }
+                }
+                Ok(())
+            }
+        }
+        d.deserialize_option(V(&mut self.0))
+    }
+}
+
+/// A struct's fields, looked up by Go's rule.
+trait GoStruct: Default {
+    /// Reads the value of `key`; false when the struct has no such field.
+    fn field<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error>;
+    /// Called once for each object decoded into the struct.
+    fn object_read(&mut self) {}
+}
+
+/// A struct: `null` leaves it as it was, an object sets the fields it names.
+macro_rules! go_struct {
+    ($t:ty) => {
+        impl GoDecode for $t {
+            fn decode<'de, D: Deserializer<'de>>(&mut self, d: D) -> Result<(), D::Error> {
+                struct V<'a>(&'a mut $t);
+                impl<'de> Visitor<'de> for V<'_> {
+                    type Value = ();
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("an object or null")
+                    }
+                    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+                        Ok(())
+                    }
+                    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                        d.deserialize_map(self)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+                        self.0.object_read();
+                        while let Some(key) = map.next_key::<String>()? {
+                            if !self.0.field(&key, &mut map)? {
+                                map.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                        Ok(())
+                    }
+                }
+                d.deserialize_option(V(self))
+            }
+        }
+    };
+}
+
+/// kube-scheduler's `ExtenderArgs`: `Pod *v1.Pod`, `Nodes *v1.NodeList`, `NodeNames *[]string`.
 #[derive(Debug, Default)]
-struct Args {
-    pod: Option<Meta>,
-    nodes: Option<Vec<Meta>>,
+struct GoArgs {
+    pod: Option<GoObject>,
+    nodes: Option<GoNodeList>,
     node_names: Option<Vec<String>>,
 }
 
-/// What is read of a Pod or Node.
+impl GoStruct for GoArgs {
+    fn field<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        if is_key(key, "Pod") {
+            map.next_value_seed(Over(&mut self.pod))?;
+        } else if is_key(key, "Nodes") {
+            map.next_value_seed(Over(&mut self.nodes))?;
+        } else if is_key(key, "NodeNames") {
+            map.next_value_seed(Over(&mut self.node_names))?;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+go_struct!(GoArgs);
+
+/// `v1.NodeList`: `Items []Node`.
 #[derive(Debug, Default)]
-struct Meta {
+struct GoNodeList {
+    items: Vec<GoObject>,
+}
+
+impl GoStruct for GoNodeList {
+    fn field<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        if !is_key(key, "items") {
+            return Ok(false);
+        }
+        map.next_value_seed(Over(&mut self.items))?;
+        Ok(true)
+    }
+}
+go_struct!(GoNodeList);
+
+/// A `v1.Pod` or `v1.Node`, of which only `ObjectMeta` is read.
+#[derive(Debug, Default)]
+struct GoObject {
+    metadata: GoMeta,
+    /// How many JSON objects were decoded into it.
+    objects_read: usize,
+}
+
+impl GoStruct for GoObject {
+    fn field<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        if !is_key(key, "metadata") {
+            return Ok(false);
+        }
+        map.next_value_seed(Over(&mut self.metadata))?;
+        Ok(true)
+    }
+    fn object_read(&mut self) {
+        self.objects_read += 1;
+    }
+}
+go_struct!(GoObject);
+
+/// `metav1.ObjectMeta`: the fields the extender reads.
+#[derive(Debug, Default)]
+struct GoMeta {
     name: String,
     namespace: String,
     uid: String,
-    /// Capacity annotations in the order read, repeats included.
-    annotations: Vec<(String, String)>,
+    annotations: Annotations,
 }
 
-impl Meta {
-    fn capacity(&self) -> CapacityAnnotations<'_> {
-        CapacityAnnotations::from_annotations(
-            self.annotations
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        )
+impl GoStruct for GoMeta {
+    fn field<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
+        if is_key(key, "name") {
+            map.next_value_seed(Over(&mut self.name))?;
+        } else if is_key(key, "namespace") {
+            map.next_value_seed(Over(&mut self.namespace))?;
+        } else if is_key(key, "uid") {
+            map.next_value_seed(Over(&mut self.uid))?;
+        } else if is_key(key, "annotations") {
+            map.next_value_seed(Over(&mut self.annotations))?;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
-
-impl<'de> Deserialize<'de> for Args {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Args;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("ExtenderArgs")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Args, A::Error> {
-                let mut args = Args::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    if is_key(&key, "Pod") {
-                        args.pod = map.next_value::<Option<Object>>()?.map(|o| o.0);
-                    } else if is_key(&key, "Nodes") {
-                        args.nodes = map.next_value::<Option<NodeList>>()?.map(|l| l.0);
-                    } else if is_key(&key, "NodeNames") {
-                        args.node_names = map
-                            .next_value::<Option<Vec<Option<String>>>>()?
-                            .map(|names| names.into_iter().map(Option::unwrap_or_default).collect());
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(args)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-struct NodeList(Vec<Meta>);
-
-impl<'de> Deserialize<'de> for NodeList {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = NodeList;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a NodeList")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeList, A::Error> {
-                let mut items = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if is_key(&key, "items") {
-                        items = map
-                            .next_value::<Option<Vec<Option<Object>>>>()?
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|o| o.map(|o| o.0).unwrap_or_default())
-                            .collect();
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(NodeList(items))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// A Pod or Node: only `metadata` is read.
-struct Object(Meta);
-
-impl<'de> Deserialize<'de> for Object {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Object;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an API object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object, A::Error> {
-                let mut meta = Meta::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    if is_key(&key, "metadata") {
-                        if let Some(fields) = map.next_value::<Option<MetaFields>>()? {
-                            fields.fill(&mut meta);
-                        }
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(Object(meta))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// The fields one `metadata` object names (`Some` when present, a `null` as empty).
-#[derive(Default)]
-struct MetaFields {
-    name: Option<String>,
-    namespace: Option<String>,
-    uid: Option<String>,
-    annotations: Option<Vec<(String, String)>>,
-}
-
-impl MetaFields {
-    fn fill(self, meta: &mut Meta) {
-        if let Some(v) = self.name {
-            meta.name = v;
-        }
-        if let Some(v) = self.namespace {
-            meta.namespace = v;
-        }
-        if let Some(v) = self.uid {
-            meta.uid = v;
-        }
-        if let Some(v) = self.annotations {
-            meta.annotations = v;
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for MetaFields {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MetaFields;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("ObjectMeta")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MetaFields, A::Error> {
-                let mut fields = MetaFields::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    let text = |v: Option<String>| Some(v.unwrap_or_default());
-                    if is_key(&key, "name") {
-                        fields.name = text(map.next_value()?);
-                    } else if is_key(&key, "namespace") {
-                        fields.namespace = text(map.next_value()?);
-                    } else if is_key(&key, "uid") {
-                        fields.uid = text(map.next_value()?);
-                    } else if is_key(&key, "annotations") {
-                        fields.annotations = Some(
-                            map.next_value::<Option<Annotations>>()?
-                                .map(|a| a.0)
-                                .unwrap_or_default(),
-                        );
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(fields)
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// The capacity annotations of an annotation map, in order; other values may be anything.
-struct Annotations(Vec<(String, String)>);
-
-impl<'de> Deserialize<'de> for Annotations {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Annotations;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("annotations")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
-                let mut out = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if is_capacity_key(&key) {
-                        let value: Option<String> = map.next_value()?;
-                        out.push((key, value.unwrap_or_default()));
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(Annotations(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
+go_struct!(GoMeta);
