@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set-up, then every tier. Exits non-zero if any tier fails or cannot run.
 #   unit tier   cargo test --workspace          logic, parsing, validation, error mapping (no root)
+#   fuzz tier   scripts/fuzz.sh                 coverage-guided inputs to the parsers of other programs' output
 #   host tier   real lvm2 (metadata only) on loop devices, a real lvmd process and gRPC client
 #   VM tier     real device-mapper in a qemu VM: thin pools, snapshots, activation, data usage
 #   e2e tier    a real Kubernetes 1.20 control plane on loopback (built once, cached)
@@ -17,10 +18,14 @@ scripts/setup.sh
 
 echo "== style: rustfmt and clippy"
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e,topolvm-scheduler/e2e,topolvm-node/e2e,topolvm-node/vm-tier,topolvm-runtime/e2e,topolvm-controller/e2e --quiet -- -D warnings
 
 echo "== unit tier"
 cargo test --workspace --quiet
+
+echo "== fuzz tier (five targets, 15 s each; the instrumented build is cached under /var/cache/topolvm-rs)"
+scripts/fuzz.sh
 
 echo "== host tier (real lvm2 in metadata mode on loop devices; needs root)"
 cargo test -p lvmd --features host-tier --quiet --test host_tier --test systemd_unit
