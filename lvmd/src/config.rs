@@ -17,6 +17,7 @@ use topolvm_core::names;
 pub use topolvm_core::config::ConfigError;
 
 use crate::lvm::validate;
+use crate::pool::{Pool, ThinPool};
 
 /// Thin pools whose data usage is above this percentage get no new thin volumes by default.
 pub const DEFAULT_DATA_PERCENT_THRESHOLD: f64 = 95.0;
@@ -46,28 +47,11 @@ pub struct DeviceClass {
     pub name: String,
     pub volume_group: String,
     pub default: bool,
-    /// Bytes of the volume group kept free (thick classes only).
-    pub spare_bytes: u64,
     pub stripe: Option<u32>,
     pub stripe_size: Option<String>,
     pub lvcreate_options: Vec<String>,
-    pub target: Target,
-}
-
-/// Whether a device class allocates from the volume group or from a thin pool in it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Target {
-    Thick,
-    Thin(ThinPool),
-}
-
-/// The thin pool of a thin device class.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ThinPool {
-    pub name: String,
-    pub overprovision_ratio: f64,
-    /// New thin volumes are refused while the pool's real data usage is above this percentage.
-    pub data_percent_threshold: f64,
+    /// What the class's volumes are cut from, with its spare (thick) or thin pool settings.
+    pub pool: Pool,
 }
 
 /// A named set of `lvcreate` options a StorageClass may select.
@@ -352,7 +336,7 @@ fn validate_device_class(
         ConfigError::invalid(key("spare-gb"), format!("{spare_gb} GiB is too large"))
     })?;
 
-    let target = match raw.kind.as_deref() {
+    let pool = match raw.kind.as_deref() {
         None | Some("") | Some("thick") => {
             if raw.thin_pool.is_some() {
                 return Err(ConfigError::invalid(
@@ -360,7 +344,7 @@ fn validate_device_class(
                     "is only allowed with type: thin",
                 ));
             }
-            Target::Thick
+            Pool::Thick { spare_bytes }
         }
         Some("thin") => {
             let pool = raw.thin_pool.ok_or_else(|| {
@@ -384,7 +368,7 @@ fn validate_device_class(
                     format!("must be above 0 and at most 100, got {threshold}"),
                 ));
             }
-            Target::Thin(ThinPool {
+            Pool::Thin(ThinPool {
                 name: pool.name,
                 overprovision_ratio: ratio,
                 data_percent_threshold: threshold,
@@ -402,11 +386,10 @@ fn validate_device_class(
         name: raw.name,
         volume_group: raw.volume_group,
         default: raw.default,
-        spare_bytes,
         stripe: raw.stripe.filter(|s| *s > 0),
         stripe_size: raw.stripe_size,
         lvcreate_options,
-        target,
+        pool,
     })
 }
 
@@ -529,11 +512,16 @@ lvcreate-option-classes:
         assert_eq!(c.device_classes.len(), 3);
         assert_eq!(c.device_class("").map(|d| d.name.as_str()), Some("ssd"));
         assert_eq!(c.device_class("hdd").map(|d| d.stripe), Some(Some(2)));
-        assert_eq!(c.device_classes[0].spare_bytes, 10 * GIB);
-        assert_eq!(c.device_classes[1].spare_bytes, 0);
         assert_eq!(
-            c.device_classes[2].target,
-            Target::Thin(ThinPool {
+            c.device_classes[0].pool,
+            Pool::Thick {
+                spare_bytes: 10 * GIB
+            }
+        );
+        assert_eq!(c.device_classes[1].pool, Pool::Thick { spare_bytes: 0 });
+        assert_eq!(
+            c.device_classes[2].pool,
+            Pool::Thin(ThinPool {
                 name: "pool0".into(),
                 overprovision_ratio: 5.0,
                 data_percent_threshold: 80.0
@@ -554,8 +542,12 @@ lvcreate-option-classes:
             .expect("valid");
         assert_eq!(c.socket_name, PathBuf::from("/run/topolvm/lvmd.sock"));
         assert_eq!(c.lvm_command_prefix, vec!["/sbin/lvm".to_owned()]);
-        assert_eq!(c.device_classes[0].spare_bytes, 10 * GIB);
-        assert_eq!(c.device_classes[0].target, Target::Thick);
+        assert_eq!(
+            c.device_classes[0].pool,
+            Pool::Thick {
+                spare_bytes: 10 * GIB
+            }
+        );
         assert_eq!(c.metrics_listen, None);
         assert_eq!(c.change_poll_interval, Duration::from_secs(1));
     }

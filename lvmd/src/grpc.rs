@@ -16,12 +16,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Code, Request, Response, Status};
 use topolvm_proto::lvmd as pb;
-use tracing::warn;
+use tracing::{Instrument, instrument, warn};
 
 use crate::lvm::LvmError;
 use crate::lvm::report::LogicalVolume;
 use crate::metrics::Metrics;
-use crate::service::{self, CapacityReport, CreateLv, CreateSnapshot, Lvmd};
+use crate::service::{self, CreateLv, CreateSnapshot, Lvmd};
 use crate::state::Snapshot;
 
 /// Maps a service error to the status code a CSI-side caller acts on.
@@ -60,28 +60,6 @@ fn to_pb_volume(lv: &LogicalVolume) -> pb::LogicalVolume {
         size_bytes: i64::try_from(lv.size).unwrap_or(i64::MAX),
         path: lv.path.clone(),
         attr: lv.attr.clone(),
-    }
-}
-
-/// The Watch message for a capacity report.
-pub fn to_pb_watch(report: &CapacityReport) -> pb::WatchResponse {
-    pb::WatchResponse {
-        free_bytes: report.default_free,
-        items: report
-            .classes
-            .iter()
-            .map(|c| pb::WatchItem {
-                device_class: c.device_class.clone(),
-                free_bytes: c.vg_available_bytes,
-                size_bytes: c.vg_size,
-                thin_pool: c.thin.as_ref().map(|t| pb::ThinPoolItem {
-                    data_percent: t.data_percent,
-                    metadata_percent: t.metadata_percent,
-                    overprovision_bytes: t.overprovision_free,
-                    size_bytes: t.pool_size,
-                }),
-            })
-            .collect(),
     }
 }
 
@@ -129,14 +107,14 @@ impl LvmdGrpc {
         result.map(Response::new)
     }
 
-    /// Runs a mutation to completion even if the caller goes away.
+    /// Runs a mutation to completion even if the caller goes away, in the request's span.
     async fn detached<T, F>(&self, work: F) -> Result<T, Status>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, service::Error>> + Send + 'static,
     {
         self.tasks
-            .spawn(work)
+            .spawn(work.in_current_span())
             .await
             .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
             .map_err(status_of)
@@ -145,6 +123,11 @@ impl LvmdGrpc {
 
 #[tonic::async_trait]
 impl pb::lv_service_server::LvService for LvmdGrpc {
+    #[instrument(skip_all, fields(
+        name = %request.get_ref().name,
+        device_class = %request.get_ref().device_class,
+        size_bytes = request.get_ref().size_bytes,
+    ))]
     async fn create_lv(
         &self,
         request: Request<pb::CreateLvRequest>,
@@ -172,6 +155,10 @@ impl pb::lv_service_server::LvService for LvmdGrpc {
         .await
     }
 
+    #[instrument(skip_all, fields(
+        name = %request.get_ref().name,
+        device_class = %request.get_ref().device_class,
+    ))]
     async fn remove_lv(
         &self,
         request: Request<pb::RemoveLvRequest>,
@@ -186,6 +173,11 @@ impl pb::lv_service_server::LvService for LvmdGrpc {
         .await
     }
 
+    #[instrument(skip_all, fields(
+        name = %request.get_ref().name,
+        device_class = %request.get_ref().device_class,
+        size_bytes = request.get_ref().size_bytes,
+    ))]
     async fn resize_lv(
         &self,
         request: Request<pb::ResizeLvRequest>,
@@ -209,6 +201,13 @@ impl pb::lv_service_server::LvService for LvmdGrpc {
         .await
     }
 
+    #[instrument(skip_all, fields(
+        name = %request.get_ref().name,
+        source = %request.get_ref().source_volume,
+        device_class = %request.get_ref().device_class,
+        access_type = %request.get_ref().access_type,
+        size_bytes = request.get_ref().size_bytes,
+    ))]
     async fn create_lv_snapshot(
         &self,
         request: Request<pb::CreateLvSnapshotRequest>,
@@ -260,7 +259,7 @@ fn watch_stream(
                 }
                 first = false;
                 let snap = rx.borrow_and_update().clone();
-                let message = to_pb_watch(&lvmd.capacity_report(&snap));
+                let message = lvmd.capacity_report(&snap).watch_message();
                 if last.as_ref() != Some(&message) {
                     return Some((Ok(message.clone()), (rx, Some(message))));
                 }
@@ -271,6 +270,7 @@ fn watch_stream(
 
 #[tonic::async_trait]
 impl pb::vg_service_server::VgService for LvmdGrpc {
+    #[instrument(skip_all, fields(device_class = %request.get_ref().device_class))]
     async fn get_lv_list(
         &self,
         request: Request<pb::GetLvListRequest>,
@@ -285,6 +285,7 @@ impl pb::vg_service_server::VgService for LvmdGrpc {
         .await
     }
 
+    #[instrument(skip_all, fields(device_class = %request.get_ref().device_class))]
     async fn get_free_bytes(
         &self,
         request: Request<pb::GetFreeBytesRequest>,
@@ -299,6 +300,7 @@ impl pb::vg_service_server::VgService for LvmdGrpc {
 
     type WatchStream = WatchStream;
 
+    #[instrument(skip_all)]
     async fn watch(
         &self,
         _request: Request<pb::Empty>,
@@ -352,33 +354,38 @@ mod tests {
     #[test]
     fn watch_message_gives_topolvms_node_annotations() {
         use topolvm_core::capacity_annotation::node_capacity_annotations;
+
+        use crate::pool::{PoolFree, ThinPoolUsage};
+        use crate::service::CapacityReport;
         let report = CapacityReport {
             default_free: 30,
             classes: vec![
                 service::ClassCapacity {
                     device_class: "thin".into(),
                     usable: true,
-                    new_volume_bytes: 30,
-                    vg_available_bytes: 7,
                     vg_size: 100,
-                    thin: Some(service::ThinPoolUsage {
-                        pool_size: 50,
-                        data_percent: 1.0,
-                        metadata_percent: 1.0,
-                        overprovision_free: 30,
-                    }),
+                    free: PoolFree {
+                        vg_available_bytes: 7,
+                        thin: Some(ThinPoolUsage {
+                            pool_size: 50,
+                            data_percent: 1.0,
+                            metadata_percent: 1.0,
+                            overprovision_free: 30,
+                        }),
+                    },
                 },
                 service::ClassCapacity {
                     device_class: "thick".into(),
                     usable: true,
-                    new_volume_bytes: 40,
-                    vg_available_bytes: 40,
                     vg_size: 100,
-                    thin: None,
+                    free: PoolFree {
+                        vg_available_bytes: 40,
+                        thin: None,
+                    },
                 },
             ],
         };
-        let message = to_pb_watch(&report);
+        let message = report.watch_message();
         assert_eq!(message.items[0].free_bytes, 7, "metrics: raw VG free");
         let annotations = node_capacity_annotations(&message, None);
         let value = |key: &str| annotations.get(key).map(String::as_str);

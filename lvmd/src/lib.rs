@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod lvm;
 pub mod metrics;
 pub mod monitor;
+pub mod pool;
 pub mod server;
 pub mod service;
 pub mod state;
@@ -154,7 +155,7 @@ impl Daemon {
         let lvmd = Arc::new(Lvmd::new(config.clone(), cache.clone(), runner));
         for class in lvmd.capacity_report(&cache.current()).classes {
             if class.usable {
-                info!(device_class = %class.device_class, free_bytes = class.new_volume_bytes, "device class ready");
+                info!(device_class = %class.device_class, free_bytes = class.new_volume_bytes(), "device class ready");
             } else {
                 warn!(device_class = %class.device_class, "device class unavailable: its volume group or thin pool is missing");
             }

@@ -2,11 +2,15 @@
 //! `lvmd_*` names; topolvm-node exports TopoLVM's `topolvm_*` names), plus request and `lvm`
 //! command counters and latencies. Served at `/metrics` by [`topolvm_runtime::endpoints`].
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
+
+use topolvm_proto::lvmd as pb;
 
 use crate::lvm::CommandObserver;
 use crate::service::CapacityReport;
@@ -15,13 +19,9 @@ use crate::service::CapacityReport;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    node: String,
-    vg_available: GaugeVec,
-    vg_size: GaugeVec,
-    thin_size: GaugeVec,
-    thin_data_percent: GaugeVec,
-    thin_metadata_percent: GaugeVec,
-    thin_overprovisioned_available: GaugeVec,
+    capacity: CapacityGauges,
+    /// The device classes the capacity gauges have series of.
+    classes: Mutex<BTreeSet<String>>,
     class_available: IntGaugeVec,
     rpc_requests: IntCounterVec,
     rpc_duration: HistogramVec,
@@ -38,36 +38,7 @@ impl Metrics {
     /// Registers lvmd's metrics in `registry` (a new one for the daemon, the host's when lvmd
     /// is embedded). `node` labels the capacity gauges, as topolvm-node's do.
     pub fn new(node: &str, registry: Registry) -> Result<Self, prometheus::Error> {
-        let class_labels = &["node", "device_class"];
-        let gauge = |name: &str, help: &str| -> Result<GaugeVec, prometheus::Error> {
-            let g = GaugeVec::new(Opts::new(name, help), class_labels)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let vg_available = gauge(
-            "lvmd_volumegroup_available_bytes",
-            "Free bytes of the device class's volume group: less spare-gb for thick classes, raw for thin ones.",
-        )?;
-        let vg_size = gauge(
-            "lvmd_volumegroup_size_bytes",
-            "Size of the device class's volume group in bytes.",
-        )?;
-        let thin_size = gauge(
-            "lvmd_thinpool_size_bytes",
-            "Data size of the device class's thin pool in bytes.",
-        )?;
-        let thin_data_percent = gauge(
-            "lvmd_thinpool_data_percent",
-            "Percentage of the thin pool's data space in use.",
-        )?;
-        let thin_metadata_percent = gauge(
-            "lvmd_thinpool_metadata_percent",
-            "Percentage of the thin pool's metadata space in use.",
-        )?;
-        let thin_overprovisioned_available = gauge(
-            "lvmd_thinpool_overprovisioned_available",
-            "Bytes that may still be promised to thin volumes under the overprovision ratio.",
-        )?;
+        let capacity = CapacityGauges::register(&registry, "lvmd", node)?;
         let class_available = IntGaugeVec::new(
             Opts::new(
                 "lvmd_device_class_available",
@@ -112,13 +83,8 @@ impl Metrics {
         registry.register(Box::new(lvm_duration.clone()))?;
         Ok(Self {
             registry,
-            node: node.to_owned(),
-            vg_available,
-            vg_size,
-            thin_size,
-            thin_data_percent,
-            thin_metadata_percent,
-            thin_overprovisioned_available,
+            capacity,
+            classes: Mutex::default(),
             class_available,
             rpc_requests,
             rpc_duration,
@@ -136,36 +102,19 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Sets the capacity gauges from a report. As in TopoLVM, a class's available bytes are its
-    /// volume group's free bytes (less spare for thick classes, raw for thin ones); a thin class's
-    /// overprovision headroom has its own gauge.
+    /// Sets the capacity gauges from a report: TopoLVM's six from its Watch message, and whether
+    /// each class can be used.
     pub fn set_capacity(&self, report: &CapacityReport) {
         for class in &report.classes {
-            let labels = [self.node.as_str(), class.device_class.as_str()];
             self.class_available
                 .with_label_values(&[class.device_class.as_str()])
                 .set(i64::from(class.usable));
-            self.vg_available
-                .with_label_values(&labels)
-                .set(class.vg_available_bytes as f64);
-            self.vg_size
-                .with_label_values(&labels)
-                .set(class.vg_size as f64);
-            if let Some(thin) = &class.thin {
-                self.thin_size
-                    .with_label_values(&labels)
-                    .set(thin.pool_size as f64);
-                self.thin_data_percent
-                    .with_label_values(&labels)
-                    .set(thin.data_percent);
-                self.thin_metadata_percent
-                    .with_label_values(&labels)
-                    .set(thin.metadata_percent);
-                self.thin_overprovisioned_available
-                    .with_label_values(&labels)
-                    .set(thin.overprovision_free as f64);
-            }
         }
+        let mut classes = self
+            .classes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.capacity.set(&report.watch_message(), &mut classes);
     }
 
     /// The registry every lvmd metric is in.
@@ -176,6 +125,119 @@ impl Metrics {
     /// The metrics in Prometheus text format.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         topolvm_runtime::endpoints::render(&self.registry)
+    }
+}
+
+/// TopoLVM's six capacity gauges (`internal/runners/metrics_exporter.go` @ 4284fc956e96), with
+/// the constant label `node` and the label `device_class`, set from a Watch message. lvmd
+/// registers them under `lvmd_*` (from its own report's message), topolvm-node under TopoLVM's
+/// `topolvm_*` (from every message of lvmd's Watch stream), so an lvmd embedded in topolvm-node
+/// exports no series twice.
+#[derive(Debug, Clone)]
+pub struct CapacityGauges {
+    vg_available: GaugeVec,
+    vg_size: GaugeVec,
+    thin_size: GaugeVec,
+    thin_data_percent: GaugeVec,
+    thin_metadata_percent: GaugeVec,
+    thin_overprovisioned_available: GaugeVec,
+}
+
+impl CapacityGauges {
+    /// Registers the gauges as `<namespace>_volumegroup_available_bytes` and so on in
+    /// `registry`, labelled with `node`.
+    pub fn register(
+        registry: &Registry,
+        namespace: &str,
+        node: &str,
+    ) -> Result<Self, prometheus::Error> {
+        let gauge = |name: &str, help: &str| -> Result<GaugeVec, prometheus::Error> {
+            let opts = Opts::new(name, help)
+                .namespace(namespace)
+                .const_label("node", node);
+            let g = GaugeVec::new(opts, &["device_class"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        Ok(Self {
+            vg_available: gauge(
+                "volumegroup_available_bytes",
+                "Free bytes of the device class's volume group as lvmd reports them: less spare-gb for a thick class, raw for a thin one.",
+            )?,
+            vg_size: gauge(
+                "volumegroup_size_bytes",
+                "Size in bytes of the device class's volume group.",
+            )?,
+            thin_size: gauge(
+                "thinpool_size_bytes",
+                "Data size in bytes of the device class's thin pool.",
+            )?,
+            thin_data_percent: gauge(
+                "thinpool_data_percent",
+                "Percentage of the thin pool's data space in use.",
+            )?,
+            thin_metadata_percent: gauge(
+                "thinpool_metadata_percent",
+                "Percentage of the thin pool's metadata space in use.",
+            )?,
+            thin_overprovisioned_available: gauge(
+                "thinpool_overprovisioned_available",
+                "Bytes that may still be promised to thin volumes under the overprovision ratio.",
+            )?,
+        })
+    }
+
+    /// Sets the gauges from one Watch message, as TopoLVM's exporter reads it (a class's
+    /// available bytes are its item's `free_bytes`; a thin class's overprovision headroom has
+    /// its own gauge), and drops the series of classes, or thin pools, it no longer has (TopoLVM
+    /// keeps them, issue 293). `previous` holds the classes of the message before.
+    pub fn set(&self, message: &pb::WatchResponse, previous: &mut BTreeSet<String>) {
+        let mut now = BTreeSet::new();
+        for item in &message.items {
+            let class = [item.device_class.as_str()];
+            self.vg_available
+                .with_label_values(&class)
+                .set(item.free_bytes as f64);
+            self.vg_size
+                .with_label_values(&class)
+                .set(item.size_bytes as f64);
+            match &item.thin_pool {
+                Some(thin) => {
+                    self.thin_size
+                        .with_label_values(&class)
+                        .set(thin.size_bytes as f64);
+                    self.thin_data_percent
+                        .with_label_values(&class)
+                        .set(thin.data_percent);
+                    self.thin_metadata_percent
+                        .with_label_values(&class)
+                        .set(thin.metadata_percent);
+                    self.thin_overprovisioned_available
+                        .with_label_values(&class)
+                        .set(thin.overprovision_bytes as f64);
+                }
+                None => self.remove_thin(&item.device_class),
+            }
+            now.insert(item.device_class.clone());
+        }
+        for gone in previous.difference(&now) {
+            let _ = self.vg_available.remove_label_values(&[gone]);
+            let _ = self.vg_size.remove_label_values(&[gone]);
+            self.remove_thin(gone);
+        }
+        *previous = now;
+    }
+
+    fn remove_thin(&self, class: &str) {
+        for g in [
+            &self.thin_size,
+            &self.thin_data_percent,
+            &self.thin_metadata_percent,
+            &self.thin_overprovisioned_available,
+        ] {
+            // Absent series are fine: the class may never have had a thin pool.
+            let _ = g.remove_label_values(&[class]);
+        }
     }
 }
 
@@ -195,7 +257,8 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::service::{ClassCapacity, ThinPoolUsage};
+    use crate::pool::{PoolFree, ThinPoolUsage};
+    use crate::service::ClassCapacity;
 
     /// lvmd's capacity gauges hold the values TopoLVM's metrics exporter puts in its `topolvm_*`
     /// gauges from a Watch message (`internal/runners/metrics_exporter.go`), under lvmd's own
@@ -212,31 +275,34 @@ mod tests {
                 ClassCapacity {
                     device_class: "ssd".into(),
                     usable: true,
-                    new_volume_bytes: 5,
-                    vg_available_bytes: 5,
                     vg_size: 10,
-                    thin: None,
+                    free: PoolFree {
+                        vg_available_bytes: 5,
+                        thin: None,
+                    },
                 },
                 ClassCapacity {
                     device_class: "thin".into(),
                     usable: true,
-                    new_volume_bytes: 30,
-                    vg_available_bytes: 7,
                     vg_size: 20,
-                    thin: Some(ThinPoolUsage {
-                        pool_size: 8,
-                        data_percent: 12.5,
-                        metadata_percent: 1.5,
-                        overprovision_free: 30,
-                    }),
+                    free: PoolFree {
+                        vg_available_bytes: 7,
+                        thin: Some(ThinPoolUsage {
+                            pool_size: 8,
+                            data_percent: 12.5,
+                            metadata_percent: 1.5,
+                            overprovision_free: 30,
+                        }),
+                    },
                 },
                 ClassCapacity {
                     device_class: "gone".into(),
                     usable: false,
-                    new_volume_bytes: 0,
-                    vg_available_bytes: 0,
                     vg_size: 0,
-                    thin: None,
+                    free: PoolFree {
+                        vg_available_bytes: 0,
+                        thin: None,
+                    },
                 },
             ],
         });

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::*;
+use crate::service::ownership::{copy_pending, copy_source};
 use crate::state::fake::FakeLvm;
 
 const MIB: u64 = 1 << 20;
