@@ -107,7 +107,7 @@ pub async fn run(
         }
     };
 
-    let gauges = metrics::CapacityGauges::register(&registry, &options.node_name)?;
+    let gauges = metrics::register_capacity_gauges(&registry, &options.node_name)?;
     let capacity_health = metrics::CapacityHealth::register(&registry, &options.node_name)?;
     let (report_sender, latest_report) = lvmd_client::report_channel();
     let tasks = TaskTracker::new();

@@ -1,7 +1,8 @@
 //! TopoLVM's capacity gauges, owned by topolvm-node as in TopoLVM (`internal/runners/
 //! metrics_exporter.go`): namespace `topolvm`, the constant label `node` and the variable label
-//! `device_class`, set from every message of lvmd's Watch stream. lvmd exports the same values
-//! under its own `lvmd_*` names, so an embedded lvmd adds no second series.
+//! `device_class`, set from every message of lvmd's Watch stream by lvmd's own
+//! [`CapacityGauges`], which lvmd registers under its `lvmd_*` names, so an embedded lvmd adds
+//! no second series.
 //!
 //! Unlike TopoLVM, the series of a device class lvmd no longer reports are removed, as its
 //! capacity annotation is (TopoLVM issue 293).
@@ -14,113 +15,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use lvmd::metrics::CapacityGauges;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{Gauge, GaugeVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
-use topolvm_proto::lvmd as pb;
 
 use crate::lvmd_client::LatestReport;
 
-/// The six gauges of TopoLVM's node.
-#[derive(Debug, Clone)]
-pub struct CapacityGauges {
-    vg_available: GaugeVec,
-    vg_size: GaugeVec,
-    thin_size: GaugeVec,
-    thin_data_percent: GaugeVec,
-    thin_metadata_percent: GaugeVec,
-    thin_overprovisioned_available: GaugeVec,
-}
-
-impl CapacityGauges {
-    /// Registers the gauges in `registry`, labelled with `node`.
-    pub fn register(registry: &Registry, node: &str) -> Result<Self, prometheus::Error> {
-        let gauge = |name: &str, help: &str| -> Result<GaugeVec, prometheus::Error> {
-            let opts = Opts::new(name, help)
-                .namespace("topolvm")
-                .const_label("node", node);
-            let g = GaugeVec::new(opts, &["device_class"])?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        Ok(Self {
-            vg_available: gauge(
-                "volumegroup_available_bytes",
-                "Free bytes of the device class's volume group as lvmd reports them: less spare-gb for a thick class, raw for a thin one.",
-            )?,
-            vg_size: gauge(
-                "volumegroup_size_bytes",
-                "Size in bytes of the device class's volume group.",
-            )?,
-            thin_size: gauge(
-                "thinpool_size_bytes",
-                "Data size in bytes of the device class's thin pool.",
-            )?,
-            thin_data_percent: gauge(
-                "thinpool_data_percent",
-                "Percentage of the thin pool's data space in use.",
-            )?,
-            thin_metadata_percent: gauge(
-                "thinpool_metadata_percent",
-                "Percentage of the thin pool's metadata space in use.",
-            )?,
-            thin_overprovisioned_available: gauge(
-                "thinpool_overprovisioned_available",
-                "Bytes that may still be promised to thin volumes under the overprovision ratio.",
-            )?,
-        })
-    }
-
-    /// Sets the gauges from one Watch message and drops the series of classes it no longer has.
-    pub fn set(&self, report: &pb::WatchResponse, previous: &mut BTreeSet<String>) {
-        let mut now = BTreeSet::new();
-        for item in &report.items {
-            let class = [item.device_class.as_str()];
-            self.vg_available
-                .with_label_values(&class)
-                .set(item.free_bytes as f64);
-            self.vg_size
-                .with_label_values(&class)
-                .set(item.size_bytes as f64);
-            match &item.thin_pool {
-                Some(thin) => {
-                    self.thin_size
-                        .with_label_values(&class)
-                        .set(thin.size_bytes as f64);
-                    self.thin_data_percent
-                        .with_label_values(&class)
-                        .set(thin.data_percent);
-                    self.thin_metadata_percent
-                        .with_label_values(&class)
-                        .set(thin.metadata_percent);
-                    self.thin_overprovisioned_available
-                        .with_label_values(&class)
-                        .set(thin.overprovision_bytes as f64);
-                }
-                None => self.remove_thin(&item.device_class),
-            }
-            now.insert(item.device_class.clone());
-        }
-        for gone in previous.difference(&now) {
-            let _ = self.vg_available.remove_label_values(&[gone]);
-            let _ = self.vg_size.remove_label_values(&[gone]);
-            self.remove_thin(gone);
-        }
-        *previous = now;
-    }
-
-    fn remove_thin(&self, class: &str) {
-        for g in [
-            &self.thin_size,
-            &self.thin_data_percent,
-            &self.thin_metadata_percent,
-            &self.thin_overprovisioned_available,
-        ] {
-            // Absent series are fine: the class may never have had a thin pool.
-            let _ = g.remove_label_values(&[class]);
-        }
-    }
+/// Registers TopoLVM's six capacity gauges under its names (`topolvm_volumegroup_available_bytes`
+/// and so on), labelled with `node`; lvmd's own registration of the same gauges is `lvmd_*`.
+pub fn register_capacity_gauges(
+    registry: &Registry,
+    node: &str,
+) -> Result<CapacityGauges, prometheus::Error> {
+    CapacityGauges::register(registry, "topolvm", node)
 }
 
 /// `topolvm_node_lvmd_reachable` and `topolvm_node_capacity_synced_timestamp_seconds`, set by
@@ -224,6 +133,8 @@ pub async fn follow(gauges: CapacityGauges, mut latest: LatestReport, shutdown: 
 
 #[cfg(test)]
 mod tests {
+    use topolvm_proto::lvmd as pb;
+
     use super::*;
 
     fn item(class: &str, free: u64, size: u64, thin: Option<pb::ThinPoolItem>) -> pb::WatchItem {
@@ -250,7 +161,7 @@ mod tests {
     #[test]
     fn gauges_follow_topolvms_exporter_and_drop_vanished_classes() {
         let registry = Registry::new();
-        let gauges = CapacityGauges::register(&registry, "worker-1").expect("register");
+        let gauges = register_capacity_gauges(&registry, "worker-1").expect("register");
         let mut classes = BTreeSet::new();
         let thin = pb::ThinPoolItem {
             data_percent: 12.5,
