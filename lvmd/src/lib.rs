@@ -4,6 +4,8 @@
 //! - [`lvm`]: runs `lvm` (no shell, `LC_ALL=C`, command prefix, interruption) and decodes its
 //!   JSON reports;
 //! - [`state`] and [`monitor`]: the cached LVM state and the cheap detector of outside changes;
+//! - [`pool`]: what a device class allocates from (thick volume group or thin pool) and what
+//!   follows from it;
 //! - [`service`]: device classes, capacity and the idempotent operations;
 //! - [`grpc`] and [`server`]: the TopoLVM-compatible gRPC API on a Unix socket.
 #![forbid(unsafe_code)]
