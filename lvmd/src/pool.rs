@@ -52,8 +52,10 @@ pub struct PoolFree {
 }
 
 /// A thin pool whose real data usage is above its class's threshold.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Overfull {
+    /// The pool, as `vg/pool`.
+    pub pool: String,
     pub percent: f64,
     pub threshold: f64,
 }
@@ -141,25 +143,18 @@ impl Pool {
         }
     }
 
-    /// Whether the pool refuses new volumes and snapshots although they would fit: a thin pool
-    /// whose real data usage is above the threshold.
-    pub fn overfull(&self, free: &PoolFree) -> Option<Overfull> {
+    /// Whether the pool, in volume group `vg`, refuses new volumes and snapshots although they
+    /// would fit: a thin pool whose real data usage is above the threshold.
+    pub fn overfull(&self, vg: &str, free: &PoolFree) -> Option<Overfull> {
         match (self, &free.thin) {
             (Self::Thin(pool), Some(usage)) if usage.data_percent > pool.data_percent_threshold => {
                 Some(Overfull {
+                    pool: format!("{vg}/{}", pool.name),
                     percent: usage.data_percent,
                     threshold: pool.data_percent_threshold,
                 })
             }
             _ => None,
-        }
-    }
-
-    /// The name of the thin pool, as `vg/pool`, for messages.
-    pub fn thin_pool_path(&self, vg: &str) -> Option<String> {
-        match self {
-            Self::Thick { .. } => None,
-            Self::Thin(pool) => Some(format!("{vg}/{}", pool.name)),
         }
     }
 

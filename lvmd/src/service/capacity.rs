@@ -141,9 +141,9 @@ impl Lvmd {
     ) -> Result<()> {
         let cap = self.class_capacity(dc, snap);
         cap.ensure_room(wanted)?;
-        if let Some(full) = dc.pool.overfull(&cap.free) {
+        if let Some(full) = dc.pool.overfull(&dc.volume_group, &cap.free) {
             return Err(Error::ThinPoolFull {
-                pool: dc.pool.thin_pool_path(&dc.volume_group).unwrap_or_default(),
+                pool: full.pool,
                 percent: full.percent,
                 threshold: full.threshold,
             });
