@@ -46,7 +46,8 @@ use crate::size::DEFAULT_VOLUME_SIZE;
 
 /// The bytes a device class can still give out, as its capacity annotation states them:
 /// `thin_pool.overprovision_bytes` for a thin class, `free_bytes` (VG free less spare) for a
-/// thick one.
+/// thick one. lvmd reads its own Watch items through this function too (GetFreeBytes and its
+/// space checks), so what it answers and what the Node is annotated with cannot differ.
 pub fn class_capacity_bytes(item: &WatchItem) -> u64 {
     match &item.thin_pool {
         Some(thin) => thin.overprovision_bytes,
