@@ -1,10 +1,14 @@
-//! What the Controller service knows of the cluster, kept current by two watches (the
-//! controller-rs pattern, without a general reflector store): every LogicalVolume, reduced to
-//! the fields the RPCs read, indexed by name and by `status.volumeID`; and every Node's
-//! metadata, reduced to its topology label and its `capacity.topolvm.io/*` annotations.
+//! What the Controller service knows of the cluster, kept current by two reflectors (kube's
+//! `watcher(..).modify(..).reflect(writer)`, as kube-rs's examples keep a store): every
+//! LogicalVolume and every Node's metadata, each trimmed on arrival to the fields the RPCs read,
+//! with an index of LogicalVolumes by `status.volumeID` derived from the store.
 //!
-//! Keeping only these fields is what lets 10,000 LogicalVolumes fit in a few MiB: a full object
-//! carries managedFields, labels and annotations the RPCs never read.
+//! Trimming is what lets 10,000 LogicalVolumes fit in a few MiB: a full object carries
+//! managedFields, labels and annotations the RPCs never read.
+//!
+//! The service's own writes (the object it just created or patched) enter the same stream as
+//! the watch's events, so the reflector stays the store's only writer and a following lookup
+//! does not depend on the watch being fast.
 //!
 //! Every change bumps a [`tokio::sync::watch`] counter, so an RPC waiting for the node agent's
 //! answer wakes as soon as the watch event arrives instead of polling.
@@ -12,13 +16,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use futures::StreamExt;
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt, future, stream};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::reflector::store::{Writer, WriterDropped};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -99,75 +106,95 @@ impl NodeRecord {
     }
 }
 
-#[derive(Debug, Default)]
-struct Volumes {
-    by_name: HashMap<String, Arc<VolumeRecord>>,
-    /// `status.volumeID` → name.
-    by_id: HashMap<String, String>,
+/// The write side of a [`Cache`]: the reflectors' writers and the service's own writes, taken
+/// by [`Cache::follow`].
+pub struct Feeds {
+    volumes: Writer<LogicalVolume>,
+    nodes: Writer<PartialObjectMeta<Node>>,
+    own_writes: mpsc::UnboundedReceiver<Event<LogicalVolume>>,
 }
 
-impl Volumes {
-    fn insert(&mut self, record: VolumeRecord) {
-        if let Some(old) = self.by_name.get(&record.name)
-            && !old.volume_id.is_empty()
-            && old.volume_id != record.volume_id
-        {
-            self.by_id.remove(&old.volume_id);
-        }
-        if !record.volume_id.is_empty() {
-            self.by_id
-                .insert(record.volume_id.clone(), record.name.clone());
-        }
-        self.by_name.insert(record.name.clone(), Arc::new(record));
+impl std::fmt::Debug for Feeds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feeds").finish_non_exhaustive()
     }
-
-    /// Forgets `name`; with `uid`, only if the record is of that object (a late Delete event
-    /// of an earlier object must not drop the one recreated under its name).
-    fn remove(&mut self, name: &str, uid: Option<&str>) {
-        if uid.is_some_and(|uid| self.by_name.get(name).is_some_and(|r| r.uid != uid)) {
-            return;
-        }
-        if let Some(old) = self.by_name.remove(name)
-            && self.by_id.get(&old.volume_id).map(String::as_str) == Some(name)
-        {
-            self.by_id.remove(&old.volume_id);
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct State {
-    volumes: Volumes,
-    nodes: HashMap<String, NodeRecord>,
-    volumes_synced: bool,
-    nodes_synced: bool,
 }
 
 /// The shared view of LogicalVolumes and Nodes.
-#[derive(Debug)]
 pub struct Cache {
-    state: RwLock<State>,
+    volumes: Store<LogicalVolume>,
+    nodes: Store<PartialObjectMeta<Node>>,
+    /// `status.volumeID` → name, rebuilt from the store on every relist and kept up by the
+    /// events after it. Only a hint: a lookup checks the stored object's id.
+    by_id: RwLock<HashMap<String, String>>,
+    own_writes: mpsc::UnboundedSender<Event<LogicalVolume>>,
     changed: watch::Sender<u64>,
 }
 
-impl Default for Cache {
-    fn default() -> Self {
-        Self {
-            state: RwLock::default(),
-            changed: watch::channel(0).0,
-        }
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("volumes", &self.volumes.len())
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
     }
 }
 
-impl Cache {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        // A panic while holding the lock cannot leave the maps half-updated in a way that
-        // matters more than stopping the service would: keep serving.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
-    }
+/// Keeps only what [`VolumeRecord::of`] reads.
+fn trim_volume(lv: &mut LogicalVolume) {
+    let meta = &mut lv.metadata;
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+    meta.finalizers = None;
+    meta.owner_references = None;
+}
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+/// Keeps only what [`NodeRecord::of`] reads.
+fn trim_node(node: &mut PartialObjectMeta<Node>) {
+    let meta = &mut node.metadata;
+    meta.managed_fields = None;
+    meta.finalizers = None;
+    meta.owner_references = None;
+    if let Some(labels) = meta.labels.as_mut() {
+        labels.retain(|k, _| k == names::TOPOLOGY_NODE_KEY);
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.retain(|k, _| names::capacity_annotation_device_class(k).is_some());
+    }
+}
+
+/// A Delete event for an object the store no longer holds under its name: the object was
+/// deleted and made again, and the store already has the new one (from our own write). The
+/// watch itself delivers a Delete before the new object's Apply, so only our writes run ahead.
+fn is_stale_delete(store: &Store<LogicalVolume>, event: &Event<LogicalVolume>) -> bool {
+    let Event::Delete(lv) = event else {
+        return false;
+    };
+    store
+        .get(&ObjectRef::new(&lv.name_any()))
+        .is_some_and(|stored| stored.uid() != lv.uid())
+}
+
+impl Cache {
+    /// An empty cache, and what fills it.
+    pub fn new() -> (Arc<Self>, Feeds) {
+        let volumes = Writer::default();
+        let nodes = Writer::default();
+        let (own_writes, own_receiver) = mpsc::unbounded();
+        let cache = Arc::new(Self {
+            volumes: volumes.as_reader(),
+            nodes: nodes.as_reader(),
+            by_id: RwLock::default(),
+            own_writes,
+            changed: watch::channel(0).0,
+        });
+        let feeds = Feeds {
+            volumes,
+            nodes,
+            own_writes: own_receiver,
+        };
+        (cache, feeds)
     }
 
     fn bump(&self) {
@@ -179,24 +206,32 @@ impl Cache {
         self.changed.subscribe()
     }
 
-    /// True once both watches have listed everything.
-    pub fn synced(&self) -> bool {
-        let state = self.read();
-        state.volumes_synced && state.nodes_synced
+    /// Returns once both stores have listed everything; an error if the watches stopped first.
+    pub async fn ready(&self) -> Result<(), WriterDropped> {
+        self.volumes.wait_until_ready().await?;
+        self.nodes.wait_until_ready().await
     }
 
     pub fn volume(&self, name: &str) -> Option<Arc<VolumeRecord>> {
-        self.read().volumes.by_name.get(name).cloned()
+        self.volumes
+            .get(&ObjectRef::new(name))
+            .map(|lv| Arc::new(VolumeRecord::of(&lv)))
     }
 
     pub fn volume_by_id(&self, volume_id: &str) -> Option<Arc<VolumeRecord>> {
-        let state = self.read();
-        let name = state.volumes.by_id.get(volume_id)?;
-        state.volumes.by_name.get(name).cloned()
+        let name = self
+            .by_id
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(volume_id)
+            .cloned()?;
+        self.volume(&name).filter(|r| r.volume_id == volume_id)
     }
 
     pub fn node(&self, name: &str) -> Option<NodeRecord> {
-        self.read().nodes.get(name).cloned()
+        self.nodes
+            .get(&ObjectRef::new(name))
+            .map(|node| NodeRecord::of(node.labels(), node.annotations()))
     }
 
     /// Calls `f` with every Node's name and record.
@@ -204,141 +239,176 @@ impl Cache {
         &self,
         f: impl FnOnce(&mut dyn Iterator<Item = (&str, &NodeRecord)>) -> T,
     ) -> T {
-        let state = self.read();
-        let mut iter = state.nodes.iter().map(|(k, v)| (k.as_str(), v));
+        let records: Vec<(String, NodeRecord)> = self
+            .nodes
+            .state()
+            .iter()
+            .map(|node| {
+                (
+                    node.name_any(),
+                    NodeRecord::of(node.labels(), node.annotations()),
+                )
+            })
+            .collect();
+        let mut iter = records.iter().map(|(k, v)| (k.as_str(), v));
         f(&mut iter)
     }
 
-    /// Records a LogicalVolume (also used by the service right after its own writes, so a
-    /// following lookup does not depend on the watch being fast).
+    /// Records a LogicalVolume the service has just written (the API server's answer), ahead of
+    /// its watch event.
     pub fn apply_volume(&self, lv: &LogicalVolume) {
-        self.write().volumes.insert(VolumeRecord::of(lv));
-        self.bump();
+        // Fails only once `follow` has ended: the process is stopping.
+        let _ = self.own_writes.unbounded_send(Event::Apply(lv.clone()));
     }
 
+    /// Keeps the id index in step with an event the store has just applied.
+    fn index(&self, event: &Event<LogicalVolume>) {
+        let mut by_id = self.by_id.write().unwrap_or_else(|e| e.into_inner());
+        match event {
+            Event::Apply(lv) => {
+                if let Some(id) = lv.status.as_ref().map(|s| &s.volume_id)
+                    && !id.is_empty()
+                {
+                    by_id.insert(id.clone(), lv.name_any());
+                }
+            }
+            Event::Delete(lv) => {
+                if let Some(id) = lv.status.as_ref().map(|s| &s.volume_id)
+                    && by_id.get(id).is_some_and(|name| *name == lv.name_any())
+                {
+                    by_id.remove(id);
+                }
+            }
+            Event::InitDone => {
+                *by_id = self
+                    .volumes
+                    .state()
+                    .iter()
+                    .filter_map(|lv| {
+                        let id = &lv.status.as_ref()?.volume_id;
+                        (!id.is_empty()).then(|| (id.clone(), lv.name_any()))
+                    })
+                    .collect();
+                debug!(count = self.volumes.len(), "LogicalVolumes listed");
+            }
+            Event::Init | Event::InitApply(_) => {}
+        }
+    }
+
+    /// Follows LogicalVolumes and Node metadata until `shutdown`.
+    pub async fn follow(
+        self: Arc<Self>,
+        feeds: Feeds,
+        volumes: Api<LogicalVolume>,
+        nodes: Api<PartialObjectMeta<Node>>,
+        shutdown: CancellationToken,
+    ) {
+        let config = watcher::Config::default();
+        self.run(
+            feeds,
+            watcher(volumes, config.clone()).default_backoff(),
+            watcher(nodes, config).default_backoff(),
+            shutdown,
+        )
+        .await;
+    }
+
+    /// Feeds the stores from these event streams (and the service's own writes).
+    async fn run(
+        &self,
+        feeds: Feeds,
+        volume_events: impl Stream<Item = watcher::Result<Event<LogicalVolume>>> + Send,
+        node_events: impl Stream<Item = watcher::Result<Event<PartialObjectMeta<Node>>>> + Send,
+        shutdown: CancellationToken,
+    ) {
+        let store = self.volumes.clone();
+        let volumes = stream::select(volume_events, feeds.own_writes.map(Ok))
+            .filter(move |event| {
+                let keep = !event.as_ref().is_ok_and(|e| is_stale_delete(&store, e));
+                future::ready(keep)
+            })
+            .modify(trim_volume)
+            .reflect(feeds.volumes);
+        let nodes = node_events.modify(trim_node).reflect(feeds.nodes);
+        let mut volumes = std::pin::pin!(volumes);
+        let mut nodes = std::pin::pin!(nodes);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                Some(event) = volumes.next() => match event {
+                    Ok(event) => self.index(&event),
+                    Err(e) => warn!(error = %e, "watching LogicalVolumes"),
+                },
+                Some(event) = nodes.next() => if let Err(e) = event {
+                    warn!(error = %e, "watching Nodes");
+                },
+                else => return,
+            }
+            self.bump();
+        }
+    }
+}
+
+/// A cache as a finished first listing leaves it, fed by the test through
+/// [`Cache::apply_volume`] and [`Cache::delete_volume`] instead of watches.
+#[cfg(test)]
+impl Cache {
+    pub fn loaded(nodes: HashMap<String, NodeRecord>, volumes: &[LogicalVolume]) -> Arc<Self> {
+        let (cache, mut feeds) = Self::new();
+        let mut listing = vec![Event::Init];
+        listing.extend(volumes.iter().cloned().map(Event::InitApply));
+        listing.push(Event::InitDone);
+        for mut event in listing {
+            if let Event::InitApply(lv) = &mut event {
+                trim_volume(lv);
+            }
+            feeds.volumes.apply_watcher_event(&event);
+            cache.index(&event);
+        }
+        feeds.nodes.apply_watcher_event(&Event::Init);
+        for (name, record) in nodes {
+            let mut meta = kube::api::ObjectMeta {
+                name: Some(name),
+                labels: Some(BTreeMap::new()),
+                annotations: Some(record.capacity),
+                ..Default::default()
+            };
+            if let (Some(labels), Some(topology)) = (meta.labels.as_mut(), record.topology) {
+                labels.insert(names::TOPOLOGY_NODE_KEY.to_owned(), topology);
+            }
+            let node = PartialObjectMeta::<Node> {
+                types: None,
+                metadata: meta,
+                _phantom: std::marker::PhantomData,
+            };
+            feeds.nodes.apply_watcher_event(&Event::InitApply(node));
+        }
+        feeds.nodes.apply_watcher_event(&Event::InitDone);
+        tokio::spawn({
+            let cache = cache.clone();
+            async move {
+                cache
+                    .run(
+                        feeds,
+                        stream::pending(),
+                        stream::pending(),
+                        CancellationToken::new(),
+                    )
+                    .await;
+            }
+        });
+        cache
+    }
+
+    /// The watch's Delete event for the stored object `name`.
     pub fn delete_volume(&self, name: &str) {
-        self.write().volumes.remove(name, None);
-        self.bump();
-    }
-
-    fn delete_volume_of(&self, lv: &LogicalVolume) {
-        let uid = lv.uid();
-        self.write().volumes.remove(&lv.name_any(), uid.as_deref());
-        self.bump();
-    }
-
-    fn replace_volumes(&self, volumes: Volumes) {
-        let mut state = self.write();
-        state.volumes = volumes;
-        state.volumes_synced = true;
-        drop(state);
-        self.bump();
-    }
-
-    pub fn apply_node(&self, name: &str, record: NodeRecord) {
-        self.write().nodes.insert(name.to_owned(), record);
-        self.bump();
-    }
-
-    pub fn delete_node(&self, name: &str) {
-        self.write().nodes.remove(name);
-        self.bump();
-    }
-
-    fn replace_nodes(&self, nodes: HashMap<String, NodeRecord>) {
-        let mut state = self.write();
-        state.nodes = nodes;
-        state.nodes_synced = true;
-        drop(state);
-        self.bump();
-    }
-
-    /// Fills the cache as a finished first listing would.
-    #[cfg(test)]
-    pub fn loaded(&self, nodes: HashMap<String, NodeRecord>, volumes: &[LogicalVolume]) {
-        let mut listed = Volumes::default();
-        for lv in volumes {
-            listed.insert(VolumeRecord::of(lv));
-        }
-        self.replace_volumes(listed);
-        self.replace_nodes(nodes);
-    }
-
-    /// Follows LogicalVolumes until `shutdown`.
-    pub async fn follow_volumes(
-        self: Arc<Self>,
-        api: Api<LogicalVolume>,
-        shutdown: CancellationToken,
-    ) {
-        let stream = watcher(api).default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        let mut relist: Option<Volumes> = None;
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = stream.next() => event,
-            };
-            match event {
-                None => return,
-                Some(Err(e)) => warn!(error = %e, "watching LogicalVolumes"),
-                Some(Ok(Event::Init)) => relist = Some(Volumes::default()),
-                Some(Ok(Event::InitApply(lv))) => {
-                    relist
-                        .get_or_insert_with(Volumes::default)
-                        .insert(VolumeRecord::of(&lv));
-                }
-                Some(Ok(Event::InitDone)) => {
-                    let volumes = relist.take().unwrap_or_default();
-                    debug!(count = volumes.by_name.len(), "LogicalVolumes listed");
-                    self.replace_volumes(volumes);
-                }
-                Some(Ok(Event::Apply(lv))) => self.apply_volume(&lv),
-                Some(Ok(Event::Delete(lv))) => self.delete_volume_of(&lv),
-            }
-        }
-    }
-
-    /// Follows Node metadata until `shutdown`.
-    pub async fn follow_nodes(
-        self: Arc<Self>,
-        api: Api<PartialObjectMeta<Node>>,
-        shutdown: CancellationToken,
-    ) {
-        let stream = kube::runtime::watcher(api, watcher::Config::default()).default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        let mut relist: Option<HashMap<String, NodeRecord>> = None;
-        loop {
-            let event = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                event = stream.next() => event,
-            };
-            match event {
-                None => return,
-                Some(Err(e)) => warn!(error = %e, "watching Nodes"),
-                Some(Ok(Event::Init)) => relist = Some(HashMap::new()),
-                Some(Ok(Event::InitApply(node))) => {
-                    relist.get_or_insert_with(HashMap::new).insert(
-                        node.name_any(),
-                        NodeRecord::of(node.labels(), node.annotations()),
-                    );
-                }
-                Some(Ok(Event::InitDone)) => self.replace_nodes(relist.take().unwrap_or_default()),
-                Some(Ok(Event::Apply(node))) => self.apply_node(
-                    &node.name_any(),
-                    NodeRecord::of(node.labels(), node.annotations()),
-                ),
-                Some(Ok(Event::Delete(node))) => self.delete_node(&node.name_any()),
-            }
+        if let Some(lv) = self.volumes.get(&ObjectRef::new(name)) {
+            let _ = self
+                .own_writes
+                .unbounded_send(Event::Delete(lv.as_ref().clone()));
         }
     }
 }
-
-fn watcher(
-    api: Api<LogicalVolume>,
-) -> impl futures::Stream<Item = Result<Event<LogicalVolume>, watcher::Error>> {
-    kube::runtime::watcher(api, watcher::Config::default())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,31 +433,66 @@ mod tests {
         lv
     }
 
-    #[test]
-    fn both_indexes_follow_updates_and_deletes() {
-        let cache = Cache::default();
+    /// Waits until the cache's task has applied everything sent so far: `marker` is sent
+    /// last and the own writes are applied in order.
+    async fn settled(cache: &Cache, marker: &str) {
+        let seen = cache.volume(marker).map(|r| r.generation).unwrap_or(-1);
+        let mut next = lv(marker, marker, "");
+        next.metadata.generation = Some(seen + 1);
+        cache.apply_volume(&next);
+        let mut changes = cache.subscribe();
+        while cache.volume(marker).map(|r| r.generation) != Some(seen + 1) {
+            changes.changed().await.expect("the cache runs");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_id_index_follows_updates_deletes_and_listings() {
+        let cache = Cache::loaded(HashMap::new(), &[lv("listed", "u0", "u0")]);
+        assert_eq!(
+            cache.volume_by_id("u0").map(|r| r.name.clone()),
+            Some("listed".to_owned())
+        );
         cache.apply_volume(&lv("a", "u1", ""));
+        settled(&cache, "marker").await;
         assert!(cache.volume("a").is_some());
         assert!(cache.volume_by_id("u1").is_none());
         cache.apply_volume(&lv("a", "u1", "u1"));
+        settled(&cache, "marker").await;
         assert_eq!(
             cache.volume_by_id("u1").map(|r| r.name.clone()),
             Some("a".to_owned())
         );
-        // The object is deleted and made again under its name before the Delete event of the
-        // first one arrives: the new one stays.
+        // The object is deleted and made again under its name (our own write) before the
+        // Delete event of the first one arrives: the new one stays.
         cache.apply_volume(&lv("a", "u2", ""));
+        settled(&cache, "marker").await;
         assert!(
             cache.volume_by_id("u1").is_none(),
             "the old id left with its object"
         );
-        cache.delete_volume_of(&lv("a", "u1", "u1"));
+        let _ = cache
+            .own_writes
+            .unbounded_send(Event::Delete(lv("a", "u1", "u1")));
+        settled(&cache, "marker").await;
         assert_eq!(
             cache.volume("a").map(|r| r.uid.clone()),
             Some("u2".to_owned())
         );
-        cache.delete_volume_of(&lv("a", "u2", ""));
+        cache.delete_volume("a");
+        settled(&cache, "marker").await;
         assert!(cache.volume("a").is_none());
+    }
+
+    #[test]
+    fn trimming_keeps_what_the_records_read() {
+        let mut full = lv("a", "u1", "u1");
+        full.metadata.annotations = Some(BTreeMap::from([("a".to_owned(), "b".to_owned())]));
+        full.metadata.finalizers = Some(vec!["topolvm.io/logicalvolume".to_owned()]);
+        let before = VolumeRecord::of(&full);
+        trim_volume(&mut full);
+        assert_eq!(VolumeRecord::of(&full), before);
+        assert!(full.metadata.annotations.is_none());
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! into LogicalVolume objects and waits, through a watch, for the node agent's answer in their
 //! status.
 //!
-//! - `cache`: LogicalVolumes and Node metadata, reduced to what the RPCs read.
+//! - `cache`: reflector stores of LogicalVolumes and Node metadata, trimmed to what the RPCs
+//!   read.
 //! - `request`: validation, sizes, node choice and capacity, with no API calls.
 //! - `volumes`: the object operations (create and wait, delete and wait, grow).
-//! - `service`: the tonic service, the only place gRPC statuses are built.
+//! - `error`: the domain failures of an RPC, with their fields.
+//! - `service`: the tonic service, the only place gRPC codes are chosen.
 
 pub mod cache;
 pub mod error;
@@ -16,8 +18,6 @@ pub mod volumes;
 
 #[cfg(test)]
 mod tests;
-
-use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
@@ -36,13 +36,10 @@ pub fn start(
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<ControllerService, prometheus::Error> {
-    let cache = Arc::new(cache::Cache::default());
-    tasks.spawn(
-        cache
-            .clone()
-            .follow_volumes(Api::all(client.clone()), shutdown.clone()),
-    );
-    tasks.spawn(cache.clone().follow_nodes(
+    let (cache, feeds) = cache::Cache::new();
+    tasks.spawn(cache.clone().follow(
+        feeds,
+        Api::all(client.clone()),
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
         shutdown.clone(),
     ));

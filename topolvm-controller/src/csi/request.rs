@@ -25,25 +25,22 @@ fn supported_mode(mode: i32) -> bool {
 pub fn check_create_capabilities(
     caps: &[csi::VolumeCapability],
 ) -> Result<VolumeAccess<'_>, Error> {
-    let first = caps
-        .first()
-        .ok_or_else(|| Error::Invalid("volume_capabilities is empty".to_owned()))?;
+    let first = caps.first().ok_or(Error::Missing {
+        field: "volume_capabilities",
+    })?;
     for cap in caps {
         match &cap.access_type {
             Some(AccessType::Block(_)) | Some(AccessType::Mount(_)) => {}
             None => {
-                return Err(Error::Invalid(
-                    "a volume capability is neither block nor mount".to_owned(),
-                ));
+                return Err(Error::NoAccessType);
             }
         }
         if let Some(mode) = &cap.access_mode
             && !supported_mode(mode.mode)
         {
-            return Err(Error::Invalid(format!(
-                "access mode {} is not supported; only SINGLE_NODE_WRITER is",
-                mode_name(mode.mode)
-            )));
+            return Err(Error::UnsupportedAccessMode {
+                mode: mode_name(mode.mode),
+            });
         }
     }
     Ok(access_of(first))
@@ -86,7 +83,7 @@ pub fn create_size(
 
 /// The size ControllerExpandVolume asks for. The CSI spec makes capacity_range REQUIRED here.
 pub fn expand_size(range: Option<&csi::CapacityRange>) -> Result<u64, Error> {
-    let range = range.ok_or_else(|| Error::Invalid("capacity_range is required".to_owned()))?;
+    let range = range.ok_or(Error::NoCapacityRange)?;
     Ok(size::resolve_capacity_range(
         range.required_bytes,
         range.limit_bytes,
@@ -94,15 +91,16 @@ pub fn expand_size(range: Option<&csi::CapacityRange>) -> Result<u64, Error> {
 }
 
 /// The CSI name lower-cased into a LogicalVolume name (csi-sanity's names hold upper-case hex).
-pub fn object_name(name: &str, what: &str) -> Result<String, Error> {
+pub fn object_name(name: &str, field: &'static str) -> Result<String, Error> {
     if name.is_empty() {
-        return Err(Error::Invalid(format!("{what} is empty")));
+        return Err(Error::Missing { field });
     }
     let lower = name.to_lowercase();
     if !is_dns_subdomain(&lower) {
-        return Err(Error::Invalid(format!(
-            "{what} {name:?} lower-cased is not a valid Kubernetes object name"
-        )));
+        return Err(Error::InvalidName {
+            field,
+            name: name.to_owned(),
+        });
     }
     Ok(lower)
 }
@@ -151,11 +149,8 @@ pub fn choose_node(
             .chain(&req.requisite)
             .find_map(segment_node)
             .map(str::to_owned)
-            .ok_or_else(|| {
-                Error::Invalid(format!(
-                    "no topology segment carries the key {}",
-                    names::TOPOLOGY_NODE_KEY
-                ))
+            .ok_or(Error::NoTopologyKey {
+                key: names::TOPOLOGY_NODE_KEY,
             });
     }
     let mut best: Option<(i64, &str)> = None;
@@ -169,10 +164,12 @@ pub fn choose_node(
     }
     let (capacity, name) = best.ok_or(Error::NoNode)?;
     if u64::try_from(capacity).unwrap_or(0) < size {
-        return Err(Error::NoCapacity(format!(
-            "no node has {size} bytes free in device class {}; the most is {capacity} on {name}",
-            names::device_class_for_humans(device_class)
-        )));
+        return Err(Error::NoCapacity {
+            class: names::device_class_for_humans(device_class).to_string(),
+            wanted: size,
+            most: capacity,
+            node: name.to_owned(),
+        });
     }
     Ok(name.to_owned())
 }
@@ -227,7 +224,10 @@ pub fn capacity(
     match controller_node_capacity(&node.capacity, class) {
         Ok(bytes) => Ok(bytes.max(0)),
         Err(topolvm_core::capacity_annotation::NodeCapacityError::Missing) => Ok(0),
-        Err(e) => Err(Error::Corrupt(format!("Node {name}: {e}"))),
+        Err(source) => Err(Error::UnreadableCapacity {
+            node: name.to_owned(),
+            source,
+        }),
     }
 }
 

@@ -24,30 +24,48 @@ use super::error::Error;
 use super::request;
 use super::volumes::{Volumes, Wanted};
 
-/// The gRPC status of an error (codes per the CSI spec v1.12.0 "Error Scheme" and the RPCs'
-/// "Errors" tables, and TopoLVM's `internal/driver/controller.go` @ 061b806ae885).
-pub fn status_of(error: &Error) -> Status {
-    let code = match error {
-        Error::Invalid(_) | Error::Size(_) => Code::InvalidArgument,
-        Error::NotFound(_) => Code::NotFound,
-        Error::AlreadyExists(_) => Code::AlreadyExists,
-        Error::NoCapacity(_) => Code::ResourceExhausted,
+/// The gRPC code of an error (the CSI spec v1.12.0 "Error Scheme" and the RPCs' "Errors"
+/// tables, and TopoLVM's `internal/driver/controller.go` @ 061b806ae885).
+pub fn code_of(error: &Error) -> Code {
+    match error {
+        Error::Missing { .. }
+        | Error::NoCapacityRange
+        | Error::InvalidName { .. }
+        | Error::NoAccessType
+        | Error::UnsupportedAccessMode { .. }
+        | Error::NoTopologyKey { .. }
+        | Error::UntypedContentSource
+        | Error::Size(_)
+        | Error::ClassDiffersFromSource { .. }
+        | Error::SourceNodeExcluded { .. }
+        | Error::InvalidObject { .. } => Code::InvalidArgument,
+        // csi-sanity: a content source that does not exist, or has an empty id, is NOT_FOUND.
+        Error::EmptySourceId | Error::NotFound { .. } => Code::NotFound,
+        Error::AlreadyExists { .. } => Code::AlreadyExists,
+        Error::NoCapacity { .. } => Code::ResourceExhausted,
+        // The CSI spec: a capacity the plugin cannot provide from this source.
         Error::SmallerThanSource(_) => Code::OutOfRange,
         // The node's code as it recorded it: RESOURCE_EXHAUSTED must reach the provisioner
         // unchanged, it is what makes it reschedule.
         Error::Refused { code, .. } => Code::from_i32(*code),
-        Error::Deadline(_) => Code::DeadlineExceeded,
+        Error::Deadline { .. } | Error::Stopped { .. } => Code::DeadlineExceeded,
         // Retryable: the sidecars retry these in the background with the same arguments.
-        Error::BeingDeleted(_) | Error::NotSynced => Code::Unavailable,
-        Error::NoNode | Error::Corrupt(_) => Code::Internal,
+        Error::BeingDeleted { .. } | Error::NotSynced => Code::Unavailable,
+        Error::NoNode | Error::UnreadableSize { .. } | Error::UnreadableCapacity { .. } => {
+            Code::Internal
+        }
         Error::Kube { source, .. } => match source {
             kube::Error::Api(s) if s.code == 422 => Code::InvalidArgument,
             kube::Error::Api(s) if s.code == 409 => Code::Aborted,
             kube::Error::Api(_) => Code::Internal,
             _ => Code::Unavailable,
         },
-    };
-    Status::new(code, error.to_string())
+    }
+}
+
+/// The gRPC status of an error: its code and its message.
+pub fn status_of(error: &Error) -> Status {
+    Status::new(code_of(error), error.to_string())
 }
 
 /// `topolvm_controller_csi_*`.
@@ -184,36 +202,38 @@ impl ControllerService {
                 let id = match &content.r#type {
                     Some(volume_content_source::Type::Snapshot(s)) => &s.snapshot_id,
                     Some(volume_content_source::Type::Volume(v)) => &v.volume_id,
-                    None => {
-                        return Err(Error::Invalid(
-                            "volume_content_source has neither a snapshot nor a volume".into(),
-                        ));
-                    }
+                    None => return Err(Error::UntypedContentSource),
                 };
                 if id.is_empty() {
-                    return Err(Error::NotFound("the content source's id is empty".into()));
+                    return Err(Error::EmptySourceId);
                 }
                 let source = self
                     .volumes
                     .find_by_id(id)
                     .await?
-                    .ok_or_else(|| Error::NotFound(format!("content source {id} not found")))?;
-                let source_size = source.current_or_spec_size().ok_or_else(|| {
-                    Error::Corrupt(format!("content source {id} has no readable size"))
-                })?;
+                    .ok_or_else(|| Error::NotFound {
+                        what: "content source",
+                        id: id.clone(),
+                    })?;
+                let source_size =
+                    source
+                        .current_or_spec_size()
+                        .ok_or_else(|| Error::UnreadableSize {
+                            what: "content source",
+                            id: id.clone(),
+                        })?;
                 topolvm_core::size::fits_source(size, source_size)?;
                 if device_class != source.device_class {
-                    return Err(Error::Invalid(format!(
-                        "device class {} differs from the source's {}",
-                        names::device_class_for_humans(&device_class),
-                        names::device_class_for_humans(&source.device_class)
-                    )));
+                    return Err(Error::ClassDiffersFromSource {
+                        class: names::device_class_for_humans(&device_class).to_owned(),
+                        source_class: names::device_class_for_humans(&source.device_class)
+                            .to_owned(),
+                    });
                 }
                 if !request::node_allowed(requirements, &source.node_name) {
-                    return Err(Error::Invalid(format!(
-                        "the source is on node {}, which the topology requirement excludes",
-                        source.node_name
-                    )));
+                    return Err(Error::SourceNodeExcluded {
+                        node: source.node_name.clone(),
+                    });
                 }
                 (
                     source.node_name.clone(),
@@ -250,7 +270,7 @@ impl ControllerService {
 
     async fn delete(&self, volume_id: &str, deadline: Option<Instant>) -> Result<(), Error> {
         if volume_id.is_empty() {
-            return Err(Error::Invalid("the id is empty".into()));
+            return Err(Error::Missing { field: "the id" });
         }
         let _lock = self.volumes.ids.lock(volume_id).await;
         self.volumes.synced(deadline).await?;
@@ -263,7 +283,7 @@ impl ControllerService {
         deadline: Option<Instant>,
     ) -> Result<csi::ControllerExpandVolumeResponse, Error> {
         if req.volume_id.is_empty() {
-            return Err(Error::Invalid("volume_id is empty".into()));
+            return Err(Error::Missing { field: "volume_id" });
         }
         let size = request::expand_size(req.capacity_range.as_ref())?;
         let node_expansion_required =
@@ -274,10 +294,16 @@ impl ControllerService {
             .volumes
             .find_by_id(&req.volume_id)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("volume {} not found", req.volume_id)))?;
-        let current = record.current_or_spec_size().ok_or_else(|| {
-            Error::Corrupt(format!("volume {} has no readable size", req.volume_id))
-        })?;
+            .ok_or_else(|| Error::NotFound {
+                what: "volume",
+                id: req.volume_id.clone(),
+            })?;
+        let current = record
+            .current_or_spec_size()
+            .ok_or_else(|| Error::UnreadableSize {
+                what: "volume",
+                id: req.volume_id.clone(),
+            })?;
         let capacity = if size <= current {
             current
         } else {
@@ -296,22 +322,25 @@ impl ControllerService {
     ) -> Result<csi::CreateSnapshotResponse, Error> {
         let name = request::object_name(&req.name, "name")?;
         if req.source_volume_id.is_empty() {
-            return Err(Error::Invalid("source_volume_id is empty".into()));
+            return Err(Error::Missing {
+                field: "source_volume_id",
+            });
         }
         self.volumes.synced(deadline).await?;
         let source = self
             .volumes
             .find_by_id(&req.source_volume_id)
             .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!("source volume {} not found", req.source_volume_id))
+            .ok_or_else(|| Error::NotFound {
+                what: "source volume",
+                id: req.source_volume_id.clone(),
             })?;
-        let size = source.current_or_spec_size().ok_or_else(|| {
-            Error::Corrupt(format!(
-                "source volume {} has no readable size",
-                req.source_volume_id
-            ))
-        })?;
+        let size = source
+            .current_or_spec_size()
+            .ok_or_else(|| Error::UnreadableSize {
+                what: "source volume",
+                id: req.source_volume_id.clone(),
+            })?;
         let wanted = Wanted {
             name: name.clone(),
             spec: LogicalVolumeSpec {
@@ -348,18 +377,20 @@ impl ControllerService {
         deadline: Option<Instant>,
     ) -> Result<csi::ValidateVolumeCapabilitiesResponse, Error> {
         if req.volume_id.is_empty() {
-            return Err(Error::Invalid("volume_id is empty".into()));
+            return Err(Error::Missing { field: "volume_id" });
         }
         if req.volume_capabilities.is_empty() {
-            return Err(Error::Invalid("volume_capabilities is empty".into()));
+            return Err(Error::Missing {
+                field: "volume_capabilities",
+            });
         }
         let _lock = self.volumes.ids.lock(&req.volume_id).await;
         self.volumes.synced(deadline).await?;
         if self.volumes.find_by_id(&req.volume_id).await?.is_none() {
-            return Err(Error::NotFound(format!(
-                "volume {} not found",
-                req.volume_id
-            )));
+            return Err(Error::NotFound {
+                what: "volume",
+                id: req.volume_id.clone(),
+            });
         }
         Ok(
             match request::unsupported_capability(&req.volume_capabilities) {

@@ -104,8 +104,7 @@ fn service(
     volumes: &[LogicalVolume],
 ) -> (ControllerService, Arc<Cache>, Api) {
     let (client, api) = mock(script);
-    let cache = Arc::new(Cache::default());
-    cache.loaded(
+    let cache = Cache::loaded(
         nodes
             .iter()
             .map(|(n, r)| ((*n).to_owned(), r.clone()))
@@ -1150,7 +1149,7 @@ async fn requests_are_counted_by_method_and_code() {
     let (client, _) = mock(no_api());
     let registry = prometheus::Registry::new();
     let svc = ControllerService::new(
-        Volumes::new(client, Arc::new(Cache::default())),
+        Volumes::new(client, Cache::new().0),
         MinimumAllocation::default(),
         Metrics::new(&registry).expect("test fixture"),
     );

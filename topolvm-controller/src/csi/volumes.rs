@@ -73,7 +73,7 @@ impl Volumes {
     async fn wait_for<T>(
         &self,
         deadline: Option<Instant>,
-        what: &str,
+        during: &'static str,
         mut check: impl FnMut(&Cache) -> Option<Result<T, Error>>,
     ) -> Result<T, Error> {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + WAIT_WITHOUT_DEADLINE);
@@ -86,8 +86,8 @@ impl Volumes {
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
                 // The cache was dropped: the process is stopping.
-                Ok(Err(_)) => return Err(Error::Deadline(format!("stopped while {what}"))),
-                Err(_) => return Err(Error::Deadline(format!("deadline passed while {what}"))),
+                Ok(Err(_)) => return Err(Error::Stopped { during }),
+                Err(_) => return Err(Error::Deadline { during }),
             }
         }
     }
@@ -95,12 +95,10 @@ impl Volumes {
     /// Waits until both caches have listed everything once.
     pub async fn synced(&self, deadline: Option<Instant>) -> Result<(), Error> {
         let deadline = deadline.unwrap_or_else(|| Instant::now() + WAIT_WITHOUT_DEADLINE);
-        match self
-            .wait_for(Some(deadline), "loading", |c| c.synced().then_some(Ok(())))
-            .await
-        {
-            Err(Error::Deadline(_)) => Err(Error::NotSynced),
-            other => other,
+        match tokio::time::timeout_at(deadline, self.cache.ready()).await {
+            Ok(Ok(())) => Ok(()),
+            // The deadline passed, or the watches stopped before they had listed.
+            Ok(Err(_)) | Err(_) => Err(Error::NotSynced),
         }
     }
 
@@ -168,10 +166,8 @@ impl Volumes {
                             .map_err(Error::kube("reading the LogicalVolume"))?;
                         self.reuse(lv, wanted)?
                     }
-                    Err(e) if is_invalid(&e) => {
-                        return Err(Error::Invalid(format!(
-                            "the API server refused the LogicalVolume: {e}"
-                        )));
+                    Err(source) if is_invalid(&source) => {
+                        return Err(Error::InvalidObject { source });
                     }
                     Err(e) => return Err(Error::kube("creating the LogicalVolume")(e)),
                 }
@@ -216,16 +212,16 @@ impl Volumes {
 
     fn reuse(&self, lv: LogicalVolume, wanted: &Wanted) -> Result<LogicalVolume, Error> {
         if !lv.spec.is_compatible_with(&wanted.spec) {
-            return Err(Error::AlreadyExists(format!(
-                "{} exists with other parameters (size {:?}, source {:?})",
-                wanted.name, lv.spec.size.0, lv.spec.source
-            )));
+            return Err(Error::AlreadyExists {
+                name: wanted.name.clone(),
+                size: lv.spec.size.0.clone(),
+                source_name: lv.spec.source.clone(),
+            });
         }
         if lv.meta().deletion_timestamp.is_some() {
-            return Err(Error::BeingDeleted(format!(
-                "{} is being deleted; retry once it is gone",
-                wanted.name
-            )));
+            return Err(Error::BeingDeleted {
+                name: wanted.name.clone(),
+            });
         }
         Ok(lv)
     }
