@@ -18,7 +18,7 @@ use topolvm_csi_server::unimplemented;
 use topolvm_proto::csi;
 use topolvm_proto::csi::controller_service_capability::{self, rpc};
 use topolvm_proto::csi::volume_content_source;
-use tracing::{info, warn};
+use tracing::{info, instrument, warn};
 
 use super::error::Error;
 use super::request;
@@ -135,6 +135,11 @@ fn topology(node: &str) -> csi::Topology {
     }
 }
 
+/// A StorageClass parameter, empty when unset (the default device class).
+fn parameter<'a>(parameters: &'a HashMap<String, String>, key: &str) -> &'a str {
+    parameters.get(key).map_or("", String::as_str)
+}
+
 fn bytes_i64(bytes: u64) -> i64 {
     i64::try_from(bytes).unwrap_or(i64::MAX)
 }
@@ -179,16 +184,9 @@ impl ControllerService {
         let access = request::check_create_capabilities(&req.volume_capabilities)?;
         let size = request::create_size(req.capacity_range.as_ref(), access, &self.minimum)?;
         let name = request::object_name(&req.name, "name")?;
-        let device_class = req
-            .parameters
-            .get(names::DEVICE_CLASS_PARAMETER)
-            .cloned()
-            .unwrap_or_default();
-        let lvcreate_option_class = req
-            .parameters
-            .get(names::LVCREATE_OPTION_CLASS_PARAMETER)
-            .cloned()
-            .unwrap_or_default();
+        let device_class = parameter(&req.parameters, names::DEVICE_CLASS_PARAMETER).to_owned();
+        let lvcreate_option_class =
+            parameter(&req.parameters, names::LVCREATE_OPTION_CLASS_PARAMETER).to_owned();
         self.volumes.synced(deadline).await?;
         let requirements = req.accessibility_requirements.as_ref();
         let (node, source, access_type) = match &req.volume_content_source {
@@ -242,6 +240,7 @@ impl ControllerService {
                 )
             }
         };
+        tracing::Span::current().record("node", node.as_str());
         let wanted = Wanted {
             name: name.clone(),
             spec: LogicalVolumeSpec {
@@ -448,6 +447,7 @@ pub fn controller_capabilities() -> Vec<csi::ControllerServiceCapability> {
 
 #[tonic::async_trait]
 impl csi::controller_server::Controller for ControllerService {
+    #[instrument(skip_all, fields(name = %request.get_ref().name, class = %parameter(&request.get_ref().parameters, names::DEVICE_CLASS_PARAMETER), node = tracing::field::Empty))]
     async fn create_volume(
         &self,
         request: Request<csi::CreateVolumeRequest>,
@@ -460,6 +460,7 @@ impl csi::controller_server::Controller for ControllerService {
         .await
     }
 
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
     async fn delete_volume(
         &self,
         request: Request<csi::DeleteVolumeRequest>,
@@ -473,6 +474,7 @@ impl csi::controller_server::Controller for ControllerService {
         .await
     }
 
+    #[instrument(skip_all)]
     async fn controller_publish_volume(
         &self,
         _: Request<csi::ControllerPublishVolumeRequest>,
@@ -480,6 +482,7 @@ impl csi::controller_server::Controller for ControllerService {
         unimplemented("ControllerPublishVolume", "PUBLISH_UNPUBLISH_VOLUME")
     }
 
+    #[instrument(skip_all)]
     async fn controller_unpublish_volume(
         &self,
         _: Request<csi::ControllerUnpublishVolumeRequest>,
@@ -487,6 +490,7 @@ impl csi::controller_server::Controller for ControllerService {
         unimplemented("ControllerUnpublishVolume", "PUBLISH_UNPUBLISH_VOLUME")
     }
 
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
     async fn validate_volume_capabilities(
         &self,
         request: Request<csi::ValidateVolumeCapabilitiesRequest>,
@@ -499,6 +503,7 @@ impl csi::controller_server::Controller for ControllerService {
         .await
     }
 
+    #[instrument(skip_all)]
     async fn list_volumes(
         &self,
         _: Request<csi::ListVolumesRequest>,
@@ -506,6 +511,7 @@ impl csi::controller_server::Controller for ControllerService {
         unimplemented("ListVolumes", "LIST_VOLUMES")
     }
 
+    #[instrument(skip_all, fields(class = %parameter(&request.get_ref().parameters, names::DEVICE_CLASS_PARAMETER), node = ?request.get_ref().accessible_topology.as_ref().and_then(|t| t.segments.get(names::TOPOLOGY_NODE_KEY))))]
     async fn get_capacity(
         &self,
         request: Request<csi::GetCapacityRequest>,
@@ -518,6 +524,7 @@ impl csi::controller_server::Controller for ControllerService {
         .await
     }
 
+    #[instrument(skip_all)]
     async fn controller_get_capabilities(
         &self,
         _: Request<csi::ControllerGetCapabilitiesRequest>,
@@ -530,6 +537,7 @@ impl csi::controller_server::Controller for ControllerService {
         .await
     }
 
+    #[instrument(skip_all, fields(name = %request.get_ref().name, source_volume_id = %request.get_ref().source_volume_id))]
     async fn create_snapshot(
         &self,
         request: Request<csi::CreateSnapshotRequest>,
@@ -542,6 +550,7 @@ impl csi::controller_server::Controller for ControllerService {
         .await
     }
 
+    #[instrument(skip_all, fields(snapshot_id = %request.get_ref().snapshot_id))]
     async fn delete_snapshot(
         &self,
         request: Request<csi::DeleteSnapshotRequest>,
@@ -555,6 +564,7 @@ impl csi::controller_server::Controller for ControllerService {
         .await
     }
 
+    #[instrument(skip_all)]
     async fn list_snapshots(
         &self,
         _: Request<csi::ListSnapshotsRequest>,
@@ -562,6 +572,7 @@ impl csi::controller_server::Controller for ControllerService {
         unimplemented("ListSnapshots", "LIST_SNAPSHOTS")
     }
 
+    #[instrument(skip_all)]
     async fn get_snapshot(
         &self,
         _: Request<csi::GetSnapshotRequest>,
@@ -569,6 +580,7 @@ impl csi::controller_server::Controller for ControllerService {
         unimplemented("GetSnapshot", "GET_SNAPSHOT")
     }
 
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id, required_bytes = request.get_ref().capacity_range.as_ref().map(|r| r.required_bytes)))]
     async fn controller_expand_volume(
         &self,
         request: Request<csi::ControllerExpandVolumeRequest>,
@@ -581,6 +593,7 @@ impl csi::controller_server::Controller for ControllerService {
         .await
     }
 
+    #[instrument(skip_all)]
     async fn controller_get_volume(
         &self,
         _: Request<csi::ControllerGetVolumeRequest>,
@@ -588,6 +601,7 @@ impl csi::controller_server::Controller for ControllerService {
         unimplemented("ControllerGetVolume", "GET_VOLUME")
     }
 
+    #[instrument(skip_all)]
     async fn controller_modify_volume(
         &self,
         _: Request<csi::ControllerModifyVolumeRequest>,

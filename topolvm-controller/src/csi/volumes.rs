@@ -265,11 +265,10 @@ impl Volumes {
         .await
     }
 
-    /// True unless the API server says the Node does not exist (the cache alone could lag).
+    /// Whether the API server has the Node. Not the cache: it lags both ways, and a Node
+    /// deleted a moment ago but still cached would make DeleteVolume wait for an agent that is
+    /// gone until the deadline.
     async fn node_exists(&self, node: &str) -> Result<bool, Error> {
-        if self.cache.node(node).is_some() {
-            return Ok(true);
-        }
         let nodes: Api<Node> = Api::all(self.client.clone());
         let found: Option<PartialObjectMeta<Node>> = nodes
             .get_metadata_opt(node)
