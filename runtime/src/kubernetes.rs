@@ -63,8 +63,10 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client, ClientErr
     Ok(kube::Client::try_from(config)?)
 }
 
-/// Everything Kubernetes-side work can fail with. Reconcilers return it; their error policy
-/// counts failures by [`Error::metric_label`] and requeues.
+/// Everything Kubernetes-side work can fail with, and the one vocabulary of metric labels for
+/// it. The controller's reconcilers return it; the node's LogicalVolume reconciler wraps it in
+/// its own error (which adds lvmd's failures, unknown here). Their error policies count
+/// failures by [`Error::metric_label`] and requeue.
 #[derive(Debug, ThisError)]
 pub enum Error {
     #[error("Kubernetes API: {0}")]
@@ -82,8 +84,6 @@ pub enum Error {
         name: String,
         reason: String,
     },
-    #[error("lvmd: {0}")]
-    Lvmd(#[source] tonic::Status),
 }
 
 impl From<finalizer::Error<Error>> for Error {
@@ -110,19 +110,30 @@ impl Error {
                 _ => "api_error",
             },
             Self::Kube(_) => "kube_client",
-            Self::Finalizer(e) => match e.as_ref() {
-                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => {
-                    inner.metric_label()
-                }
-                finalizer::Error::AddFinalizer(_) | finalizer::Error::RemoveFinalizer(_) => {
-                    "finalizer"
-                }
-                _ => "invalid_object",
-            },
+            Self::Finalizer(e) => finalizer_metric_label(e, Self::metric_label),
             Self::Serialization { .. } => "serialization",
-            Self::InvalidObject { .. } => "invalid_object",
-            Self::Lvmd(_) => "lvmd",
+            Self::InvalidObject { .. } => INVALID_OBJECT,
         }
+    }
+}
+
+/// The label of an object the API server would never send (no name, no uid).
+const INVALID_OBJECT: &str = "invalid_object";
+
+/// The label of a failure inside kube-runtime's `finalizer()`, for any reconciler's error `E`:
+/// a failed apply or cleanup step is labelled by its own cause (`inner`), a failed finalizer
+/// patch `finalizer`, an object without a name `invalid_object`.
+pub fn finalizer_metric_label<E>(
+    error: &finalizer::Error<E>,
+    inner: impl Fn(&E) -> &'static str,
+) -> &'static str
+where
+    E: std::error::Error + 'static,
+{
+    match error {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => inner(e),
+        finalizer::Error::AddFinalizer(_) | finalizer::Error::RemoveFinalizer(_) => "finalizer",
+        _ => INVALID_OBJECT,
     }
 }
 
@@ -168,9 +179,12 @@ mod tests {
 
     #[test]
     fn finalizer_steps_are_labelled_by_their_cause() {
-        let inner = Error::Lvmd(tonic::Status::resource_exhausted("no space"));
+        let inner = Error::Serialization {
+            what: "a patch",
+            source: serde_json::from_str::<u8>("x").expect_err("not a number"),
+        };
         let wrapped = Error::from(finalizer::Error::ApplyFailed(inner));
-        assert_eq!(wrapped.metric_label(), "lvmd");
+        assert_eq!(wrapped.metric_label(), "serialization");
         let unnamed = Error::from(finalizer::Error::<Error>::UnnamedObject);
         assert_eq!(unnamed.metric_label(), "invalid_object");
     }

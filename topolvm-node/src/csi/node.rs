@@ -20,7 +20,7 @@ use topolvm_csi_server::unimplemented;
 use topolvm_proto::csi;
 use topolvm_proto::csi::node_service_capability::{self, rpc};
 use topolvm_runtime::keyed_lock::KeyedLocks;
-use tracing::warn;
+use tracing::{instrument, warn};
 
 use super::volumes::{Usage, Volumes};
 use super::{CsiOptions, Error, validate};
@@ -221,6 +221,7 @@ fn stats_response(
 
 #[tonic::async_trait]
 impl csi::node_server::Node for NodeService {
+    #[instrument(skip_all, fields(volume_id = %_request.get_ref().volume_id))]
     async fn node_stage_volume(
         &self,
         _request: Request<csi::NodeStageVolumeRequest>,
@@ -228,6 +229,7 @@ impl csi::node_server::Node for NodeService {
         unimplemented("NodeStageVolume", "STAGE_UNSTAGE_VOLUME")
     }
 
+    #[instrument(skip_all, fields(volume_id = %_request.get_ref().volume_id))]
     async fn node_unstage_volume(
         &self,
         _request: Request<csi::NodeUnstageVolumeRequest>,
@@ -235,6 +237,7 @@ impl csi::node_server::Node for NodeService {
         unimplemented("NodeUnstageVolume", "STAGE_UNSTAGE_VOLUME")
     }
 
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id, target_path = %request.get_ref().target_path))]
     async fn node_publish_volume(
         &self,
         request: Request<csi::NodePublishVolumeRequest>,
@@ -251,6 +254,7 @@ impl csi::node_server::Node for NodeService {
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
     }
 
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id, target_path = %request.get_ref().target_path))]
     async fn node_unpublish_volume(
         &self,
         request: Request<csi::NodeUnpublishVolumeRequest>,
@@ -267,6 +271,7 @@ impl csi::node_server::Node for NodeService {
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
 
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id, volume_path = %request.get_ref().volume_path))]
     async fn node_get_volume_stats(
         &self,
         request: Request<csi::NodeGetVolumeStatsRequest>,
@@ -284,6 +289,7 @@ impl csi::node_server::Node for NodeService {
         Ok(Response::new(stats_response(usage, condition)))
     }
 
+    #[instrument(skip_all, fields(volume_id = %request.get_ref().volume_id, volume_path = %request.get_ref().volume_path))]
     async fn node_expand_volume(
         &self,
         request: Request<csi::NodeExpandVolumeRequest>,
@@ -304,6 +310,7 @@ impl csi::node_server::Node for NodeService {
         }))
     }
 
+    #[instrument(skip_all)]
     async fn node_get_capabilities(
         &self,
         _request: Request<csi::NodeGetCapabilitiesRequest>,
@@ -316,6 +323,7 @@ impl csi::node_server::Node for NodeService {
         }))
     }
 
+    #[instrument(skip_all)]
     async fn node_get_info(
         &self,
         _request: Request<csi::NodeGetInfoRequest>,

@@ -27,29 +27,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::Api;
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use topolvm_core::crd::LogicalVolume;
 use topolvm_core::names;
+use topolvm_runtime::kubernetes;
 use tracing::{info, warn};
 
 pub use reconcile::{Context, reconcile};
 use volumes::Volumes;
 
-/// Why reconciling one LogicalVolume failed; the controller retries it with backoff.
+/// Why reconciling one LogicalVolume failed; the controller retries it with backoff. Its
+/// Kubernetes-side failures are runtime's [`kubernetes::Error`], labelled in its vocabulary;
+/// lvmd's and the reconciler's own are added here.
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("LogicalVolume {name}: {source}")]
     Kube {
         name: String,
         #[source]
-        source: kube::Error,
+        source: kubernetes::Error,
     },
+    /// An object the API server would not send (no uid).
+    #[error(transparent)]
+    Object(kubernetes::Error),
     #[error("LogicalVolume {name}: lvmd {operation}: {status}")]
     Lvmd {
         name: String,
@@ -61,26 +67,32 @@ pub enum Error {
     Refused { name: String, message: String },
     #[error("LogicalVolume {name}: source {source_name} has no volume yet")]
     SourceNotReady { name: String, source_name: String },
-    #[error("LogicalVolume without a {0}")]
-    Incomplete(&'static str),
     #[error("finalizer topolvm.io/logicalvolume: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
-    /// The value of the `error` label of `topolvm_node_logicalvolume_reconcile_errors_total`.
+    /// An object without `field`.
+    pub fn incomplete(lv: &LogicalVolume, field: &str) -> Self {
+        Self::Object(kubernetes::Error::InvalidObject {
+            kind: "LogicalVolume",
+            name: lv.name_any(),
+            reason: format!("no {field}"),
+        })
+    }
+
+    /// The value of the `error` label of `topolvm_node_logicalvolume_reconcile_errors_total`:
+    /// runtime's labels for Kubernetes-side failures, and `lvmd`, `refused`,
+    /// `source_not_ready`.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube { .. } => "kube",
+            Error::Kube { source, .. } | Error::Object(source) => source.metric_label(),
             Error::Lvmd { .. } => "lvmd",
             Error::Refused { .. } => "refused",
             Error::SourceNotReady { .. } => "source_not_ready",
-            Error::Incomplete(_) => "incomplete_object",
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
-                _ => "finalizer",
-            },
+            Error::Finalizer(inner) => {
+                kubernetes::finalizer_metric_label(inner.as_ref(), Error::metric_label)
+            }
         }
     }
 }

@@ -139,7 +139,7 @@ pub async fn reconcile<V: Volumes>(
 fn kube_error(lv: &LogicalVolume) -> impl FnOnce(kube::Error) -> Error + '_ {
     move |source| Error::Kube {
         name: lv.name_any(),
-        source,
+        source: source.into(),
     }
 }
 
@@ -243,7 +243,9 @@ async fn adopt_topolvm_volume<V: Volumes>(
     let Some(status) = lv.status.as_ref() else {
         return Ok(());
     };
-    let uid = lv.uid().ok_or(Error::Incomplete("metadata.uid"))?;
+    let uid = lv
+        .uid()
+        .ok_or_else(|| Error::incomplete(lv, "metadata.uid"))?;
     if status.volume_id != uid {
         return Ok(());
     }
@@ -382,7 +384,9 @@ async fn create<V: Volumes>(
     ctx: &Context<V>,
     lv: &LogicalVolume,
 ) -> Result<Action, Error> {
-    let uid = lv.uid().ok_or(Error::Incomplete("metadata.uid"))?;
+    let uid = lv
+        .uid()
+        .ok_or_else(|| Error::incomplete(lv, "metadata.uid"))?;
     let size = match requested_size(lv) {
         Ok(size) => size,
         Err(message) => return refuse(api, lv, Code::InvalidArgument, message).await,
@@ -591,7 +595,9 @@ async fn expand<V: Volumes>(
 /// between CreateLV and the status write leaves an LV the status does not mention.
 async fn cleanup<V: Volumes>(ctx: &Context<V>, lv: &LogicalVolume) -> Result<Action, Error> {
     adopt_topolvm_volume(ctx, lv).await?;
-    let uid = lv.uid().ok_or(Error::Incomplete("metadata.uid"))?;
+    let uid = lv
+        .uid()
+        .ok_or_else(|| Error::incomplete(lv, "metadata.uid"))?;
     let volume_id = lv
         .status
         .as_ref()
