@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use topolvm_proto::csi;
 use topolvm_proto::csi::plugin_capability::{self, service, volume_expansion};
+use tracing::instrument;
 
 use topolvm_core::names::PLUGIN_NAME;
 
@@ -74,6 +75,7 @@ pub fn plugin_capabilities() -> Vec<csi::PluginCapability> {
 
 #[tonic::async_trait]
 impl csi::identity_server::Identity for IdentityService {
+    #[instrument(skip_all)]
     async fn get_plugin_info(
         &self,
         _request: Request<csi::GetPluginInfoRequest>,
@@ -85,6 +87,7 @@ impl csi::identity_server::Identity for IdentityService {
         }))
     }
 
+    #[instrument(skip_all)]
     async fn get_plugin_capabilities(
         &self,
         _request: Request<csi::GetPluginCapabilitiesRequest>,
@@ -94,6 +97,7 @@ impl csi::identity_server::Identity for IdentityService {
         }))
     }
 
+    #[instrument(skip_all)]
     async fn probe(
         &self,
         _request: Request<csi::ProbeRequest>,

@@ -25,8 +25,9 @@ use kube::core::PartialObjectMeta;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use topolvm_core::size::MinimumAllocation;
+use topolvm_csi_server::metrics::RpcMetrics;
 
-pub use service::{ControllerService, Metrics};
+pub use service::{ControllerService, METRIC_NAMES};
 
 /// Starts the caches' watches on `tasks` and returns the service.
 pub fn start(
@@ -43,7 +44,7 @@ pub fn start(
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
         shutdown.clone(),
     ));
-    let metrics = Metrics::new(registry)?;
+    let metrics = RpcMetrics::register(registry, METRIC_NAMES)?;
     Ok(ControllerService::new(
         volumes::Volumes::new(client, cache),
         minimum,

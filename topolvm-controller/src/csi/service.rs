@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::Registry;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use topolvm_core::crd::{AccessType, LogicalVolumeSpec};
@@ -68,8 +67,8 @@ pub fn status_of(error: &Error) -> Status {
     Status::new(code_of(error), error.to_string())
 }
 
-/// `topolvm_controller_csi_*`.
-const METRIC_NAMES: RpcMetricNames = RpcMetricNames {
+/// The names of the `topolvm_controller_csi_*` metrics.
+pub const METRIC_NAMES: RpcMetricNames = RpcMetricNames {
     requests: (
         "topolvm_controller_csi_requests_total",
         "CSI Controller requests by method and gRPC code.",
@@ -83,22 +82,12 @@ const METRIC_NAMES: RpcMetricNames = RpcMetricNames {
     ],
 };
 
-/// `topolvm_controller_csi_*` metrics.
-#[derive(Debug, Clone)]
-pub struct Metrics(RpcMetrics);
-
-impl Metrics {
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        RpcMetrics::register(registry, METRIC_NAMES).map(Self)
-    }
-}
-
 /// The Controller service.
 #[derive(Debug, Clone)]
 pub struct ControllerService {
     volumes: Volumes,
     minimum: Arc<MinimumAllocation>,
-    metrics: Metrics,
+    metrics: RpcMetrics,
 }
 
 /// When to give up on a request with a `grpc-timeout` header: a little before the caller
@@ -145,7 +134,7 @@ fn bytes_i64(bytes: u64) -> i64 {
 }
 
 impl ControllerService {
-    pub fn new(volumes: Volumes, minimum: MinimumAllocation, metrics: Metrics) -> Self {
+    pub fn new(volumes: Volumes, minimum: MinimumAllocation, metrics: RpcMetrics) -> Self {
         Self {
             volumes,
             minimum: Arc::new(minimum),
@@ -172,7 +161,7 @@ impl ControllerService {
                 status.code()
             }
         };
-        self.metrics.0.observe(method, code, start.elapsed());
+        self.metrics.observe(method, code, start.elapsed());
         result.map(Response::new)
     }
 

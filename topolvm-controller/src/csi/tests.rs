@@ -23,8 +23,9 @@ use topolvm_proto::csi::volume_capability::{
 use super::cache::{Cache, NodeRecord};
 use super::error::Error;
 use super::request;
-use super::service::{ControllerService, Metrics, status_of};
+use super::service::{ControllerService, METRIC_NAMES, status_of};
 use super::volumes::Volumes;
+use topolvm_csi_server::metrics::RpcMetrics;
 
 const GIB: i64 = 1 << 30;
 const KEY: &str = "topology.topolvm.io/node";
@@ -115,7 +116,7 @@ fn service(
     let service = ControllerService::new(
         Volumes::new(client, cache.clone()),
         MinimumAllocation::default(),
-        Metrics::new(&registry).expect("test fixture"),
+        RpcMetrics::register(&registry, METRIC_NAMES).expect("test fixture"),
     );
     (service, cache, api)
 }
@@ -1151,7 +1152,7 @@ async fn requests_are_counted_by_method_and_code() {
     let svc = ControllerService::new(
         Volumes::new(client, Cache::new().0),
         MinimumAllocation::default(),
-        Metrics::new(&registry).expect("test fixture"),
+        RpcMetrics::register(&registry, METRIC_NAMES).expect("test fixture"),
     );
     let _ = svc
         .delete_volume(tonic::Request::new(csi::DeleteVolumeRequest::default()))
