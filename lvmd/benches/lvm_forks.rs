@@ -8,7 +8,7 @@
 //!
 //! Results are in lvmd/README.md.
 
-use topolvm_e2e::lvm as common;
+use topolvm_test_kit::lvm as common;
 
 use std::time::{Duration, Instant};
 
@@ -80,8 +80,12 @@ async fn main() {
             common::thick_default_class("ssd", vg.name()),
         ),
     );
-    let mut lv = lvmd.lv_client().await;
-    let mut vgc = lvmd.vg_client().await;
+    let mut lv = lvmd
+        .client(pb::lv_service_client::LvServiceClient::new)
+        .await;
+    let mut vgc = lvmd
+        .client(pb::vg_service_client::VgServiceClient::new)
+        .await;
 
     let (mut create, mut remove) = (Stats::new(), Stats::new());
     let forks_before = lvmd.lvm_command_count().await;

@@ -13,7 +13,7 @@
 #![cfg(feature = "host-tier")]
 
 use topolvm_core::names::LV_TAG_MANAGED;
-use topolvm_e2e::lvm as common;
+use topolvm_test_kit::lvm as common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -126,8 +126,8 @@ async fn create_list_resize_remove_round_trip() {
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let lvmd = Lvmd::start(&env, one_thick_class(&vg));
-    let mut lv = lvmd.lv_client().await;
-    let mut vgc = lvmd.vg_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
 
     let free0 = free_bytes(&mut vgc, "ssd").await;
     assert_eq!(free0, vg.sizes().get_u64("vg_free"), "spare-gb is 0");
@@ -203,8 +203,8 @@ async fn each_mutation_forks_lvm_at_most_twice_and_reads_never() {
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let lvmd = Lvmd::start(&env, one_thick_class(&vg));
-    let mut lv = lvmd.lv_client().await;
-    let mut vgc = lvmd.vg_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
 
     let before = lvmd.lvm_command_counts().await;
     assert!(
@@ -293,7 +293,7 @@ async fn mutations_are_idempotent() {
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let lvmd = Lvmd::start(&env, one_thick_class(&vg));
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
 
     // 10 MiB rounds up to 12 MiB (4 MiB extents); a retry asks for 10 MiB again.
     let first = create(&mut lv, create_req("idem", 10 * MIB)).await;
@@ -335,7 +335,7 @@ async fn out_of_space_is_refused_without_forking_lvm() {
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let lvmd = Lvmd::start(&env, one_thick_class(&vg));
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
     create(&mut lv, create_req("small", 8 * MIB)).await;
 
     let before = lvmd.lvm_command_count().await;
@@ -366,8 +366,8 @@ async fn bad_input_is_rejected_before_lvm_runs() {
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let lvmd = Lvmd::start(&env, one_thick_class(&vg));
-    let mut lv = lvmd.lv_client().await;
-    let mut vgc = lvmd.vg_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
     let before = lvmd.lvm_command_count().await;
 
     let long = "a".repeat(128);
@@ -448,7 +448,7 @@ async fn striped_class_creates_striped_lv() {
         vg.name()
     );
     let lvmd = Lvmd::start(&env, LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), class));
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
 
     let created = create(&mut lv, create_req("striped", 16 * MIB)).await;
     assert_eq!(created.size_bytes, 16 * MIB);
@@ -474,8 +474,8 @@ async fn missing_volume_group_is_unavailable_until_it_appears() {
         &env,
         LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), classes).extra("full-refresh-interval: 2s"),
     );
-    let mut lv = lvmd.lv_client().await;
-    let mut vgc = lvmd.vg_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
 
     assert!(free_bytes(&mut vgc, "ssd").await > 0);
     create(&mut lv, create_req("served", 8 * MIB)).await;
@@ -598,7 +598,7 @@ async fn non_root_peer_is_denied() {
     );
 
     // Root still gets through.
-    let mut vgc = lvmd.vg_client().await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
     assert!(free_bytes(&mut vgc, "ssd").await > 0);
 }
 
@@ -646,7 +646,7 @@ async fn outside_changes_reach_watch_within_two_seconds() {
     let env = LvmEnv::metadata_only();
     let mut vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let lvmd = Lvmd::start(&env, one_thick_class(&vg));
-    let mut vgc = lvmd.vg_client().await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
     let mut watch = vgc.watch(pb::Empty {}).await.expect("Watch").into_inner();
     let first = watch
         .message()
@@ -687,8 +687,8 @@ async fn outside_change_right_after_a_mutation_reaches_watch() {
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(4 * DEFAULT_LOOP_SIZE)]);
     let lvmd = Lvmd::start(&env, one_thick_class(&vg));
-    let mut lv = lvmd.lv_client().await;
-    let mut vgc = lvmd.vg_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
     let mut watch = vgc.watch(pb::Empty {}).await.expect("Watch").into_inner();
     let ssd_free = |m: &pb::WatchResponse| {
         m.items
@@ -733,7 +733,7 @@ async fn only_lvmd_volumes_of_the_named_class_are_changed() {
         &env,
         LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), classes).extra("full-refresh-interval: 10m"),
     );
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
     let mut other = create_req("theirs", 8 * MIB);
     other.device_class = "other".into();
     create(&mut lv, other).await;
@@ -741,7 +741,7 @@ async fn only_lvmd_volumes_of_the_named_class_are_changed() {
         vg.create_lv_by_hand(name, "8m");
     }
     // Wait until lvmd has seen the hand-made volumes.
-    let vgc = lvmd.vg_client().await;
+    let vgc = lvmd.client(VgServiceClient::new).await;
     eventually(
         Duration::from_secs(3),
         "the hand-made volumes in GetLVList",
@@ -823,7 +823,7 @@ async fn sigkill_and_restart_keeps_exactly_the_created_volumes() {
     let mut lvmd = Lvmd::start(&env, one_thick_class(&vg));
     let names = ["crash-a", "crash-b", "crash-c"];
     {
-        let mut lv = lvmd.lv_client().await;
+        let mut lv = lvmd.client(LvServiceClient::new).await;
         for name in names {
             create(&mut lv, create_req(name, 8 * MIB)).await;
         }
@@ -831,8 +831,8 @@ async fn sigkill_and_restart_keeps_exactly_the_created_volumes() {
     lvmd.kill9();
     lvmd.restart();
 
-    let mut lv = lvmd.lv_client().await;
-    let mut vgc = lvmd.vg_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
     let listed: Vec<String> = lv_list(&mut vgc, "ssd")
         .await
         .into_iter()
@@ -875,7 +875,7 @@ async fn sigterm_lets_the_running_create_finish() {
     let options =
         one_thick_class(&vg).lvm_command_prefix(slow_lvcreate_prefix(&env, scripts.path()));
     let mut lvmd = Lvmd::start(&env, options);
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
 
     let call = tokio::spawn(async move { lv.create_lv(create_req("inflight", 8 * MIB)).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -908,7 +908,7 @@ async fn abandoned_create_completes_and_retry_is_idempotent() {
     let options =
         one_thick_class(&vg).lvm_command_prefix(slow_lvcreate_prefix(&env, scripts.path()));
     let lvmd = Lvmd::start(&env, options);
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
 
     let abandoned = tokio::time::timeout(
         Duration::from_millis(200),
@@ -964,7 +964,7 @@ async fn health_is_serving_and_metrics_are_exported() {
         );
     }
 
-    let mut vgc = lvmd.vg_client().await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
     let free = free_bytes(&mut vgc, "ssd").await;
     let text = lvmd.metrics_text().await;
     let gauge = format!(
@@ -988,7 +988,7 @@ async fn stale_socket_does_not_block_start() {
     );
     assert!(lvmd.socket_path().exists(), "the stale socket file stays");
     lvmd.spawn();
-    let mut vgc = lvmd.vg_client().await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
     assert!(free_bytes(&mut vgc, "ssd").await > 0);
     assert!(
         lvmd.log().contains("removing stale socket"),
@@ -1004,12 +1004,12 @@ async fn stale_socket_does_not_block_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_sending_localhost_are_served_and_socket_paths_are_refused() {
     use prost::Message;
-    use topolvm_e2e::raw_grpc::{self, Outcome, PROTOCOL_ERROR};
+    use topolvm_test_kit::raw_grpc::{self, Outcome, PROTOCOL_ERROR};
 
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let lvmd = Lvmd::start(&env, one_thick_class(&vg));
-    let mut vgc = lvmd.vg_client().await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
     let free = free_bytes(&mut vgc, "ssd").await;
 
     let request = pb::GetFreeBytesRequest {
@@ -1106,7 +1106,7 @@ type CreateCall =
 
 /// Starts a CreateLV that goes on while the test steers `lvm` or kills lvmd.
 async fn spawn_create(lvmd: &Lvmd, request: pb::CreateLvRequest) -> CreateCall {
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd.client(LvServiceClient::new).await;
     tokio::spawn(async move { lv.create_lv(request).await })
 }
 
@@ -1174,7 +1174,7 @@ async fn orphaned_lvcreate_and_retried_create_lv(order: OrphanEnds) {
         OrphanEnds::BeforeRestart => {
             release_lvcreate(&wrapper, orphan, Made::Volume, "the orphan").await;
             lvmd.spawn();
-            let retried = create(&mut lvmd.lv_client().await, request).await;
+            let retried = create(&mut lvmd.client(LvServiceClient::new).await, request).await;
             let counts = lvmd.lvm_command_counts().await;
             assert!(
                 !counts.contains_key("lvcreate"),
@@ -1211,7 +1211,7 @@ async fn orphaned_lvcreate_and_retried_create_lv(order: OrphanEnds) {
     );
     assert_one_whole_volume(&env, vg.name(), name, 8 << 20);
     assert_eq!(env.lv_names(vg.name()), [name]);
-    let mut vgc = lvmd.vg_client().await;
+    let mut vgc = lvmd.client(VgServiceClient::new).await;
     let listed: Vec<String> = lv_list(&mut vgc, "ssd")
         .await
         .into_iter()
@@ -1270,13 +1270,17 @@ async fn sigkill_with_lvm_during_lvcreate_leaves_no_half_made_volume() {
         outcomes.push((delay, !rows.is_empty(), lvm_exit));
 
         lvmd.spawn();
-        let retried = create(&mut lvmd.lv_client().await, create_req(&name, 8 * MIB)).await;
+        let retried = create(
+            &mut lvmd.client(LvServiceClient::new).await,
+            create_req(&name, 8 * MIB),
+        )
+        .await;
         assert_eq!(
             (retried.name.as_str(), retried.size_bytes),
             (name.as_str(), 8 * MIB)
         );
         assert_one_whole_volume(&env, vg.name(), &name, 8 << 20);
-        let mut lv = lvmd.lv_client().await;
+        let mut lv = lvmd.client(LvServiceClient::new).await;
         lv.remove_lv(pb::RemoveLvRequest {
             name: name.clone(),
             device_class: "ssd".into(),

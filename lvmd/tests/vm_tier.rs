@@ -7,7 +7,7 @@
 //! scratch disks and removing it again.
 #![cfg(feature = "vm-tier")]
 
-use topolvm_e2e::lvm as common;
+use topolvm_test_kit::lvm as common;
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -130,7 +130,9 @@ async fn thin_volumes_are_real_devices_and_the_usage_threshold_holds() {
         LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thin_class(vg.name(), 40, 1))
             .extra("full-refresh-interval: 1s"),
     );
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd
+        .client(pb::lv_service_client::LvServiceClient::new)
+        .await;
 
     let created = lv
         .create_lv(create_req("t1", "thin", 200 * MIB))
@@ -149,7 +151,9 @@ async fn thin_volumes_are_real_devices_and_the_usage_threshold_holds() {
 
     // 120 MiB of a 256 MiB pool: about 47 %, above the 40 % threshold.
     fill(&dev, 0xa5, (120 * MIB) as usize);
-    let mut vgc = lvmd.vg_client().await;
+    let mut vgc = lvmd
+        .client(pb::vg_service_client::VgServiceClient::new)
+        .await;
     let mut watch = vgc.watch(pb::Empty {}).await.expect("watch").into_inner();
     let deadline = Instant::now() + Duration::from_secs(30);
     let usage = loop {
@@ -225,7 +229,9 @@ async fn thin_snapshots_keep_their_data() {
         &env,
         LvmdOptions::new(env!("CARGO_BIN_EXE_lvmd"), thin_class(vg.name(), 95, 0)),
     );
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd
+        .client(pb::lv_service_client::LvServiceClient::new)
+        .await;
     lv.create_lv(create_req("origin", "thin", 32 * MIB))
         .await
         .expect("origin");
@@ -311,7 +317,9 @@ async fn thick_snapshots_keep_their_data() {
             common::thick_default_class("thick", vg.name()),
         ),
     );
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd
+        .client(pb::lv_service_client::LvServiceClient::new)
+        .await;
     lv.create_lv(create_req("data", "thick", 64 * MIB))
         .await
         .expect("origin");
@@ -386,7 +394,9 @@ async fn thick_snapshots_are_restored_by_copying_their_blocks() {
             common::thick_default_class("thick", vg.name()),
         ),
     );
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd
+        .client(pb::lv_service_client::LvServiceClient::new)
+        .await;
     lv.create_lv(create_req("data", "thick", 64 * MIB))
         .await
         .expect("origin");
@@ -540,7 +550,9 @@ async fn filesystem_grows_online_after_resize() {
             common::thick_default_class("ssd", vg.name()),
         ),
     );
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd
+        .client(pb::lv_service_client::LvServiceClient::new)
+        .await;
     lv.create_lv(create_req("fs", "", 64 * MIB))
         .await
         .expect("create");

@@ -10,9 +10,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use topolvm_e2e::pki::{CertFiles, Pki, tls_connector};
 use topolvm_runtime::endpoints::Health;
 use topolvm_runtime::tls::{self, TlsFiles};
+use topolvm_test_kit::pki::{CertFiles, Pki, tls_connector};
 
 /// The serving files as the server sees them; each rotation renames new files over them, as
 /// kubelet's atomic writer swaps a Secret volume's contents.

@@ -17,8 +17,8 @@ use tonic::service::interceptor::InterceptedService;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
-use topolvm_e2e::raw_grpc::{self, Outcome, PROTOCOL_ERROR};
 use topolvm_runtime::unix;
+use topolvm_test_kit::raw_grpc::{self, Outcome, PROTOCOL_ERROR};
 
 /// The health service, answering each call only after `delay`: a request still in flight when
 /// shutdown starts.

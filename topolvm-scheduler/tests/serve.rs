@@ -117,7 +117,7 @@ async fn https_with_the_configured_certificate() {
         shutdown.clone(),
     ));
 
-    let connector = topolvm_e2e::pki::tls_connector(&fixture("ca.pem"));
+    let connector = topolvm_test_kit::pki::tls_connector(&fixture("ca.pem"));
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let stream = connector
         .connect(ServerName::try_from("localhost").expect("name"), tcp)

@@ -90,7 +90,9 @@ impl Bed {
             &env,
             LvmdOptions::new(workspace_binary("lvmd", "lvmd"), classes),
         );
-        let lv = lvmd.lv_client().await;
+        let lv = lvmd
+            .client(pb::lv_service_client::LvServiceClient::new)
+            .await;
 
         let dir = tempfile::Builder::new()
             .prefix("topolvm-csi-")
@@ -102,7 +104,9 @@ impl Bed {
 
         // The capacity module's job in the binary: follow Watch into the latest report.
         let (sender, report) = report_channel();
-        let mut vgc = lvmd.vg_client().await;
+        let mut vgc = lvmd
+            .client(pb::vg_service_client::VgServiceClient::new)
+            .await;
         let mut watch = vgc.watch(pb::Empty {}).await.expect("watch").into_inner();
         let follower = tokio::spawn(async move {
             while let Ok(Some(message)) = watch.message().await {
@@ -196,7 +200,7 @@ impl Bed {
 
     async fn lvs(&self, class: &str) -> Vec<pb::LogicalVolume> {
         self.lvmd
-            .vg_client()
+            .client(pb::vg_service_client::VgServiceClient::new)
             .await
             .get_lv_list(pb::GetLvListRequest {
                 device_class: class.into(),

@@ -2,8 +2,8 @@
 //! loop devices (lvm2 in metadata-only mode; root):
 //!
 //! ```text
-//! cargo build -p lvmd --bin lvmd
-//! cargo test -p topolvm-node --features e2e --test capacity
+//! cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node
+//! cargo test -p topolvm-e2e --features e2e --test node_capacity
 //! ```
 //!
 //! The Node gets TopoLVM's capacity annotations (what `vgs` says is free, as spare-gb is 0) and
@@ -140,7 +140,7 @@ async fn node_capacity_follows_lvm_within_seconds() {
 
     let dir = tempfile::tempdir().expect("tmp");
     let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
+    let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
     cmd.arg("--nodename")
         .arg(NODE)
         .arg("--lvmd-socket")
@@ -187,7 +187,9 @@ async fn node_capacity_follows_lvm_within_seconds() {
     wait_for_readyz(health, "ok", Duration::from_secs(5)).await;
     assert_eq!(kubelet.probe().await.expect("Probe answers"), Some(true));
 
-    let mut lv = lvmd.lv_client().await;
+    let mut lv = lvmd
+        .client(pb::lv_service_client::LvServiceClient::new)
+        .await;
     lv.create_lv(pb::CreateLvRequest {
         name: "vol1".into(),
         device_class: "ssd".into(),
@@ -257,7 +259,7 @@ async fn embedded_lvmd_serves_the_node_from_one_process() {
     let dir = tempfile::tempdir().expect("tmp");
     let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
+    let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
     env.apply(&mut cmd);
     cmd.arg("--nodename")
         .arg(NODE_B)

@@ -3,7 +3,8 @@
 //! RBAC of the rendered manifests (`deploy/manifests/`):
 //!
 //! ```text
-//! cargo test -p topolvm-controller --features e2e --test cluster
+//! cargo build -p topolvm-controller --bin topolvm-controller
+//! cargo test -p topolvm-e2e --features e2e --test controller_cluster
 //! ```
 //!
 //! - The API server calls our pod webhook over TLS (a serving certificate for 127.0.0.1 from a
@@ -37,7 +38,7 @@ use serde_json::{Value, json};
 use topolvm_core::crd::LogicalVolume;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions, FIELD_MANAGER};
 use topolvm_e2e::pki::Pki;
-use topolvm_e2e::process::{ManagedProcess, eventually, free_port};
+use topolvm_e2e::process::{ManagedProcess, eventually, free_port, workspace_binary};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CLASS: &str = "topolvm-provisioner";
@@ -55,7 +56,7 @@ impl Controller {
         std::fs::create_dir_all(&dir).expect("replica directory");
         let metrics = format!("127.0.0.1:{}", free_port());
         let health = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-controller"));
+        let mut cmd = Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
         cmd.arg("--kubeconfig")
             .arg(cluster.kubeconfig("topolvm-controller"))
             .arg("--csi-socket")

@@ -3,7 +3,8 @@
 //! kube-apiserver and the real topolvm-node binary:
 //!
 //! ```text
-//! cargo test -p topolvm-node --features e2e --test deploy
+//! cargo build -p topolvm-node --bin topolvm-node
+//! cargo test -p topolvm-e2e --features e2e --test node_deploy
 //! ```
 //!
 //! Every object is a valid object of its kind (no field the API types do not know, which the
@@ -21,6 +22,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use serde::Deserialize;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
+use topolvm_e2e::process::workspace_binary;
 
 /// topolvm-node's objects in the plain manifest `file`.
 fn manifest(file: &str) -> Vec<serde_json::Value> {
@@ -128,7 +130,7 @@ async fn check(client: &kube::Client, dry_run: &PostParams, file: &str) {
         .iter()
         .find(|c| c.name == "topolvm-node")
         .expect("the topolvm-node container");
-    let help = Command::new(env!("CARGO_BIN_EXE_topolvm-node"))
+    let help = Command::new(workspace_binary("topolvm-node", "topolvm-node"))
         .arg("--help")
         .output()
         .expect("topolvm-node --help");

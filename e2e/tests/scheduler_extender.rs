@@ -1,7 +1,12 @@
-//! End to end with the real kube-scheduler (1.20, from the e2e test bed) configured to call this
-//! extender over HTTP: placement by capacity annotations, preference for the larger node, a pod
+//! End to end with the real kube-scheduler (1.20, from the e2e test bed) configured to call
+//! topolvm-scheduler over HTTP: placement by capacity annotations, preference for the larger node, a pod
 //! left pending when nothing fits, and a burst of pods that must not over-commit two small nodes
 //! with the cluster watch, and does without it (TopoLVM's behaviour).
+//!
+//! ```text
+//! cargo build -p topolvm-scheduler --bin topolvm-scheduler
+//! cargo test -p topolvm-e2e --features e2e --test scheduler_extender
+//! ```
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeMap;
@@ -12,7 +17,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, PostParams};
 use topolvm_core::names;
-use topolvm_e2e::process::{ManagedProcess, free_port};
+use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
 use topolvm_e2e::{Cluster, ClusterOptions};
 
 const GIB: u64 = 1 << 30;
@@ -39,7 +44,7 @@ async fn start(watch_cluster: bool) -> Setup {
         ClusterOptions::api_only().with_scheduler_extender(format!("http://127.0.0.1:{port}")),
     )
     .await;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-scheduler"));
+    let mut cmd = Command::new(workspace_binary("topolvm-scheduler", "topolvm-scheduler"));
     cmd.arg("--config").arg(&config).env("RUST_LOG", "debug");
     if watch_cluster {
         cmd.arg("--watch-cluster")

@@ -2,8 +2,8 @@
 //! real topolvm-node and a real lvmd on a loop device (lvm2 in metadata-only mode; root). Every
 //! binary is the release build:
 //!
-//!     cargo build --release -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node
-//!     cargo bench -p topolvm-controller --features e2e --bench controller [-- PART SAMPLES VOLUMES]
+//!     cargo build --release -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node -p topolvm-controller --bin topolvm-controller
+//!     cargo bench -p topolvm-e2e --features e2e --bench controller [-- PART SAMPLES VOLUMES]
 //!
 //! `PART` is `latency`, `memory` or both (the default).
 //!
@@ -22,7 +22,7 @@
 //! Set `RUST_LOG` to change the components' log level (default `info`, as deployed) and
 //! `TOPOLVM_BENCH_LOGS=<dir>` to keep their logs (with timestamps) in `<dir>`.
 //!
-//! Results are in topolvm-controller/README.md. Nothing here asserts a time.
+//! Results are in e2e/README.md. Nothing here asserts a time.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -148,7 +148,7 @@ fn start_node_agent(cluster: &Cluster, lvmd: &Lvmd, dir: &Path) -> ManagedProces
 /// returns once its CSI socket exists.
 async fn start_controller(cluster: &Cluster, dir: &Path) -> (ManagedProcess, Sidecars) {
     let socket = dir.join("controller.sock");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-controller"));
+    let mut cmd = Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
     cmd.args(controller_args_without_webhook(cluster, &socket))
         .env("RUST_LOG", log_level());
     let controller = ManagedProcess::spawn("topolvm-controller", cmd, &dir.join("controller.log"));

@@ -1,8 +1,8 @@
 //! Benchmark (not a test) of topolvm-node at cluster scale, against the test bed's real
 //! kube-apiserver and a real lvmd on a loop device (lvm2 in metadata-only mode; root):
 //!
-//!     cargo build --release -p lvmd --bin lvmd
-//!     cargo bench -p topolvm-node --features e2e --bench node_scale [-- OTHER_NODES PER_NODE SAMPLES]
+//!     cargo build --release -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node
+//!     cargo bench -p topolvm-e2e --features e2e --bench node_scale [-- OTHER_NODES PER_NODE SAMPLES]
 //!
 //! 1. Memory: topolvm-node's resident set with only its own LogicalVolumes in the cluster
 //!    (`PER_NODE`, default 100, made as our controller makes them, labelled with their node), and
@@ -13,7 +13,7 @@
 //!    `capacity.topolvm.io/<class>` annotation showing the new free bytes, seen through a watch
 //!    on the Node (`SAMPLES` times, default 30).
 //!
-//! Results are in topolvm-node/README.md.
+//! Results are in e2e/README.md.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -137,7 +137,7 @@ async fn main() {
     );
 
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
+    let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
     cmd.arg("--nodename")
         .arg(NODE)
         .arg("--lvmd-socket")
@@ -179,7 +179,9 @@ async fn main() {
 
     // Capacity latency: lvmd answers a CreateLV, then the Node's annotation changes.
     let key = names::capacity_annotation_key("ssd");
-    let mut lv_client = lvmd.lv_client().await;
+    let mut lv_client = lvmd
+        .client(pb::lv_service_client::LvServiceClient::new)
+        .await;
     let mut latencies = Vec::new();
     for i in 0..samples {
         let mut events = watcher::watch_object(nodes.clone(), NODE).boxed();

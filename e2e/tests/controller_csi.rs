@@ -5,8 +5,8 @@
 //! built from a real PVC, StorageClass and the cluster's Nodes.
 //!
 //! ```text
-//! cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node
-//! cargo test -p topolvm-controller --features e2e --test csi
+//! cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node -p topolvm-controller --bin topolvm-controller
+//! cargo test -p topolvm-e2e --features e2e --test controller_csi
 //! ```
 //!
 //! `lvs` judges the LVs, the API server the objects.
@@ -127,7 +127,8 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
         ManagedProcess::spawn("topolvm-node", node_cmd, &dir.path().join("node.log"));
 
     let socket = dir.path().join("controller.sock");
-    let mut controller_cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-controller"));
+    let mut controller_cmd =
+        Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
     controller_cmd
         .args(controller_args_without_webhook(&cluster, &socket))
         .env("RUST_LOG", "topolvm_controller=debug,info");

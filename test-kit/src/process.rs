@@ -266,6 +266,49 @@ pub fn free_port() -> u16 {
     panic!("no free port in {PORT_RANGE:?}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Process groups
+
+/// Whether a live process is in process group `pgid`. Zombies do not count: they are dead and
+/// only wait for a parent (or init) to reap them.
+pub fn process_group_alive(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid {
+            return false;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        pgrp == Some(pgid) && state != Some("Z")
+    })
+}
+
+/// Waits up to `timeout` until no live process is left in group `pgid`; whether none is.
+pub fn wait_process_group_gone(pgid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while process_group_alive(pgid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

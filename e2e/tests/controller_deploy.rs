@@ -5,7 +5,8 @@
 //! bed's real kube-apiserver (RBAC authorization) and the real topolvm-controller binary:
 //!
 //! ```text
-//! cargo test -p topolvm-controller --features e2e --test deploy
+//! cargo build -p topolvm-controller --bin topolvm-controller
+//! cargo test -p topolvm-e2e --features e2e --test controller_deploy
 //! ```
 //!
 //! - Every object is a valid object of its kind (no field the API types do not know, which the
@@ -37,6 +38,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use serde::Deserialize;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
+use topolvm_e2e::process::workspace_binary;
 
 const NAMESPACE: &str = "topolvm-system";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:topolvm-system:topolvm-controller";
@@ -422,7 +424,7 @@ async fn check(manifest: &str) {
     let controller = container("topolvm-controller");
     let args = arguments(controller);
 
-    let help = Command::new(env!("CARGO_BIN_EXE_topolvm-controller"))
+    let help = Command::new(workspace_binary("topolvm-controller", "topolvm-controller"))
         .arg("--help")
         .output()
         .expect("topolvm-controller --help");

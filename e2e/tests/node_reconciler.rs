@@ -3,8 +3,8 @@
 //! classes only; root), with topolvm-node running under its own RBAC identity:
 //!
 //! ```text
-//! cargo build -p lvmd --bin lvmd
-//! cargo test -p topolvm-node --features e2e --test reconciler
+//! cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node
+//! cargo test -p topolvm-e2e --features e2e --test node_reconciler
 //! ```
 //!
 //! A LogicalVolume made as TopoLVM's controller makes it (no labels) gets our node label,
@@ -65,7 +65,7 @@ impl NodeAgent {
     fn start(&mut self, orphan_gc_after: Option<&str>) {
         assert!(self.process.is_none(), "already running");
         self.starts += 1;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
+        let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
         cmd.arg("--nodename")
             .arg(NODE)
             .arg("--lvmd-socket")
@@ -234,7 +234,9 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
             common::thick_default_class(CLASS, vg.name()),
         ),
     );
-    let mut lvmd_lv = lvmd.lv_client().await;
+    let mut lvmd_lv = lvmd
+        .client(pb::lv_service_client::LvServiceClient::new)
+        .await;
     let dir = tempfile::tempdir().expect("tmp");
     let mut agent = NodeAgent::new(
         lvmd.socket_path(),

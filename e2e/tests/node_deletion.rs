@@ -5,8 +5,8 @@
 //! made through CreateVolume as the provisioner sends it (`topolvm_e2e::csi::Sidecars`).
 //!
 //! ```text
-//! cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node
-//! cargo test -p topolvm-controller --features e2e --test node_deletion
+//! cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node -p topolvm-controller --bin topolvm-controller
+//! cargo test -p topolvm-e2e --features e2e --test node_deletion
 //! ```
 //!
 //! What the API server and `lvs` must show:
@@ -189,7 +189,8 @@ async fn a_node_deleted_under_its_running_agent_is_cleaned_up_and_comes_back() {
     );
 
     let socket = dir.path().join("controller.sock");
-    let mut controller_cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-controller"));
+    let mut controller_cmd =
+        Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
     controller_cmd
         .arg("--csi-socket")
         .arg(&socket)

@@ -2,7 +2,7 @@
 //! Leases):
 //!
 //! ```text
-//! cargo test -p topolvm-runtime --features e2e --test leader
+//! cargo test -p topolvm-e2e --features e2e --test leader_election
 //! ```
 //!
 //! One candidate leads while it renews and a second one waits longer than the lease duration

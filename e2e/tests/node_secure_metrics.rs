@@ -1,7 +1,7 @@
 //! `--secure-metrics-server` against the test bed's real kube-apiserver (root not needed):
 //!
 //! ```text
-//! cargo test -p topolvm-node --features e2e --test secure_metrics
+//! cargo build -p topolvm-node --bin topolvm-node && cargo test -p topolvm-e2e --features e2e --test node_secure_metrics
 //! ```
 //!
 //! `/metrics` is HTTPS only; without a token the answer is 401; with the token of a service
@@ -20,7 +20,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
-use topolvm_e2e::process::{ManagedProcess, free_port};
+use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
 
 /// A token of a new service account `name` in `default`, from the TokenRequest API.
 async fn service_account_token(client: kube::Client, name: &str) -> String {
@@ -117,7 +117,7 @@ async fn metrics_need_a_token_rbac_allows() {
 
     let dir = tempfile::tempdir().expect("tmp");
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_topolvm-node"));
+    let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
     cmd.arg("--nodename")
         .arg("node-s")
         .arg("--lvmd-socket")
