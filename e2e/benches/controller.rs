@@ -294,13 +294,7 @@ async fn latency(samples: usize) {
     let (bare_create, bare_remove) = bare_lvm(&env, vg.name(), samples);
 
     let dir = LogDir::new("latency");
-    let lvmd = Lvmd::start(
-        &env,
-        LvmdOptions::new(
-            workspace_binary("lvmd", "lvmd"),
-            common::thick_default_class(CLASS, vg.name()),
-        ),
-    );
+    let lvmd = Lvmd::start(&env, LvmdOptions::workspace_thick(CLASS, vg.name()));
     let mut node_agent = start_node_agent(&cluster, &lvmd, &dir.path);
     let (mut controller, mut sidecars) = start_controller(&cluster, &dir.path).await;
     // The node agent is up once its capacity annotation reaches the controller.

@@ -128,13 +128,7 @@ async fn main() {
     let env = LvmEnv::metadata_only();
     let size = (per_node as u64 + samples as u64 + 16) * 8 * MIB + GIB;
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(size)]);
-    let lvmd = Lvmd::start(
-        &env,
-        LvmdOptions::new(
-            workspace_binary("lvmd", "lvmd"),
-            common::thick_default_class("ssd", vg.name()),
-        ),
-    );
+    let lvmd = Lvmd::start(&env, LvmdOptions::workspace_thick("ssd", vg.name()));
 
     let dir = tempfile::tempdir().expect("tmp");
     let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));

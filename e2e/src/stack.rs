@@ -23,7 +23,7 @@ use serde_json::json;
 use topolvm_core::names;
 
 use crate::cluster::{Cluster, ClusterOptions};
-use crate::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup, http_get, thick_default_class};
+use crate::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup, http_get};
 use crate::pki::Pki;
 use crate::process::{ManagedProcess, eventually, free_port, workspace_binary};
 
@@ -255,11 +255,7 @@ impl Stack {
             let vg = VolumeGroup::create(&env, vec![disk]);
             let lvmd = Lvmd::start(
                 &env,
-                LvmdOptions::new(
-                    workspace_binary("lvmd", "lvmd"),
-                    thick_default_class(DEVICE_CLASS, vg.name()),
-                )
-                .own_process_group(),
+                LvmdOptions::workspace_thick(DEVICE_CLASS, vg.name()).own_process_group(),
             );
             let node_dir = dir.join(name);
             let at = AgentEndpoints::under(&node_dir);

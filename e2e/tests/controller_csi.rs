@@ -28,7 +28,7 @@ use topolvm_core::crd::LogicalVolume;
 use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::{PersistentVolume, Sidecars};
-use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
+use topolvm_e2e::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
 use topolvm_e2e::stack::{self, AgentEndpoints, controller_args_without_webhook, node_agent_args};
 use topolvm_proto::csi;
@@ -105,13 +105,7 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
 
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(128 * MIB)]);
-    let lvmd = Lvmd::start(
-        &env,
-        LvmdOptions::new(
-            workspace_binary("lvmd", "lvmd"),
-            common::thick_default_class(CLASS, vg.name()),
-        ),
-    );
+    let lvmd = Lvmd::start(&env, LvmdOptions::workspace_thick(CLASS, vg.name()));
     let dir = tempfile::tempdir().expect("tmp");
 
     let mut node_cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));

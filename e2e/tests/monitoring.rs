@@ -324,13 +324,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
 
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(128 * MIB)]);
-    let mut lvmd = Lvmd::start(
-        &env,
-        LvmdOptions::new(
-            workspace_binary("lvmd", "lvmd"),
-            common::thick_default_class(CLASS, vg.name()),
-        ),
-    );
+    let mut lvmd = Lvmd::start(&env, LvmdOptions::workspace_thick(CLASS, vg.name()));
     let (_node_agent, node_metrics, node_csi) =
         topolvm_node(&cluster, dir.path(), NODE, lvmd.socket_path());
 

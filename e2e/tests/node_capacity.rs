@@ -131,11 +131,7 @@ async fn node_capacity_follows_lvm_within_seconds() {
     let mut vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     let mut lvmd = Lvmd::start(
         &env,
-        LvmdOptions::new(
-            workspace_binary("lvmd", "lvmd"),
-            common::thick_default_class("ssd", vg.name()),
-        )
-        .extra("full-refresh-interval: 10m"),
+        LvmdOptions::workspace_thick("ssd", vg.name()).extra("full-refresh-interval: 10m"),
     );
 
     let dir = tempfile::tempdir().expect("tmp");
@@ -248,13 +244,7 @@ async fn embedded_lvmd_serves_the_node_from_one_process() {
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
     // The lvmd.yaml an lvmd daemon would read; this one is only written, never started.
-    let config = Lvmd::configure(
-        &env,
-        LvmdOptions::new(
-            workspace_binary("lvmd", "lvmd"),
-            common::thick_default_class("ssd", vg.name()),
-        ),
-    );
+    let config = Lvmd::configure(&env, LvmdOptions::workspace_thick("ssd", vg.name()));
 
     let dir = tempfile::tempdir().expect("tmp");
     let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");

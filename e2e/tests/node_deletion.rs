@@ -171,13 +171,7 @@ async fn a_node_deleted_under_its_running_agent_is_cleaned_up_and_comes_back() {
 
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(128 * MIB)]);
-    let lvmd = Lvmd::start(
-        &env,
-        LvmdOptions::new(
-            workspace_binary("lvmd", "lvmd"),
-            common::thick_default_class(CLASS, vg.name()),
-        ),
-    );
+    let lvmd = Lvmd::start(&env, LvmdOptions::workspace_thick(CLASS, vg.name()));
     let dir = tempfile::tempdir().expect("tmp");
     // Reports orphans every second, removes none.
     let mut agent = NodeAgent::start(

@@ -227,13 +227,7 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
 
     let env = LvmEnv::metadata_only();
     let vg = VolumeGroup::create(&env, vec![Disk::loop_device(DEFAULT_LOOP_SIZE)]);
-    let lvmd = Lvmd::start(
-        &env,
-        LvmdOptions::new(
-            workspace_binary("lvmd", "lvmd"),
-            common::thick_default_class(CLASS, vg.name()),
-        ),
-    );
+    let lvmd = Lvmd::start(&env, LvmdOptions::workspace_thick(CLASS, vg.name()));
     let mut lvmd_lv = lvmd
         .client(pb::lv_service_client::LvServiceClient::new)
         .await;
@@ -574,13 +568,7 @@ async fn a_volume_topolvm_made_is_adopted_then_grown_and_removed() {
         "the LV starts untagged, as TopoLVM's lvmd makes it"
     );
     // Our lvmd in place of TopoLVM's, on the volume group as TopoLVM left it.
-    let lvmd = Lvmd::start(
-        &env,
-        LvmdOptions::new(
-            workspace_binary("lvmd", "lvmd"),
-            common::thick_default_class(CLASS, vg.name()),
-        ),
-    );
+    let lvmd = Lvmd::start(&env, LvmdOptions::workspace_thick(CLASS, vg.name()));
 
     let dir = tempfile::tempdir().expect("tmp");
     let mut agent = NodeAgent::new(

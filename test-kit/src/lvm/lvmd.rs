@@ -48,6 +48,16 @@ impl LvmdOptions {
         }
     }
 
+    /// The workspace's `lvmd` (next to the test executable, see
+    /// [`workspace_binary`](crate::process::workspace_binary)) with one thick default class
+    /// `class` on `vg` and no spare space: what the tests of the other binaries run beside them.
+    pub fn workspace_thick(class: &str, vg: &str) -> Self {
+        Self::new(
+            crate::process::workspace_binary("lvmd", "lvmd"),
+            thick_default_class(class, vg),
+        )
+    }
+
     /// Appends top-level YAML (e.g. `"full-refresh-interval: 2s"`); one key per call or several
     /// lines at once.
     pub fn extra(mut self, yaml: &str) -> Self {
