@@ -19,7 +19,7 @@ scripts/setup.sh
 echo "== style: rustfmt and clippy"
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check
-cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e,topolvm-scheduler/e2e,topolvm-node/e2e,topolvm-node/vm-tier,topolvm-runtime/e2e,topolvm-controller/e2e --quiet -- -D warnings
+cargo clippy --workspace --all-targets --features lvmd/host-tier,lvmd/vm-tier,topolvm-e2e/e2e,topolvm-node/vm-tier --quiet -- -D warnings
 
 echo "== unit tier"
 cargo test --workspace --quiet
@@ -32,30 +32,18 @@ cargo test -p lvmd --features host-tier --quiet --test host_tier --test systemd_
 
 echo "== e2e tier (real etcd, kube-apiserver, kube-scheduler, kube-controller-manager)"
 e2e/scripts/build-control-plane.sh
-# The harness's own tests (starts target/debug/{lvmd,topolvm-*}): the whole stack, the crash
-# storm, and tests/chart.rs: the Helm chart and the plain manifests rendered from it (Helm's
-# engine, a server-side dry run of every object, each binary's --help).
-cargo build -p lvmd -p topolvm-node -p topolvm-controller -p topolvm-scheduler --bins --quiet
-cargo test -p topolvm-e2e --features e2e --quiet
-cargo test -p topolvm-scheduler --features e2e --quiet --test e2e
-cargo test -p topolvm-runtime --features e2e --quiet --test leader
-# topolvm-node against the control plane and a real lvmd on loop devices (starts target/debug/lvmd).
-cargo build -p lvmd --bin lvmd --quiet
-cargo test -p topolvm-node --features e2e --quiet --test capacity --test secure_metrics --test reconciler --test deploy
-# topolvm-controller against the control plane: the pod webhook over TLS, node clean-up, leader
-# failover, stray LogicalVolumes (no lvmd needed).
-cargo test -p topolvm-controller --features e2e --quiet --test cluster
-# The controller's Deployment, sidecars' RBAC and CSIDriver (deploy/manifests/) against the API server.
-cargo test -p topolvm-controller --features e2e --quiet --test deploy
-# topolvm-controller's CSI service with the real topolvm-node and lvmd (starts target/debug/{lvmd,topolvm-node}).
-cargo build -p lvmd --bin lvmd -p topolvm-node --bin topolvm-node --quiet
-cargo test -p topolvm-controller --features e2e --quiet --test csi --test node_deletion
-# deploy/monitoring/: every metric, label and value the dashboard and alerts use is exported by
-# the running lvmd, topolvm-node, topolvm-controller and topolvm-scheduler.
-# A real Prometheus (Debian's, cached) scrapes them and evaluates the rules.
+# deploy/monitoring/'s test has a real Prometheus (Debian's, cached) scrape the binaries.
 e2e/scripts/fetch-prometheus.sh >/dev/null
-cargo build -p topolvm-scheduler --bin topolvm-scheduler --quiet
-cargo test -p topolvm-controller --features e2e --quiet --test monitoring
+# The e2e tests start target/debug/{lvmd,topolvm-*}, which cargo does not build for another
+# package's tests: build them first.
+cargo build -p lvmd -p topolvm-node -p topolvm-controller -p topolvm-scheduler --bins --quiet
+# Every test in e2e/tests (e2e/README.md lists them), one test binary each: the control plane
+# itself and the Helm chart; topolvm-scheduler under the real kube-scheduler; leader election;
+# topolvm-node with a real lvmd on loop devices (capacity, reconciler, secure metrics, its
+# DaemonSet); topolvm-controller (webhook over TLS, node clean-up, failover, its Deployment, its
+# CSI service with the real topolvm-node and lvmd, node deletion); every metric the dashboard
+# and alerts use, exported and evaluated; the whole stack and the crash storm.
+cargo test -p topolvm-e2e --features e2e --quiet
 
 if [[ -n ${TOPOLVM_SKIP_VM:-} ]]; then
     echo "== VM tier skipped (TOPOLVM_SKIP_VM)"
