@@ -28,7 +28,8 @@ use topolvm_core::crd::{LogicalVolume, LogicalVolumeSpec};
 use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
-use topolvm_e2e::process::{ManagedProcess, free_port, rss_kib, workspace_binary};
+use topolvm_e2e::process::{ManagedProcess, rss_kib, workspace_binary};
+use topolvm_e2e::stack::{AgentEndpoints, node_agent_args};
 use topolvm_proto::lvmd as pb;
 
 const NODE: &str = "bench-node";
@@ -131,21 +132,9 @@ async fn main() {
     let lvmd = Lvmd::start(&env, LvmdOptions::workspace_thick("ssd", vg.name()));
 
     let dir = tempfile::tempdir().expect("tmp");
+    let at = AgentEndpoints::under(dir.path());
     let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
-    cmd.arg("--nodename")
-        .arg(NODE)
-        .arg("--lvmd-socket")
-        .arg(lvmd.socket_path())
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-node"))
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--csi-socket")
-        .arg(dir.path().join("csi.sock"))
-        .arg("--kubelet-dir")
-        .arg(dir.path().join("kubelet"))
+    cmd.args(node_agent_args(&cluster, NODE, lvmd.socket_path(), &at))
         .env("RUST_LOG", "warn");
     let node_agent = ManagedProcess::spawn("topolvm-node", cmd, &dir.path().join("node.log"));
     let pid = node_agent.pid().expect("topolvm-node runs");

@@ -449,12 +449,9 @@ impl Cluster {
     /// Applies the Namespace, ServiceAccounts and RBAC of the rendered manifests, as an operator
     /// installing them would (server-side apply).
     async fn install_identities(&self) {
-        let text = std::fs::read_to_string(rendered_manifest())
-            .unwrap_or_else(|e| panic!("reading {:?}: {e}", rendered_manifest()));
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let mut applied = Vec::new();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value = serde_json::Value::deserialize(doc).expect("a YAML document");
+        for value in manifest_documents("topolvm-rs-scheduler.yaml") {
             let kind = value["kind"].as_str().unwrap_or_default().to_owned();
             if !IDENTITY_KINDS.contains(&kind.as_str()) {
                 continue;
@@ -613,7 +610,24 @@ fn http_get(path: &str) -> http::Request<Vec<u8>> {
 /// The plain manifests rendered from the chart with every component (scheduler and webhook
 /// included), whose ServiceAccounts and RBAC the components of the test bed run with.
 pub fn rendered_manifest() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manifests/topolvm-rs-scheduler.yaml")
+    manifest_path("topolvm-rs-scheduler.yaml")
+}
+
+/// `deploy/manifests/<file>`, a plain manifest rendered from the chart.
+pub fn manifest_path(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/manifests")
+        .join(file)
+}
+
+/// Every object of `deploy/manifests/<file>`, as JSON, in the file's order.
+pub fn manifest_documents(file: &str) -> Vec<serde_json::Value> {
+    let path = manifest_path(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path:?}: {e}"));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_json::Value::deserialize(doc).expect("a YAML document"))
+        .filter(|doc| !doc.is_null())
+        .collect()
 }
 
 /// The kube-scheduler 1.20 configuration (API `kubescheduler.config.k8s.io/v1beta1`); its

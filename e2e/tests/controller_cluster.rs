@@ -33,10 +33,9 @@ use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use topolvm_core::crd::LogicalVolume;
-use topolvm_e2e::cluster::{Cluster, ClusterOptions, FIELD_MANAGER};
+use topolvm_e2e::cluster::{Cluster, ClusterOptions, FIELD_MANAGER, manifest_documents};
 use topolvm_e2e::pki::Pki;
 use topolvm_e2e::process::{ManagedProcess, eventually, free_port, workspace_binary};
 
@@ -232,12 +231,8 @@ fn pod(name: &str, claim: &str) -> Pod {
 /// (rendered from the Helm chart), pointed at `url` with `ca` (PEM) as its CA bundle instead of
 /// the in-cluster Service.
 fn shipped_webhook(url: &str, ca: &Path) -> Value {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/manifests/topolvm-rs-scheduler.yaml");
-    let text = std::fs::read_to_string(&path).expect("reading the shipped webhook manifest");
-    let mut config = serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| serde_yaml::Value::deserialize(doc).expect("YAML"))
-        .map(|doc| serde_json::to_value(doc).expect("JSON"))
+    let mut config = manifest_documents("topolvm-rs-scheduler.yaml")
+        .into_iter()
         .find(|doc| doc["kind"] == "MutatingWebhookConfiguration")
         .expect("a MutatingWebhookConfiguration");
     config["metadata"]

@@ -24,7 +24,6 @@
 //!   needs.
 #![cfg(feature = "e2e")]
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -36,23 +35,11 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
-use serde::Deserialize;
-use topolvm_e2e::cluster::{Cluster, ClusterOptions};
+use topolvm_e2e::cluster::{Cluster, ClusterOptions, manifest_documents};
 use topolvm_e2e::process::workspace_binary;
 
 const NAMESPACE: &str = "topolvm-system";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:topolvm-system:topolvm-controller";
-
-fn documents(file: &str) -> Vec<serde_json::Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/manifests")
-        .join(file);
-    let text = std::fs::read_to_string(&path).expect("reading the manifest");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| serde_json::Value::deserialize(doc).expect("a YAML document"))
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
 
 /// The objects of the controller and its sidecars among `documents`.
 fn controller_documents(documents: &[serde_json::Value]) -> Vec<serde_json::Value> {
@@ -295,7 +282,7 @@ async fn the_webhook_manifest_is_valid_its_flags_exist_and_its_rbac_covers_the_s
 }
 
 async fn check(manifest: &str) {
-    let all = documents(manifest);
+    let all = manifest_documents(manifest);
     let webhook = all
         .iter()
         .any(|d| d["kind"] == "MutatingWebhookConfiguration");

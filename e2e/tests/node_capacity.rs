@@ -33,6 +33,7 @@ use topolvm_e2e::lvm::{
     self as common, DEFAULT_LOOP_SIZE, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup,
 };
 use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
+use topolvm_e2e::stack::{AgentEndpoints, node_agent_args};
 use topolvm_proto::lvmd as pb;
 
 const NODE: &str = "node-a";
@@ -135,23 +136,11 @@ async fn node_capacity_follows_lvm_within_seconds() {
     );
 
     let dir = tempfile::tempdir().expect("tmp");
-    let health: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    // The CSI socket in the test's own dir, never the host's /run/topolvm.
+    let at = AgentEndpoints::under(dir.path());
+    let health = at.health;
     let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
-    cmd.arg("--nodename")
-        .arg(NODE)
-        .arg("--lvmd-socket")
-        .arg(lvmd.socket_path())
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-node"))
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--health-probe-bind-address")
-        .arg(health.to_string())
-        // The CSI socket in the test's own dir, never the host's /run/topolvm.
-        .arg("--csi-socket")
-        .arg(dir.path().join("csi.sock"))
-        .arg("--kubelet-dir")
-        .arg(dir.path().join("kubelet"))
+    cmd.args(node_agent_args(&cluster, NODE, lvmd.socket_path(), &at))
         .env("RUST_LOG", "topolvm_node=debug,info");
     let _node_agent = ManagedProcess::spawn("topolvm-node", cmd, &dir.path().join("node.log"));
 

@@ -40,8 +40,8 @@ use topolvm_core::names;
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::{Kubelet, Sidecars};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
-use topolvm_e2e::process::{ManagedProcess, eventually, free_port, workspace_binary};
-use topolvm_e2e::stack::{AgentEndpoints, node_agent_args};
+use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
+use topolvm_e2e::stack::{AgentEndpoints, controller_args_without_webhook, node_agent_args};
 
 const NODE: &str = "node-a";
 const CLASS: &str = "ssd";
@@ -186,16 +186,7 @@ async fn a_node_deleted_under_its_running_agent_is_cleaned_up_and_comes_back() {
     let mut controller_cmd =
         Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
     controller_cmd
-        .arg("--csi-socket")
-        .arg(&socket)
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-controller"))
-        .arg("--leader-election=false")
-        .arg("--enable-webhooks=false")
-        .arg("--metrics-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(controller_args_without_webhook(&cluster, &socket))
         .env("RUST_LOG", "topolvm_controller=debug,info");
     let mut controller = ManagedProcess::spawn(
         "topolvm-controller",

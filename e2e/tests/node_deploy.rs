@@ -12,7 +12,6 @@
 //! flag the DaemonSet passes to topolvm-node is one the binary takes.
 #![cfg(feature = "e2e")]
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -20,18 +19,13 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
-use serde::Deserialize;
-use topolvm_e2e::cluster::{Cluster, ClusterOptions};
+use topolvm_e2e::cluster::{Cluster, ClusterOptions, manifest_documents};
 use topolvm_e2e::process::workspace_binary;
 
 /// topolvm-node's objects in the plain manifest `file`.
 fn manifest(file: &str) -> Vec<serde_json::Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/manifests")
-        .join(file);
-    let text = std::fs::read_to_string(&path).expect("reading the manifest");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| serde_json::Value::deserialize(doc).expect("a YAML document"))
+    manifest_documents(file)
+        .into_iter()
         .filter(|doc| {
             doc["metadata"]["name"] == "topolvm-node"
                 && ["ServiceAccount", "ClusterRoleBinding", "DaemonSet"]
