@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Caches Debian's Prometheus server and promtool for the monitoring e2e test
-# (topolvm-controller/tests/monitoring.rs), taken from the `prometheus` .deb and NOT installed
+# (e2e/tests/monitoring.rs), taken from the `prometheus` .deb and NOT installed
 # (installing would start a daemon and add a system user): `apt-get download` + `dpkg-deb -x`,
 # as build-control-plane.sh does for kubectl.
 #

@@ -126,7 +126,7 @@ pub fn strays(
 
 /// Every object of `api`, in pages of 500, without their managedFields. One unpaged answer
 /// with 10,000 LogicalVolumes (their managedFields included) more than doubled the
-/// controller's resident set at every scan (benches/controller.rs), for a scan that reads a
+/// controller's resident set at every scan (e2e/benches/controller.rs), for a scan that reads a
 /// few fields of each.
 async fn list_all<K>(api: &Api<K>) -> Result<Vec<K>, kube::Error>
 where
