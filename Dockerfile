@@ -19,6 +19,7 @@ COPY core core
 COPY runtime runtime
 COPY csi-server csi-server
 COPY lvmd lvmd
+COPY test-kit test-kit
 COPY e2e e2e
 COPY topolvm-scheduler topolvm-scheduler
 COPY topolvm-node topolvm-node
