@@ -43,7 +43,7 @@ use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::Sidecars;
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, eventually, rss_kib, workspace_binary};
-use topolvm_e2e::stack::{self, AgentEndpoints, controller_args_without_webhook, node_agent_args};
+use topolvm_e2e::stack::{self, AgentEndpoints, node_agent_args};
 use topolvm_proto::csi;
 use topolvm_proto::csi::volume_capability::{
     AccessMode, AccessType, MountVolume, access_mode::Mode,
@@ -142,22 +142,6 @@ fn start_node_agent(cluster: &Cluster, lvmd: &Lvmd, dir: &Path) -> ManagedProces
     ))
     .env("RUST_LOG", log_level());
     ManagedProcess::spawn("topolvm-node", cmd, &dir.join("node.log"))
-}
-
-/// This crate's topolvm-controller (the bench profile's build) with its own RBAC identity;
-/// returns once its CSI socket exists.
-async fn start_controller(cluster: &Cluster, dir: &Path) -> (ManagedProcess, Sidecars) {
-    let socket = dir.join("controller.sock");
-    let mut cmd = Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
-    cmd.args(controller_args_without_webhook(cluster, &socket))
-        .env("RUST_LOG", log_level());
-    let controller = ManagedProcess::spawn("topolvm-controller", cmd, &dir.join("controller.log"));
-    eventually("the controller's socket", WAIT, || async {
-        socket.exists().then_some(())
-    })
-    .await;
-    let sidecars = Sidecars::connect(&socket).await.expect("connect");
-    (controller, sidecars)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,7 +280,8 @@ async fn latency(samples: usize) {
     let dir = LogDir::new("latency");
     let lvmd = Lvmd::start(&env, LvmdOptions::workspace_thick(CLASS, vg.name()));
     let mut node_agent = start_node_agent(&cluster, &lvmd, &dir.path);
-    let (mut controller, mut sidecars) = start_controller(&cluster, &dir.path).await;
+    let (mut controller, mut sidecars) =
+        stack::start_controller(&cluster, &dir.path, &log_level()).await;
     // The node agent is up once its capacity annotation reaches the controller.
     eventually("the controller to see the node's capacity", WAIT, || {
         let mut sidecars = sidecars.clone();
@@ -456,7 +441,8 @@ async fn memory(count: usize) {
     let made_in = started.elapsed();
 
     let dir = LogDir::new("memory");
-    let (controller, mut sidecars) = start_controller(&cluster, &dir.path).await;
+    let (controller, mut sidecars) =
+        stack::start_controller(&cluster, &dir.path, &log_level()).await;
     let pid = controller.pid().expect("pid");
     let (rss_started, _) = rss_kib(pid);
     // GetCapacity waits for the caches' first listing: once it answers, all are loaded.

@@ -127,6 +127,31 @@ pub fn controller_args_without_webhook(
     ]
 }
 
+/// The workspace's topolvm-controller as [`controller_args_without_webhook`] starts it, with its
+/// CSI socket and log in `dir` and `RUST_LOG=rust_log`; returns once the socket exists, with the
+/// sidecars' client connected to it.
+pub async fn start_controller(
+    cluster: &Cluster,
+    dir: &Path,
+    rust_log: &str,
+) -> (ManagedProcess, crate::csi::Sidecars) {
+    let socket = dir.join("controller.sock");
+    let mut cmd = Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
+    cmd.args(controller_args_without_webhook(cluster, &socket))
+        .env("RUST_LOG", rust_log);
+    let controller = ManagedProcess::spawn("topolvm-controller", cmd, &dir.join("controller.log"));
+    eventually(
+        "the controller's socket",
+        Duration::from_secs(60),
+        || async { socket.exists().then_some(()) },
+    )
+    .await;
+    let sidecars = crate::csi::Sidecars::connect(&socket)
+        .await
+        .expect("connecting to the controller's socket");
+    (controller, sidecars)
+}
+
 /// One node of the stack.
 pub struct StackNode {
     pub name: String,

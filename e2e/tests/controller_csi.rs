@@ -30,7 +30,7 @@ use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::{PersistentVolume, Sidecars};
 use topolvm_e2e::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
-use topolvm_e2e::stack::{self, AgentEndpoints, controller_args_without_webhook, node_agent_args};
+use topolvm_e2e::stack::{self, AgentEndpoints, node_agent_args};
 use topolvm_proto::csi;
 use topolvm_proto::csi::volume_capability::{
     AccessMode, AccessType, MountVolume, access_mode::Mode,
@@ -120,22 +120,8 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
     let mut node_agent =
         ManagedProcess::spawn("topolvm-node", node_cmd, &dir.path().join("node.log"));
 
-    let socket = dir.path().join("controller.sock");
-    let mut controller_cmd =
-        Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
-    controller_cmd
-        .args(controller_args_without_webhook(&cluster, &socket))
-        .env("RUST_LOG", "topolvm_controller=debug,info");
-    let mut controller = ManagedProcess::spawn(
-        "topolvm-controller",
-        controller_cmd,
-        &dir.path().join("controller.log"),
-    );
-    eventually("the controller's socket", WAIT, || async {
-        socket.exists().then_some(())
-    })
-    .await;
-    let mut sidecars = Sidecars::connect(&socket).await.expect("connect");
+    let (mut controller, mut sidecars) =
+        stack::start_controller(&cluster, dir.path(), "topolvm_controller=debug,info").await;
 
     // The node agent reports its capacity on the Node; GetCapacity reads it.
     let annotated: u64 = eventually("the capacity annotation", WAIT, || async {

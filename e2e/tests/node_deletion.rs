@@ -41,7 +41,7 @@ use topolvm_e2e::cluster::{Cluster, ClusterOptions};
 use topolvm_e2e::csi::{Kubelet, Sidecars};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
-use topolvm_e2e::stack::{AgentEndpoints, controller_args_without_webhook, node_agent_args};
+use topolvm_e2e::stack::{self, AgentEndpoints, node_agent_args};
 
 const NODE: &str = "node-a";
 const CLASS: &str = "ssd";
@@ -182,22 +182,8 @@ async fn a_node_deleted_under_its_running_agent_is_cleaned_up_and_comes_back() {
         &["--orphan-scan-interval=1s"],
     );
 
-    let socket = dir.path().join("controller.sock");
-    let mut controller_cmd =
-        Command::new(workspace_binary("topolvm-controller", "topolvm-controller"));
-    controller_cmd
-        .args(controller_args_without_webhook(&cluster, &socket))
-        .env("RUST_LOG", "topolvm_controller=debug,info");
-    let mut controller = ManagedProcess::spawn(
-        "topolvm-controller",
-        controller_cmd,
-        &dir.path().join("controller.log"),
-    );
-    eventually("the controller's socket", WAIT, || async {
-        socket.exists().then_some(())
-    })
-    .await;
-    let mut sidecars = Sidecars::connect(&socket).await.expect("connect");
+    let (mut controller, mut sidecars) =
+        stack::start_controller(&cluster, dir.path(), "topolvm_controller=debug,info").await;
 
     // topolvm-node owns its Node: finalizer and capacity.
     let free = vg.sizes().get_u64("vg_free").to_string();
