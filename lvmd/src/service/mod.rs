@@ -250,6 +250,21 @@ impl NewVolume<'_> {
     }
 }
 
+/// Whether `change` creates a volume that was found without a device node in a volume group
+/// whose other volumes have theirs: activation is on (inside a VM or on a real node, not the
+/// metadata-only host), so the node is only late.
+fn awaits_device_node(change: &Change, current: &Snapshot) -> bool {
+    let Change::Created { lv, .. } = change else {
+        return false;
+    };
+    lv.kernel_major.is_none()
+        && current.vgs.get(&lv.vg_name).is_some_and(|vg| {
+            vg.lvs
+                .values()
+                .any(|other| other.name != lv.name && other.kernel_major.is_some())
+        })
+}
+
 impl Lvmd {
     pub fn new(config: Arc<Config>, cache: Arc<StateCache>, runner: Arc<dyn LvmRunner>) -> Self {
         let vg_locks = config
@@ -336,6 +351,12 @@ impl Lvmd {
         };
         match outcome {
             Ok(_) => match predict() {
+                // The kernel has the new volume but its device node is not there yet (udev
+                // makes it shortly after lvcreate returns): the report, which reads
+                // device-mapper itself, has its numbers, and a publish needs them now.
+                Some(change) if awaits_device_node(&change, &self.cache.current()) => {
+                    Ok(self.cache.refresh(RefreshReason::Mutation).await?)
+                }
                 Some(change) => {
                     let snap = self.cache.record(change);
                     self.cache.confirm_in_background(busy);

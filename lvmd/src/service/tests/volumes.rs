@@ -340,3 +340,42 @@ async fn create_that_lvm_finds_already_made_is_answered_as_an_existing_volume() 
     assert!(matches!(err, Error::Exists { .. }), "{err:?}");
     assert_eq!(fake.mutations().len(), 2, "{:?}", fake.mutations());
 }
+
+/// A volume created without a device node waits for the report (which has its numbers) only
+/// where activation is on: in the report lvm printed inside the VM (every volume active), not in
+/// the host's metadata-only one (none active), nor when the prediction found its node.
+#[test]
+fn a_new_volume_without_its_device_node_waits_for_the_report_where_activation_is_on() {
+    use crate::lvm::report::parse_fullreport;
+    use crate::state::{Change, Snapshot};
+
+    let snapshot = |fixture: &str| Snapshot {
+        vgs: parse_fullreport(fixture).expect("a captured report"),
+    };
+    let vm = snapshot(include_str!(
+        "../../../tests/fixtures/fullreport-vm-thin.json"
+    ));
+    let host = snapshot(include_str!(
+        "../../../tests/fixtures/fullreport-host-thick.json"
+    ));
+    let created = |snap: &Snapshot, major: Option<u32>| {
+        let vg = snap.vgs.values().next().expect("one volume group");
+        let mut lv = vg.lvs.values().next().expect("a volume").clone();
+        lv.name = "new".to_owned();
+        lv.kernel_major = major;
+        lv.kernel_minor = major;
+        Change::Created {
+            lv: Box::new(lv),
+            allocated: 0,
+        }
+    };
+    assert!(super::super::awaits_device_node(&created(&vm, None), &vm));
+    assert!(!super::super::awaits_device_node(
+        &created(&vm, Some(253)),
+        &vm
+    ));
+    assert!(!super::super::awaits_device_node(
+        &created(&host, None),
+        &host
+    ));
+}
