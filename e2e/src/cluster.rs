@@ -24,7 +24,7 @@ use tempfile::TempDir;
 use topolvm_core::names;
 
 use crate::pki::{self, Pki};
-use crate::process::{ManagedProcess, free_port};
+use crate::process::{ManagedProcess, eventually, free_port};
 
 /// Where `e2e/scripts/build-control-plane.sh` caches the Kubernetes binaries.
 pub const DEFAULT_K8S_BIN: &str = "/var/cache/topolvm-rs/k8s/bin";
@@ -118,6 +118,22 @@ impl std::fmt::Debug for Cluster {
 }
 
 /// The directory holding kube-apiserver, kube-scheduler and kube-controller-manager.
+/// Waits until the API server no longer has object `name` (a finalizer released, a deletion
+/// done), failing the test with `what` after `within`.
+pub async fn eventually_gone<K>(api: &Api<K>, name: &str, what: &str, within: Duration)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    eventually(what, within, || async {
+        api.get_opt(name)
+            .await
+            .unwrap_or_else(|e| panic!("get {name}: {e}"))
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
 pub fn k8s_bin_dir() -> PathBuf {
     let dir = std::env::var_os("TOPOLVM_K8S_BIN")
         .map(PathBuf::from)

@@ -26,7 +26,7 @@ use serde_json::json;
 use tonic::Code;
 use topolvm_core::crd::LogicalVolume;
 use topolvm_core::names;
-use topolvm_e2e::cluster::{Cluster, ClusterOptions};
+use topolvm_e2e::cluster::{Cluster, ClusterOptions, eventually_gone};
 use topolvm_e2e::csi::{PersistentVolume, Sidecars};
 use topolvm_e2e::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
@@ -263,14 +263,12 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
             );
         }
     }
-    eventually("no snapshot object left", WAIT, || async {
-        lvs_api
-            .get_opt(&snap_request.name)
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
+    eventually_gone(
+        &lvs_api,
+        &snap_request.name,
+        "no snapshot object left",
+        WAIT,
+    )
     .await;
     assert_eq!(
         code(
@@ -294,14 +292,12 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
         code(sidecars.create_volume(huge_request.clone()).await),
         Code::ResourceExhausted
     );
-    eventually("the refused object deleted", WAIT, || async {
-        lvs_api
-            .get_opt(&huge_request.name)
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
+    eventually_gone(
+        &lvs_api,
+        &huge_request.name,
+        "the refused object deleted",
+        WAIT,
+    )
     .await;
     assert_eq!(lv_sizes(&env, &vg).len(), 1);
 
@@ -313,14 +309,12 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
         code(sidecars.create_volume(other_request.clone()).await),
         Code::ResourceExhausted
     );
-    eventually("the refused object deleted", WAIT, || async {
-        lvs_api
-            .get_opt(&other_request.name)
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
+    eventually_gone(
+        &lvs_api,
+        &other_request.name,
+        "the refused object deleted",
+        WAIT,
+    )
     .await;
 
     // 6. Expand: the LV grows; too much is RESOURCE_EXHAUSTED; a smaller retry then succeeds

@@ -52,7 +52,7 @@ use topolvm_e2e::monitoring::{
     parse_sample, substitute_grafana_variables,
 };
 use topolvm_e2e::process::{ManagedProcess, eventually, free_port, workspace_binary};
-use topolvm_e2e::stack;
+use topolvm_e2e::stack::{self, AgentEndpoints};
 use topolvm_e2e::{Cluster, ClusterOptions};
 use topolvm_proto::csi;
 use topolvm_proto::lvmd as pb;
@@ -127,23 +127,9 @@ fn topolvm_node(
     node: &str,
     lvmd_socket: &Path,
 ) -> (ManagedProcess, SocketAddr, PathBuf) {
-    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let csi_socket = dir.join(format!("{node}.sock"));
+    let at = AgentEndpoints::under(&dir.join(node));
     let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
-    cmd.arg("--nodename")
-        .arg(node)
-        .arg("--lvmd-socket")
-        .arg(lvmd_socket)
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-node"))
-        .arg("--metrics-bind-address")
-        .arg(metrics.to_string())
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--csi-socket")
-        .arg(&csi_socket)
-        .arg("--kubelet-dir")
-        .arg(dir.join(format!("{node}-kubelet")))
+    cmd.args(stack::node_agent_args(cluster, node, lvmd_socket, &at))
         .arg("--orphan-scan-interval")
         .arg("1s")
         .env("RUST_LOG", "topolvm_node=debug,info");
@@ -152,7 +138,7 @@ fn topolvm_node(
         cmd,
         &dir.join(format!("{node}.log")),
     );
-    (process, metrics, csi_socket)
+    (process, at.metrics, at.csi_socket)
 }
 
 async fn scrape(addr: SocketAddr) -> Option<String> {

@@ -37,7 +37,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use topolvm_core::crd::LogicalVolume;
 use topolvm_core::names;
-use topolvm_e2e::cluster::{Cluster, ClusterOptions};
+use topolvm_e2e::cluster::{Cluster, ClusterOptions, eventually_gone};
 use topolvm_e2e::csi::{Kubelet, Sidecars};
 use topolvm_e2e::lvm::{self as common, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
 use topolvm_e2e::process::{ManagedProcess, eventually, workspace_binary};
@@ -263,15 +263,7 @@ async fn a_node_deleted_under_its_running_agent_is_cleaned_up_and_comes_back() {
         volumes.get_opt(&request.name).await.expect("get").is_none(),
         "the LogicalVolume was deleted before the node was released"
     );
-    eventually("the claim is deleted", WAIT, || async {
-        claims
-            .get_opt("data")
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    eventually_gone(&claims, "data", "the claim is deleted", WAIT).await;
 
     // lvmd changes while the Node is being deleted: topolvm-node sees it (its gauge follows)
     // but neither puts the finalizer back nor touches the capacity of a Node being deleted.

@@ -28,7 +28,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use topolvm_core::crd::LogicalVolume;
 use topolvm_core::names;
-use topolvm_e2e::cluster::{Cluster, ClusterOptions};
+use topolvm_e2e::cluster::{Cluster, ClusterOptions, eventually_gone};
 use topolvm_e2e::lvm::{
     self as common, DEFAULT_LOOP_SIZE, Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup,
 };
@@ -395,14 +395,7 @@ async fn logical_volumes_become_lvs_through_crashes_and_orphans_are_found() {
         "the finalizer holds the object while the node is down"
     );
     agent.start(None);
-    eventually("lv-a gone", WAIT, || async {
-        api.get_opt("lv-a")
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    eventually_gone(&api, "lv-a", "lv-a gone", WAIT).await;
     assert!(!lv_names(&env, &vg).contains(&uid_a), "lv-a's LV is gone");
 
     // 7. Orphans: an LV with our tags whose object never existed (found by a GET of its name
@@ -600,14 +593,7 @@ async fn a_volume_topolvm_made_is_adopted_then_grown_and_removed() {
     api.delete("lv-switched", &DeleteParams::default())
         .await
         .expect("delete");
-    eventually("the object gone", WAIT, || async {
-        api.get_opt("lv-switched")
-            .await
-            .expect("get")
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    eventually_gone(&api, "lv-switched", "the object gone", WAIT).await;
     assert!(!lv_names(&env, &vg).contains(&uid), "the LV is removed");
     agent.assert_running();
 }

@@ -10,7 +10,6 @@
 //! controller-runtime's secure metrics server that TopoLVM uses.
 #![cfg(feature = "e2e")]
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -20,7 +19,8 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use topolvm_e2e::cluster::{Cluster, ClusterOptions};
-use topolvm_e2e::process::{ManagedProcess, free_port, workspace_binary};
+use topolvm_e2e::process::{ManagedProcess, workspace_binary};
+use topolvm_e2e::stack::{AgentEndpoints, node_agent_args};
 
 /// A token of a new service account `name` in `default`, from the TokenRequest API.
 async fn service_account_token(client: kube::Client, name: &str) -> String {
@@ -116,24 +116,17 @@ async fn metrics_need_a_token_rbac_allows() {
         .expect("binding");
 
     let dir = tempfile::tempdir().expect("tmp");
-    let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let at = AgentEndpoints::under(dir.path());
+    let metrics = at.metrics;
     let mut cmd = Command::new(workspace_binary("topolvm-node", "topolvm-node"));
-    cmd.arg("--nodename")
-        .arg("node-s")
-        .arg("--lvmd-socket")
-        .arg(dir.path().join("no-lvmd.sock"))
-        .arg("--csi-socket")
-        .arg(dir.path().join("csi.sock"))
-        .arg("--kubelet-dir")
-        .arg(dir.path().join("kubelet"))
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig("topolvm-node"))
-        .arg("--metrics-bind-address")
-        .arg(metrics.to_string())
-        .arg("--health-probe-bind-address")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--secure-metrics-server")
-        .env("RUST_LOG", "topolvm_runtime=debug,info");
+    cmd.args(node_agent_args(
+        &cluster,
+        "node-s",
+        &dir.path().join("no-lvmd.sock"),
+        &at,
+    ))
+    .arg("--secure-metrics-server")
+    .env("RUST_LOG", "topolvm_runtime=debug,info");
     let _node_agent = ManagedProcess::spawn("topolvm-node", cmd, &dir.path().join("node.log"));
 
     let url = format!("https://{metrics}/metrics");
