@@ -40,8 +40,8 @@ const NODE: &str = "node-a";
 const MIB: u64 = 1 << 20;
 
 /// The Node's capacity annotations, its other annotations, and whether it has our finalizer.
-async fn node_state(nodes: &Api<Node>) -> (BTreeMap<String, String>, bool) {
-    let node = nodes.get(NODE).await.expect("get node");
+async fn node_state(nodes: &Api<Node>, node: &str) -> (BTreeMap<String, String>, bool) {
+    let node = nodes.get(node).await.expect("get node");
     let finalized = node
         .metadata
         .finalizers
@@ -51,13 +51,19 @@ async fn node_state(nodes: &Api<Node>) -> (BTreeMap<String, String>, bool) {
     (node.metadata.annotations.unwrap_or_default(), finalized)
 }
 
-/// Waits until the Node's `ssd` capacity annotation (and `00default`, the same class) is
+/// Waits until Node `node`'s `ssd` capacity annotation (and `00default`, the same class) is
 /// `bytes`, or panics after `within`.
-async fn wait_for_capacity(nodes: &Api<Node>, bytes: u64, within: Duration, what: &str) {
+async fn wait_for_capacity(
+    nodes: &Api<Node>,
+    node: &str,
+    bytes: u64,
+    within: Duration,
+    what: &str,
+) {
     let deadline = Instant::now() + within;
     let want = bytes.to_string();
     loop {
-        let (annotations, _) = node_state(nodes).await;
+        let (annotations, _) = node_state(nodes, node).await;
         let ssd = annotations.get(&names::capacity_annotation_key("ssd"));
         let default = annotations.get(names::DEFAULT_CAPACITY_ANNOTATION_KEY);
         if ssd == Some(&want) && default == Some(&want) {
@@ -145,8 +151,15 @@ async fn node_capacity_follows_lvm_within_seconds() {
     let _node_agent = ManagedProcess::spawn("topolvm-node", cmd, &dir.path().join("node.log"));
 
     // Start-up: the process, its client and the first Watch message.
-    wait_for_capacity(&nodes, vg_free(&vg), Duration::from_secs(20), "start-up").await;
-    let (annotations, finalized) = node_state(&nodes).await;
+    wait_for_capacity(
+        &nodes,
+        NODE,
+        vg_free(&vg),
+        Duration::from_secs(20),
+        "start-up",
+    )
+    .await;
+    let (annotations, finalized) = node_state(&nodes, NODE).await;
     assert!(finalized, "the node carries {}", names::NODE_FINALIZER);
     assert_eq!(
         annotations.get("example.com/keep").map(String::as_str),
@@ -185,6 +198,7 @@ async fn node_capacity_follows_lvm_within_seconds() {
     .expect("CreateLV");
     wait_for_capacity(
         &nodes,
+        NODE,
         vg_free(&vg),
         Duration::from_secs(2),
         "after CreateLV",
@@ -194,6 +208,7 @@ async fn node_capacity_follows_lvm_within_seconds() {
     vg.extend(Disk::loop_device(DEFAULT_LOOP_SIZE));
     wait_for_capacity(
         &nodes,
+        NODE,
         vg_free(&vg),
         Duration::from_secs(2),
         "after vgextend",
@@ -205,6 +220,7 @@ async fn node_capacity_follows_lvm_within_seconds() {
     vg.create_lv_by_hand("outside", "8m");
     wait_for_capacity(
         &nodes,
+        NODE,
         vg_free(&vg),
         Duration::from_secs(15),
         "after lvmd restarted",
@@ -258,20 +274,14 @@ async fn embedded_lvmd_serves_the_node_from_one_process() {
         .env("RUST_LOG", "topolvm_node=debug,lvmd=debug,info");
     let _node_agent = ManagedProcess::spawn("topolvm-node", cmd, &dir.path().join("node.log"));
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let want = vg_free(&vg).to_string();
-    loop {
-        let node = nodes.get(NODE_B).await.expect("get node");
-        let annotations = node.metadata.annotations.unwrap_or_default();
-        if annotations.get(&names::capacity_annotation_key("ssd")) == Some(&want) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the embedded lvmd's capacity never reached the node: {annotations:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_capacity(
+        &nodes,
+        NODE_B,
+        vg_free(&vg),
+        Duration::from_secs(20),
+        "the embedded lvmd's capacity never reached the node",
+    )
+    .await;
     wait_for_readyz(health, "ok", Duration::from_secs(5)).await;
     assert!(
         !config.socket_path().exists(),
@@ -280,20 +290,15 @@ async fn embedded_lvmd_serves_the_node_from_one_process() {
 
     // An admin's lvcreate behind lvmd's back: the embedded lvmd's monitor sees it too.
     vg.create_lv_by_hand("outside", "8m");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let want = vg_free(&vg).to_string();
-    loop {
-        let node = nodes.get(NODE_B).await.expect("get node");
-        let annotations = node.metadata.annotations.unwrap_or_default();
-        if annotations.get(&names::capacity_annotation_key("ssd")) == Some(&want) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node does not follow an outside lvcreate: {annotations:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let want = vg_free(&vg);
+    wait_for_capacity(
+        &nodes,
+        NODE_B,
+        want,
+        Duration::from_secs(5),
+        "the node does not follow an outside lvcreate",
+    )
+    .await;
 
     // One /metrics with TopoLVM's gauge (its value what `vgs` says is free, spare-gb being 0)
     // and lvmd's own, each series once.
