@@ -147,21 +147,6 @@ fn start_node_agent(cluster: &Cluster, lvmd: &Lvmd, dir: &Path) -> ManagedProces
 // ---------------------------------------------------------------------------------------------
 // 1. CreateVolume latency
 
-fn storage_class() -> StorageClass {
-    serde_json::from_value(json!({
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "StorageClass",
-        "metadata": {"name": "topolvm-ssd"},
-        "provisioner": names::PLUGIN_NAME,
-        "volumeBindingMode": "WaitForFirstConsumer",
-        "parameters": {
-            "csi.storage.k8s.io/fstype": "ext4",
-            names::DEVICE_CLASS_PARAMETER: CLASS,
-        },
-    }))
-    .expect("a StorageClass")
-}
-
 async fn make_pvc(api: &Api<PersistentVolumeClaim>, name: &str) -> PersistentVolumeClaim {
     api.create(
         &PostParams::default(),
@@ -268,7 +253,10 @@ async fn latency(samples: usize) {
     cluster.make_node(NODE, &[], &[]).await;
     let admin = cluster.client();
     let class = Api::<StorageClass>::all(admin.clone())
-        .create(&PostParams::default(), &storage_class())
+        .create(
+            &PostParams::default(),
+            &stack::storage_class_of("topolvm-ssd", CLASS, Some("ext4")),
+        )
         .await
         .expect("StorageClass");
     let env = LvmEnv::metadata_only();

@@ -470,12 +470,29 @@ async fn register_webhook(cluster: &Cluster, port: u16, ca: &Path) {
 /// A StorageClass of our driver for the stack's device class, as the demo and the tests use it:
 /// WaitForFirstConsumer, expandable, filesystem `fs_type`.
 pub fn storage_class(name: &str, fs_type: &str) -> k8s_openapi::api::storage::v1::StorageClass {
+    storage_class_of(name, DEVICE_CLASS, Some(fs_type))
+}
+
+/// A StorageClass `name` of our driver for `device_class`: WaitForFirstConsumer, expandable,
+/// filesystem `fs_type` (`None`: the parameter left out, so the CSI default applies).
+pub fn storage_class_of(
+    name: &str,
+    device_class: &str,
+    fs_type: Option<&str>,
+) -> k8s_openapi::api::storage::v1::StorageClass {
+    let mut parameters = serde_json::Map::new();
+    parameters.insert(
+        names::DEVICE_CLASS_PARAMETER.to_owned(),
+        device_class.into(),
+    );
+    if let Some(fs_type) = fs_type {
+        parameters.insert("csi.storage.k8s.io/fstype".to_owned(), fs_type.into());
+    }
     serde_json::from_value(json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
         "metadata": {"name": name},
         "provisioner": names::PLUGIN_NAME,
-        "parameters": {"csi.storage.k8s.io/fstype": fs_type,
-                       names::DEVICE_CLASS_PARAMETER: DEVICE_CLASS},
+        "parameters": parameters,
         "volumeBindingMode": "WaitForFirstConsumer",
         "allowVolumeExpansion": true,
     }))

@@ -49,21 +49,6 @@ fn lv_sizes(env: &LvmEnv, vg: &VolumeGroup) -> BTreeMap<String, u64> {
         .collect()
 }
 
-fn storage_class(name: &str, class: &str) -> StorageClass {
-    serde_json::from_value(json!({
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "StorageClass",
-        "metadata": {"name": name},
-        "provisioner": names::PLUGIN_NAME,
-        "volumeBindingMode": "WaitForFirstConsumer",
-        "parameters": {
-            "csi.storage.k8s.io/fstype": "ext4",
-            names::DEVICE_CLASS_PARAMETER: class,
-        },
-    }))
-    .expect("a StorageClass")
-}
-
 /// A PVC of `bytes` in the API server (for its UID).
 async fn make_pvc(
     client: &kube::Client,
@@ -95,11 +80,17 @@ async fn the_controller_service_drives_real_volumes_through_the_node() {
     let nodes_api: Api<Node> = Api::all(admin.clone());
     let classes: Api<StorageClass> = Api::all(admin.clone());
     let ssd = classes
-        .create(&PostParams::default(), &storage_class("topolvm-ssd", CLASS))
+        .create(
+            &PostParams::default(),
+            &stack::storage_class_of("topolvm-ssd", CLASS, Some("ext4")),
+        )
         .await
         .expect("StorageClass");
     let missing = classes
-        .create(&PostParams::default(), &storage_class("topolvm-hdd", "hdd"))
+        .create(
+            &PostParams::default(),
+            &stack::storage_class_of("topolvm-hdd", "hdd", Some("ext4")),
+        )
         .await
         .expect("StorageClass");
 

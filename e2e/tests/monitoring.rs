@@ -160,18 +160,6 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
-fn storage_class(name: &str, class: &str) -> StorageClass {
-    serde_json::from_value(json!({
-        "apiVersion": "storage.k8s.io/v1",
-        "kind": "StorageClass",
-        "metadata": {"name": name},
-        "provisioner": names::PLUGIN_NAME,
-        "volumeBindingMode": "WaitForFirstConsumer",
-        "parameters": {names::DEVICE_CLASS_PARAMETER: class},
-    }))
-    .expect("a StorageClass")
-}
-
 async fn make_pvc(client: &kube::Client, name: &str, bytes: u64) -> PersistentVolumeClaim {
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
         .create(
@@ -385,7 +373,10 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     })
     .await;
     let ssd = Api::<StorageClass>::all(admin.clone())
-        .create(&PostParams::default(), &storage_class("topolvm-ssd", CLASS))
+        .create(
+            &PostParams::default(),
+            &stack::storage_class_of("topolvm-ssd", CLASS, None),
+        )
         .await
         .expect("StorageClass");
     let all_nodes = nodes.list(&Default::default()).await.expect("nodes").items;

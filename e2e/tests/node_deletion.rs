@@ -156,14 +156,7 @@ async fn a_node_deleted_under_its_running_agent_is_cleaned_up_and_comes_back() {
         .create(&PostParams::default(), &driver)
         .await
         .expect("CSIDriver");
-    let class: StorageClass = serde_json::from_value(json!({
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": STORAGE_CLASS},
-        "provisioner": names::PLUGIN_NAME,
-        "volumeBindingMode": "WaitForFirstConsumer",
-        "parameters": {"csi.storage.k8s.io/fstype": "ext4", names::DEVICE_CLASS_PARAMETER: CLASS},
-    }))
-    .expect("a StorageClass");
+    let class = stack::storage_class_of(STORAGE_CLASS, CLASS, Some("ext4"));
     let class = Api::<StorageClass>::all(admin.clone())
         .create(&PostParams::default(), &class)
         .await
