@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build and cache a Kubernetes 1.20 control plane (kube-apiserver, kube-scheduler,
-# kube-controller-manager) from Debian's `kubernetes` source package, for the
-# end-to-end test bed. etcd is Debian's etcd-server (3.4, /usr/bin/etcd);
+# kube-controller-manager) and kubelet from Debian's `kubernetes` source package,
+# for the end-to-end test bed (kubelet runs only inside the VM tier's guest: on a
+# host it rewrites host-wide sysctls). etcd is Debian's etcd-server (3.4, /usr/bin/etcd);
 # kubectl 1.20 is taken from Debian's kubernetes-client .deb of the same source
 # version and put next to the other binaries, NOT installed: /usr/bin/kubectl
 # may belong to another package (e.g. Google's `kubectl`, a much newer version).
@@ -15,7 +16,7 @@
 #   --force        rebuild even when the cache is up to date
 #
 # Cache: ${TOPOLVM_K8S_CACHE:-/var/cache/topolvm-rs/k8s}
-#   bin/    kube-apiserver, kube-scheduler, kube-controller-manager, kubectl
+#   bin/    kube-apiserver, kube-scheduler, kube-controller-manager, kubelet, kubectl
 #   stamp   source package version + sha256 of this script; when it matches
 #           and the binaries run, the script does nothing (well under 1 s)
 #   work/   apt-get source + build tree (deleted after a successful build)
@@ -28,7 +29,7 @@
 #   eval "$(e2e/scripts/build-control-plane.sh)"
 #
 # Needs root for apt-get (only when something must be installed or fetched).
-# The first build takes 5-7 min on 2 cores (more when the machine is busy) and
+# The first build takes 6-9 min on 2 cores (more when the machine is busy) and
 # ~1.4 GB RSS; it needs no network apart from apt.
 set -euo pipefail
 
@@ -36,7 +37,7 @@ CACHE=${TOPOLVM_K8S_CACHE:-/var/cache/topolvm-rs/k8s}
 BIN=$CACHE/bin
 STAMP=$CACHE/stamp
 WORK=$CACHE/work
-COMPONENTS=(kube-apiserver kube-scheduler kube-controller-manager)
+COMPONENTS=(kube-apiserver kube-scheduler kube-controller-manager kubelet)
 SRC_PKG=kubernetes
 SRC_PIN=${TOPOLVM_K8S_SRC_VERSION:-}
 CLIENT_PKG=kubernetes-client # binary package of $SRC_PKG holding kubectl
@@ -127,7 +128,7 @@ report() {
   [[ -x $ETCD ]] || die "$ETCD missing (package etcd-server)"
   etcd_v=$("$ETCD" --version | awk '/^etcd Version:/ { print $3 }')
   [[ $etcd_v == 3.4.* ]] || die "$ETCD is version '$etcd_v', want 3.4.x"
-  log "kube-apiserver/kube-scheduler/kube-controller-manager $k8s_v in $BIN (Debian source $SRC_PKG ${STAMPV[source_version]:-?})"
+  log "kube-apiserver/kube-scheduler/kube-controller-manager/kubelet $k8s_v in $BIN (Debian source $SRC_PKG ${STAMPV[source_version]:-?})"
   log "etcd $etcd_v ($ETCD), kubectl $kubectl_v ($KUBECTL)"
   printf 'TOPOLVM_K8S_VERSION=%q\n' "$k8s_v"
   printf 'TOPOLVM_ETCD=%q\n' "$ETCD"
@@ -353,13 +354,13 @@ WHAT=""
 for c in "${COMPONENTS[@]}"; do WHAT+="${WHAT:+ }cmd/$c"; done
 mkdir -p "$TREE/.go/src/k8s.io" "$WORK/home" "$WORK/go-cache"
 [[ -L $TREE/.go/src/k8s.io/kubernetes ]] || ln -s ../../.. "$TREE/.go/src/k8s.io/kubernetes"
-log "building $WHAT with $(go version) (log: $WORK/build.log); 5-7 min on 2 cores"
+log "building $WHAT with $(go version) (log: $WORK/build.log); 6-9 min on 2 cores"
 start=$SECONDS
 # A line a minute while make runs, so a newcomer sees it is alive and where to look.
 (
   while sleep 60; do
     last=$(tail -n 1 "$WORK/build.log" 2>/dev/null | cut -c1-100)
-    log "still building: $(((SECONDS - start) / 60)) min so far (usually 5-7); last: ${last:-nothing yet}"
+    log "still building: $(((SECONDS - start) / 60)) min so far (usually 6-9); last: ${last:-nothing yet}"
   done
 ) &
 heartbeat=$!
