@@ -6,6 +6,7 @@
 //!   groups that remove themselves) and a real lvmd process with gRPC channels: the harness of
 //!   lvmd's host tier, VM tier and benchmark, and of the e2e tests that need a node's storage.
 //! - [`metrics`]: a binary's `/metrics` read over plain HTTP and summed.
+//! - [`mounts`]: what is mounted under a directory, and unmounting it all on the way out.
 //! - [`pki`]: the test bed's CA, certificates and kubeconfigs.
 //! - [`process`]: child processes that never outlive the test, free ports, process groups.
 //! - [`raw_grpc`]: a frame-by-frame gRPC client that sends any `:authority`, as other gRPC
@@ -13,6 +14,7 @@
 
 pub mod lvm;
 pub mod metrics;
+pub mod mounts;
 pub mod pki;
 pub mod process;
 pub mod raw_grpc;
