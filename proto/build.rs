@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     unsafe_env_set("PROTOC", protoc.as_os_str());
     tonic_prost_build::configure().compile_protos(&["lvmd.proto"], &["."])?;
     println!("cargo:rerun-if-changed=lvmd.proto");
+    tonic_prost_build::configure().compile_protos(&["pluginregistration.proto"], &["."])?;
+    println!("cargo:rerun-if-changed=pluginregistration.proto");
 
     // CSI v1 imports google/protobuf/{descriptor,timestamp,wrappers}.proto. The vendored
     // crate ships those well-known files; pass its include directory explicitly rather than
