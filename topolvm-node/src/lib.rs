@@ -5,7 +5,9 @@
 //! [`logical_volume`], the LogicalVolume reconciler and the orphan LV scan; [`metrics`],
 //! TopoLVM's capacity gauges; [`volume_condition`], the health rule NodeGetVolumeStats reports;
 //! readiness on the CSIDriver object (`topolvm_runtime::existence`); lvmd either over its socket or embedded in
-//! this process ([`lvmd_client`]); with `/metrics`, `/healthz` and `/readyz`.
+//! this process ([`lvmd_client`]); with `/metrics`, `/healthz` and `/readyz`; and, with
+//! `--register-with-kubelet`, [`registrar`], kubelet's plugin registration without the
+//! node-driver-registrar sidecar.
 #![forbid(unsafe_code)]
 
 pub mod capacity;
@@ -13,6 +15,7 @@ pub mod csi;
 pub mod logical_volume;
 pub mod lvmd_client;
 pub mod metrics;
+pub mod registrar;
 pub mod volume_condition;
 
 use std::path::PathBuf;
@@ -54,6 +57,9 @@ pub struct Options {
     pub orphan_gc_after: Option<std::time::Duration>,
     /// How often to look for orphan LVs (`--orphan-scan-interval`).
     pub orphan_scan_interval: std::time::Duration,
+    /// Register the CSI socket with kubelet (`--register-with-kubelet`); `None`: the
+    /// node-driver-registrar sidecar does.
+    pub registrar: Option<registrar::RegistrarOptions>,
 }
 
 /// Why topolvm-node stopped with an error.
@@ -73,6 +79,8 @@ pub enum RunError {
     EmbeddedLvmd(#[from] lvmd::RunError),
     #[error(transparent)]
     Csi(#[from] csi::ServeError),
+    #[error(transparent)]
+    Registrar(#[from] registrar::Error),
 }
 
 /// Runs topolvm-node until `shutdown`.
@@ -88,6 +96,10 @@ pub async fn run(
     let health = Health::new();
     let lvmd_ready = health.readiness("lvmd");
     let csi_driver_ready = health.readiness("csidriver");
+    let registrar = options.registrar.clone().map(|registrar_options| {
+        let registered = health.readiness(registrar::READINESS_CHECK);
+        registrar::serve(registrar_options, registered, shutdown.clone())
+    });
 
     let metrics_listener = topolvm_runtime::http::bind(&options.metrics_bind_address).await?;
     let health_listener = topolvm_runtime::http::bind(&options.health_probe_bind_address).await?;
@@ -183,12 +195,25 @@ pub async fn run(
         topolvm_runtime::http::serve(metrics_listener, metrics_tls, metrics_app, shutdown.clone());
     let probes =
         topolvm_runtime::http::serve(health_listener, None, health.routes(), shutdown.clone());
-    let (metrics, probes, csi_served) = tokio::join!(metrics, probes, async {
-        let result = csi_server.await;
-        // Without its socket the node is of no use to kubelet: stop the rest too.
-        shutdown.cancel();
-        result
-    });
+    let (metrics, probes, csi_served, registrar_served) = tokio::join!(
+        metrics,
+        probes,
+        async {
+            let result = csi_server.await;
+            // Without its socket the node is of no use to kubelet: stop the rest too.
+            shutdown.cancel();
+            result
+        },
+        async {
+            let Some(registrar) = registrar else {
+                return Ok(());
+            };
+            let result = registrar.await;
+            // Unregistered, kubelet would never call the node: stop, as the sidecar would.
+            shutdown.cancel();
+            result
+        }
+    );
     shutdown.cancel();
     tasks.close();
     tasks.wait().await;
@@ -199,5 +224,6 @@ pub async fn run(
     metrics?;
     probes?;
     csi_served?;
+    registrar_served?;
     Ok(())
 }

@@ -50,6 +50,21 @@ struct Args {
     /// How often to look for orphan LVs (and soon after start).
     #[arg(long, default_value_t = GoDuration(OrphanOptions::default().interval))]
     orphan_scan_interval: GoDuration,
+    /// Register the CSI socket with kubelet through its plugin registration directory, instead
+    /// of the node-driver-registrar sidecar.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    register_with_kubelet: bool,
+    /// The CSI socket's path as kubelet sees it on the host, told to kubelet at registration
+    /// (with --register-with-kubelet).
+    #[arg(
+        long,
+        default_value = "/var/lib/kubelet/plugins/topolvm.io/node/csi-topolvm.sock"
+    )]
+    kubelet_registration_path: PathBuf,
+    /// kubelet's plugin registration directory, where the registration socket goes (with
+    /// --register-with-kubelet; default: plugins_registry under --kubelet-dir).
+    #[arg(long)]
+    plugin_registration_dir: Option<PathBuf>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -71,6 +86,15 @@ async fn main() -> anyhow::Result<()> {
         .context("building the Kubernetes client")?;
     let shutdown = topolvm_runtime::shutdown::cancel_on_signals()
         .context("installing the SIGTERM and SIGINT handlers")?;
+    let registrar = args
+        .register_with_kubelet
+        .then(|| topolvm_node::registrar::RegistrarOptions {
+            registration_dir: args
+                .plugin_registration_dir
+                .unwrap_or_else(|| topolvm_node::registrar::registration_dir(&args.kubelet_dir)),
+            endpoint: args.kubelet_registration_path,
+            retry: topolvm_node::registrar::Retry::default(),
+        });
     let options = topolvm_node::Options {
         node_name: args.nodename,
         lvmd,
@@ -81,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
         kubelet_dir: args.kubelet_dir,
         orphan_gc_after: args.orphan_gc_after.map(|d| d.0),
         orphan_scan_interval: args.orphan_scan_interval.0,
+        registrar,
     };
     topolvm_node::run(options, client, shutdown).await?;
     Ok(())
