@@ -24,6 +24,9 @@
 //!   topolvm-scheduler's own parsers; names the objects use of each other (volumes, ConfigMaps,
 //!   ServiceAccounts, roles, the lvmd socket) resolve within the render; every StorageClass waits
 //!   for the first consumer; the CSIDriver is what TopoLVM's is.
+//! - `node.registrar.builtin` leaves node-driver-registrar out and has topolvm-node register with
+//!   kubelet through the host's `plugins_registry`, telling it the host path of the CSI socket,
+//!   as the sidecar does by default.
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeSet;
@@ -684,4 +687,98 @@ fn the_rendered_workloads_fit_the_binaries_and_each_other() {
         binaries.len(),
         "every binary is run by some render: {seen_programs:?}"
     );
+}
+
+/// Where `path` of `container` is on the host: through the hostPath volume mounted deepest
+/// above it.
+fn host_path(pod: &Value, container: &Value, path: &str) -> Option<PathBuf> {
+    let path = Path::new(path);
+    let mount = container["volumeMounts"]
+        .as_array()?
+        .iter()
+        .filter(|m| path.starts_with(m["mountPath"].as_str().expect("a mountPath")))
+        .max_by_key(|m| m["mountPath"].as_str().expect("a mountPath").len())?;
+    let volume = pod["volumes"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == mount["name"])?;
+    let below = path
+        .strip_prefix(mount["mountPath"].as_str().expect("a mountPath"))
+        .expect("under the mount");
+    Some(Path::new(volume["hostPath"]["path"].as_str()?).join(below))
+}
+
+/// `node.registrar.builtin`: node-driver-registrar goes and topolvm-node registers with kubelet
+/// itself, telling kubelet the host path of its CSI socket and listening in the host's
+/// `<kubelet root>/plugins_registry`, where kubelet's plugin watcher looks
+/// (kubernetes/kubernetes pkg/kubelet/pluginmanager/pluginwatcher). The default keeps the
+/// sidecar, which tells kubelet the same socket.
+#[test]
+fn the_builtin_registrar_replaces_the_sidecar() {
+    for (set, kubelet, builtin) in [
+        (&[][..], "/var/lib/kubelet", false),
+        (
+            &["node.registrar.builtin=true"][..],
+            "/var/lib/kubelet",
+            true,
+        ),
+        (
+            &[
+                "node.registrar.builtin=true",
+                "node.kubeletWorkDirectory=/var/lib/k0s/kubelet",
+            ][..],
+            "/var/lib/k0s/kubelet",
+            true,
+        ),
+    ] {
+        let docs = documents(&render(&[], set).unwrap_or_else(|e| panic!("{set:?}: {e}")));
+        let daemonset = find(&docs, "DaemonSet", "topolvm-node").expect("the node DaemonSet");
+        let pod = &daemonset["spec"]["template"]["spec"];
+        let containers = pod["containers"].as_array().expect("containers");
+        let node = containers
+            .iter()
+            .find(|c| c["name"] == "topolvm-node")
+            .expect("topolvm-node");
+        let node_args = arguments(node);
+        let csi_socket = flag(&node_args, "csi-socket").expect("--csi-socket");
+        let kubelet_sees = host_path(pod, node, csi_socket).expect("the CSI socket on the host");
+        assert_eq!(
+            kubelet_sees,
+            Path::new(kubelet).join("plugins/topolvm.io/node/csi-topolvm.sock"),
+            "{set:?}"
+        );
+        let sidecar = containers.iter().find(|c| c["name"] == "csi-registrar");
+        assert_eq!(
+            node_args.iter().any(|a| a == "--register-with-kubelet"),
+            builtin,
+            "{set:?}: {node_args:?}"
+        );
+        let registering = if builtin {
+            assert!(
+                sidecar.is_none(),
+                "{set:?}: node-driver-registrar is left out"
+            );
+            node
+        } else {
+            sidecar.expect("node-driver-registrar by default")
+        };
+        let args = arguments(registering);
+        // node-driver-registrar's --plugin-registration-path defaults to /registration.
+        let dir_flag = if builtin {
+            "plugin-registration-dir"
+        } else {
+            "plugin-registration-path"
+        };
+        let dir = flag(&args, dir_flag).unwrap_or("/registration");
+        assert_eq!(
+            host_path(pod, registering, dir),
+            Some(Path::new(kubelet).join("plugins_registry")),
+            "{set:?}: the registration directory"
+        );
+        assert_eq!(
+            flag(&args, "kubelet-registration-path").map(PathBuf::from),
+            Some(kubelet_sees),
+            "{set:?}: the endpoint told to kubelet"
+        );
+    }
 }
