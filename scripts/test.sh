@@ -4,7 +4,7 @@
 #   fuzz tier   scripts/fuzz.sh                 coverage-guided inputs to the parsers of other programs' output
 #   host tier   real lvm2 (metadata only) on loop devices, a real lvmd process and gRPC client
 #   VM tier     real device-mapper in a qemu VM: thin pools, snapshots, activation, data usage
-#   e2e tier    a real Kubernetes 1.20 control plane on loopback (built once, cached)
+#   e2e tier    a real Kubernetes 1.20 control plane on loopback (built once, cached), containerd
 # Set TOPOLVM_SKIP_VM=1 to leave out the VM tier when iterating locally (CI never does).
 set -euo pipefail
 cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.."
@@ -34,6 +34,9 @@ echo "== e2e tier (real etcd, kube-apiserver, kube-scheduler, kube-controller-ma
 e2e/scripts/build-control-plane.sh
 # deploy/monitoring/'s test has a real Prometheus (Debian's, cached) scrape the binaries.
 e2e/scripts/fetch-prometheus.sh >/dev/null
+# Debian's containerd and runc (unpacked, never installed) and the pause and app images built
+# from busybox: the node's container runtime (tests/test_bed.rs here, kubelet in the VM tier).
+e2e/scripts/build-node-runtime.sh >/dev/null
 # The e2e tests start target/debug/{lvmd,topolvm-*}, which cargo does not build for another
 # package's tests: build them first.
 cargo build -p lvmd -p topolvm-node -p topolvm-controller -p topolvm-scheduler --bins --quiet

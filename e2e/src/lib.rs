@@ -4,6 +4,9 @@
 //!   request kube-scheduler with our extender and kube-controller-manager) with RBAC on, an admin
 //!   kubeconfig and one per component we ship; or an existing cluster from
 //!   `TOPOLVM_E2E_KUBECONFIG`.
+//! - [`containerd`]: Debian's containerd and runc from the runtime cache
+//!   (`e2e/scripts/build-node-runtime.sh`) with a private root and socket, and the test bed's
+//!   pause and app images (built from busybox, no registry) imported for kubelet's CRI.
 //! - [`csi`]: kubelet's side of the CSI socket: the Node requests kubelet sends for a pod's
 //!   volumes (targets, capability, volume context), for tests of the node service; and the
 //!   controller sidecars' side (`Sidecars`: provisioner, resizer, snapshotter), for tests of
@@ -24,6 +27,7 @@
 //! code that builds everywhere.
 
 pub mod cluster;
+pub mod containerd;
 pub mod csi;
 pub mod monitoring;
 pub mod sidecar_loop;

@@ -1,6 +1,8 @@
 //! End to end against a real kube-apiserver: the shared crate's `LogicalVolume` type, the
-//! component RBAC roles, and kube-scheduler calling an HTTP extender. Needs the `e2e` feature and
-//! the cached control plane (`e2e/scripts/build-control-plane.sh`).
+//! component RBAC roles, and kube-scheduler calling an HTTP extender; and the node's container
+//! runtime, the real containerd with the test bed's images. Needs the `e2e` feature, the cached
+//! control plane (`e2e/scripts/build-control-plane.sh`) and runtime
+//! (`e2e/scripts/build-node-runtime.sh`).
 #![cfg(feature = "e2e")]
 
 use std::collections::BTreeMap;
@@ -525,4 +527,197 @@ async fn kube_scheduler_calls_the_extender() {
             .any(|c| c == "predicate")
     );
     server.abort();
+}
+
+/// What the app container writes: the known content, its sha256 as `sha256sum` prints it, then
+/// `stat` and `df` of the file and the container's root.
+const APP_SCRIPT: &str = "printf 'topolvm-rs\\n' > /tmp/data && sha256sum /tmp/data && \
+     stat -c 'size=%s mode=%a' /tmp/data && df -k / && id -u && ls /bin/blockdev /bin/dd";
+/// sha256 of "topolvm-rs\n" (by the host's coreutils `sha256sum`).
+const APP_DATA_SHA256: &str = "27207f28d3588d723061bd2f8192b262a7f4201815299849069ed24c4d7a24f3";
+
+/// Debian's containerd and runc from the runtime cache, with a private root and socket, import
+/// the hand-made OCI archives under their names; the app image runs busybox's tools; the pause
+/// image stops on SIGTERM; and dropping the launcher leaves no shim, container, mount or
+/// directory behind, even with a container still running.
+#[test]
+fn containerd_imports_the_images_and_runs_them() {
+    use topolvm_e2e::containerd::{self, Containerd};
+
+    let started = Instant::now();
+    let runtime = Containerd::start_temp();
+    eprintln!(
+        "containerd ready, images imported in {:?} ({} snapshotter)",
+        started.elapsed(),
+        runtime.snapshotter().name()
+    );
+    let socket = runtime.socket().to_owned();
+    let dir = socket.parent().expect("the socket's directory").to_owned();
+    assert!(runtime.endpoint().starts_with("unix:///"));
+
+    // The CRI plugin (kubelet's side) and the chosen snapshotter loaded.
+    let plugins = runtime.ctr_ok(["plugins", "ls"]);
+    for (kind, id) in [
+        ("io.containerd.grpc.v1", "cri"),
+        ("io.containerd.snapshotter.v1", runtime.snapshotter().name()),
+    ] {
+        assert!(
+            plugins.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&kind) && f.get(1) == Some(&id) && f.last() == Some(&"ok")
+            }),
+            "plugin {kind} {id} is not ok:\n{plugins}"
+        );
+    }
+    let images = runtime.ctr_ok(["images", "ls", "-q"]);
+    let names: Vec<&str> = images
+        .lines()
+        .filter(|l| !l.starts_with("sha256:"))
+        .collect();
+    assert_eq!(names, [containerd::APP_IMAGE, containerd::PAUSE_IMAGE]);
+
+    let run = Instant::now();
+    let text = runtime.ctr_ok([
+        "run",
+        "--rm",
+        "--net-host",
+        runtime.app_image(),
+        "test-bed-app",
+        "sh",
+        "-c",
+        APP_SCRIPT,
+    ]);
+    eprintln!("ctr run --rm took {:?}:\n{text}", run.elapsed());
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], format!("{APP_DATA_SHA256}  /tmp/data"));
+    assert_eq!(lines[1], "size=11 mode=644");
+    assert!(lines[2].starts_with("Filesystem"), "df header: {text}");
+    assert!(lines[3].ends_with(" /"), "df of the root: {text}");
+    assert_eq!(lines[4], "0");
+    assert_eq!(&lines[5..], ["/bin/blockdev", "/bin/dd"]);
+
+    // The pause image's PID 1 exits 0 on SIGTERM (a bare sleep as PID 1 would ignore it).
+    let mut pause = runtime
+        .ctr_command()
+        .args([
+            "run",
+            "--rm",
+            "--net-host",
+            runtime.pause_image(),
+            "test-bed-pause",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ctr run of the pause image");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !runtime
+        .ctr_ok(["tasks", "ls"])
+        .lines()
+        .any(|l| l.starts_with("test-bed-pause ") && l.contains("RUNNING"))
+    {
+        assert!(Instant::now() < deadline, "the pause container never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    runtime.ctr_ok(["tasks", "kill", "--signal", "SIGTERM", "test-bed-pause"]);
+    let status = loop {
+        if let Some(status) = pause.try_wait().expect("waiting for ctr run") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pause container ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "pause exited with {status}");
+
+    // A container still running when the launcher goes: its shim and process are killed, its
+    // rootfs unmounted, the directory removed.
+    let task = start_sleeper(&runtime, "test-bed-left");
+    let shims = containerd::shims_of(&socket);
+    assert_eq!(shims.len(), 1, "one shim for the detached container");
+    assert!(
+        !containerd::mounts_under(&dir).is_empty() || runtime.snapshotter().name() == "native",
+        "the running container's rootfs is an overlay mount under {dir:?}"
+    );
+    drop(runtime);
+    assert_nothing_left(&socket, task, "test-bed-left");
+}
+
+/// Starts container `id` of the app image running `sleep 600`, detached, and returns its
+/// host pid (from `ctr tasks ls`).
+fn start_sleeper(runtime: &topolvm_e2e::containerd::Containerd, id: &str) -> i32 {
+    runtime.ctr_ok([
+        "run",
+        "--detach",
+        "--net-host",
+        runtime.app_image(),
+        id,
+        "sleep",
+        "600",
+    ]);
+    let tasks = runtime.ctr_ok(["tasks", "ls"]);
+    tasks
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(id)).then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no task {id} in:\n{tasks}"))
+}
+
+/// No shim serves `socket`, the container process `task` is gone (or a zombie), no mount or
+/// file is left in the socket's directory, and no runc state or cgroup of container `id`.
+fn assert_nothing_left(socket: &std::path::Path, task: i32, id: &str) {
+    use topolvm_e2e::containerd;
+    let dir = socket.parent().expect("the socket's directory");
+    assert_eq!(
+        containerd::shims_of(socket),
+        Vec::<i32>::new(),
+        "shims left"
+    );
+    let state = std::fs::read_to_string(format!("/proc/{task}/stat")).unwrap_or_default();
+    let state = state
+        .rsplit_once(')')
+        .map(|(_, r)| r.trim_start().chars().next());
+    assert!(
+        matches!(state, None | Some(Some('Z'))),
+        "container process {task} is alive"
+    );
+    assert_eq!(
+        containerd::mounts_under(dir),
+        Vec::<std::path::PathBuf>::new()
+    );
+    assert!(!dir.exists(), "{dir:?} is left");
+    let runc_state = std::path::Path::new("/run/containerd/runc/k8s.io").join(id);
+    assert!(!runc_state.exists(), "runc state {runc_state:?} is left");
+    // cgroup v2 at /sys/fs/cgroup (the VM) or v1 hierarchies and v2 beside them (the host).
+    let roots = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten();
+    for root in roots
+        .map(|e| e.path())
+        .chain([std::path::PathBuf::from("/sys/fs/cgroup")])
+    {
+        let cgroup = root.join("k8s.io").join(id);
+        assert!(!cgroup.exists(), "cgroup {cgroup:?} is left");
+    }
+}
+
+/// A test run killed before it could drop its containerd leaves containerd, a shim with a
+/// running container, an overlay mount and a cgroup; the next run's sweep removes them all.
+#[test]
+fn a_killed_runs_containerd_is_swept() {
+    use topolvm_e2e::containerd::{self, Containerd};
+
+    let runtime = Containerd::start_temp();
+    let socket = runtime.socket().to_owned();
+    let dir = socket.parent().expect("the socket's directory").to_owned();
+    let task = start_sleeper(&runtime, "test-bed-swept");
+    // The owner is gone (pid 2^22 + 1 is above any pid_max) and no destructor runs.
+    std::fs::write(dir.join("owner.pid"), "4194305").expect("write owner.pid");
+    std::mem::forget(runtime);
+    containerd::sweep_stale();
+    assert_nothing_left(&socket, task, "test-bed-swept");
 }
