@@ -179,6 +179,11 @@ impl Containerd {
             enable_root_cgroup_controllers();
         }
         let socket = dir.join(SOCKET);
+        // sun_path holds 108 bytes, and containerd also listens on `<socket>.ttrpc`.
+        assert!(
+            socket.as_os_str().len() + ".ttrpc".len() < 108,
+            "{socket:?} is too long for a unix socket: start containerd in a shorter directory"
+        );
         let snapshotter = Snapshotter::for_dir(dir);
         let config_path = dir.join("config.toml");
         std::fs::write(
