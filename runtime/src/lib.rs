@@ -3,7 +3,8 @@
 //!
 //! - [`shutdown`]: SIGTERM/SIGINT cancel a token; a second signal exits at once;
 //! - [`unix`]: gRPC on a Unix socket (stale-socket removal, mode 0600, peer credentials,
-//!   graceful shutdown) and the client connector;
+//!   graceful shutdown) and the client connector; [`authority`]: clients that send the socket's
+//!   path as the HTTP/2 `:authority` (kubelet before 1.26) served as if they sent `localhost`;
 //! - [`in_process`]: gRPC between two parts of one process (the embedded lvmd);
 //! - [`http`]: an HTTP or HTTPS server for metrics, health and webhooks, with Go-style listen
 //!   addresses and graceful shutdown; [`tls`]: certificates re-read when their files change;
@@ -19,6 +20,7 @@
 //! Each module has its own error type.
 #![forbid(unsafe_code)]
 
+pub mod authority;
 pub mod delegated_auth;
 pub mod endpoints;
 pub mod existence;

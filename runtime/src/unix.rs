@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
@@ -14,6 +15,8 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 use tracing::info;
+
+use crate::authority::AuthorityRepair;
 
 /// Why a socket could not be served.
 #[derive(Debug, Error)]
@@ -92,9 +95,9 @@ pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
 /// Serves `routes` on `listener` (bound at `path` by [`bind`]) until `shutdown`; requests in
 /// flight finish first. Removes the socket file at the end.
 ///
-/// Clients must send an HTTP/2 `:authority` that is a valid URI authority: gRPC-Go (kubelet,
-/// TopoLVM) sends `localhost`; gRPC C-core and grpc-java send the socket path unless told
-/// otherwise, which the HTTP/2 layer refuses (see lvmd's README).
+/// Clients that send the socket's path as the HTTP/2 `:authority` (kubelet before 1.26, gRPC
+/// C-core, grpc-java), which the HTTP/2 layer would refuse, are served as if they had sent
+/// `localhost` ([`crate::authority`]).
 pub async fn serve(
     listener: UnixListener,
     path: &Path,
@@ -104,7 +107,10 @@ pub async fn serve(
     info!(path = %path.display(), "serving gRPC");
     let result = tonic::transport::Server::builder()
         .add_routes(routes)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|accepted| accepted.map(AuthorityRepair::new)),
+            shutdown.cancelled(),
+        )
         .await;
     let _ = std::fs::remove_file(path);
     result.map_err(Error::from)

@@ -18,7 +18,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use topolvm_runtime::unix;
-use topolvm_test_kit::raw_grpc::{self, Outcome, PROTOCOL_ERROR};
+use topolvm_test_kit::raw_grpc::{self, Outcome};
 
 /// The health service, answering each call only after `delay`: a request still in flight when
 /// shutdown starts.
@@ -144,42 +144,38 @@ async fn serves_with_peer_credentials_and_drains_on_shutdown() {
     assert!(!server.socket.exists(), "the socket file is removed");
 }
 
-/// Which `:authority` values reach the service. gRPC-Go (kubelet, TopoLVM) sends `localhost`;
-/// gRPC C-core before 1.57 and grpc-java send the socket path, C-core since 1.57 its
-/// percent-encoding. The HTTP/2 layer (h2) resets a stream whose authority is not a valid URI
-/// authority before any service sees it.
+/// Every `:authority` a Unix-socket client sends reaches the service: gRPC-Go dialing `unix:`
+/// (TopoLVM, kubelet since 1.26) sends `localhost`; kubelet before 1.26 and grpc-java send the
+/// socket path, gRPC C-core since 1.57 its percent-encoding. The HTTP/2 layer (h2) alone resets
+/// the last two with PROTOCOL_ERROR; [`topolvm_runtime::authority`] repairs them first.
 #[tokio::test]
-async fn which_authorities_are_served() {
+async fn every_authority_of_unix_socket_clients_is_served() {
     let server = start(Duration::ZERO).await;
-    let call = |authority: &'static str| {
-        let socket = server.socket.clone();
-        async move {
-            raw_grpc::unary_call(&socket, authority, "/grpc.health.v1.Health/Check", &[])
-                .await
-                .unwrap_or_else(|e| panic!("calling with authority {authority:?}: {e}"))
-        }
-    };
-
-    let Outcome::Answered { messages } = call("localhost").await else {
-        panic!("`localhost` must be served");
-    };
-    let answer: HealthCheckResponse =
-        prost::Message::decode(messages.first().expect("an answer").as_slice()).expect("decode");
-    assert_eq!(answer.status, ServingStatus::Serving as i32);
-
-    assert_eq!(
-        call("/run/topolvm/lvmd.sock").await,
-        Outcome::Reset {
-            error_code: PROTOCOL_ERROR
-        },
-        "a socket path is refused by h2"
-    );
-    assert_eq!(
-        call("%2Frun%2Ftopolvm%2Flvmd.sock").await,
-        Outcome::Reset {
-            error_code: PROTOCOL_ERROR
-        },
-        "so is its percent-encoding"
-    );
+    for authority in [
+        "localhost",
+        "/var/lib/kubelet/plugins_registry/topolvm.io-reg.sock",
+        "/run/topolvm/lvmd.sock",
+        "%2Frun%2Ftopolvm%2Flvmd.sock",
+    ] {
+        let outcome = raw_grpc::unary_call(
+            &server.socket,
+            authority,
+            "/grpc.health.v1.Health/Check",
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("calling with authority {authority:?}: {e}"));
+        let Outcome::Answered { messages } = outcome else {
+            panic!("authority {authority:?} was not served: {outcome:?}");
+        };
+        let answer: HealthCheckResponse =
+            prost::Message::decode(messages.first().expect("an answer").as_slice())
+                .expect("decode");
+        assert_eq!(
+            answer.status,
+            ServingStatus::Serving as i32,
+            "{authority:?}"
+        );
+    }
     server.shutdown.cancel();
 }
