@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::mounts::{mount_table, unmount_all_under};
 use crate::process::{ManagedProcess, claim_dir, sweep_stale_dirs};
 
 /// Where `e2e/scripts/build-node-runtime.sh` caches containerd, its shim, ctr and runc.
@@ -334,7 +335,7 @@ impl Drop for Containerd {
             p.stop();
         }
         remove_cgroups(&kill_shims(&self.socket, &self.bin.join("runc")));
-        unmount_under(&self.dir);
+        unmount_all_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -491,77 +492,11 @@ fn kill_shims(socket: &Path, runc: &Path) -> BTreeSet<String> {
     cgroups
 }
 
-/// One mount of /proc/self/mountinfo: where, what type, its super options.
-struct MountEntry {
-    point: PathBuf,
-    fstype: String,
-    super_options: String,
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space and so on).
-fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|_| bytes[i] == b'\\')
-            .and_then(|digits| std::str::from_utf8(digits).ok())
-            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
-        if let Some(b) = octal {
-            out.push(b);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
-}
-
-fn mounts() -> Vec<MountEntry> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let point = unescape(before.split(' ').nth(4)?);
-            let mut after = after.split(' ');
-            let fstype = after.next()?.to_owned();
-            let super_options = after.nth(1).unwrap_or("").to_owned();
-            Some(MountEntry {
-                point,
-                fstype,
-                super_options,
-            })
-        })
-        .collect()
-}
-
-/// The mount points at or below `dir`, deepest (latest) first.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let mut points: Vec<PathBuf> = mounts()
-        .into_iter()
-        .map(|m| m.point)
-        .filter(|p| p.starts_with(dir))
-        .collect();
-    points.reverse();
-    points
-}
-
-/// Lazily unmounts everything at or below `dir`.
-fn unmount_under(dir: &Path) {
-    for point in mounts_under(dir) {
-        let _ = Command::new("umount").arg("--lazy").arg(&point).output();
-    }
-}
-
 /// Removes the cgroups named by `/proc/<pid>/cgroup` lines (`id:controllers:path`) of killed
 /// containers: a v2 line maps to the cgroup2 mount, a v1 line to the mount of its controllers.
 /// A cgroup still in use stays (rmdir fails).
 fn remove_cgroups(lines: &BTreeSet<String>) {
-    let mounts = mounts();
+    let mounts = mount_table();
     for line in lines {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -573,9 +508,9 @@ fn remove_cgroups(lines: &BTreeSet<String>) {
         }
         let mount = mounts.iter().find(|m| {
             if controllers.is_empty() {
-                m.fstype == "cgroup2"
+                m.fs_type == "cgroup2"
             } else {
-                m.fstype == "cgroup"
+                m.fs_type == "cgroup"
                     && controllers
                         .split(',')
                         .all(|c| m.super_options.split(',').any(|o| o == c))
@@ -615,7 +550,7 @@ pub fn sweep_stale() {
         .join("runc");
     for dir in &stale {
         remove_cgroups(&kill_shims(&dir.join(SOCKET), &runc));
-        unmount_under(dir);
+        unmount_all_under(dir);
     }
     sweep_stale_dirs(TEMP_PREFIX);
     for dir in &stale {
@@ -626,12 +561,6 @@ pub fn sweep_stale() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape(r"/tmp/a\040b"), PathBuf::from("/tmp/a b"));
-        assert_eq!(unescape("/plain"), PathBuf::from("/plain"));
-    }
 
     #[test]
     fn the_config_keeps_everything_under_the_directory() {

@@ -637,7 +637,8 @@ fn containerd_imports_the_images_and_runs_them() {
     let shims = containerd::shims_of(&socket);
     assert_eq!(shims.len(), 1, "one shim for the detached container");
     assert!(
-        !containerd::mounts_under(&dir).is_empty() || runtime.snapshotter().name() == "native",
+        !topolvm_e2e::mounts::mount_points_under(&dir).is_empty()
+            || runtime.snapshotter().name() == "native",
         "the running container's rootfs is an overlay mount under {dir:?}"
     );
     drop(runtime);
@@ -685,7 +686,7 @@ fn assert_nothing_left(socket: &std::path::Path, task: i32, id: &str) {
         "container process {task} is alive"
     );
     assert_eq!(
-        containerd::mounts_under(dir),
+        topolvm_e2e::mounts::mount_points_under(dir),
         Vec::<std::path::PathBuf>::new()
     );
     assert!(!dir.exists(), "{dir:?} is left");

@@ -4,14 +4,40 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The mount points at or under `dir`, in the order they were mounted (the kernel's order of
-/// `/proc/self/mountinfo`).
-pub fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
+/// One line of `/proc/self/mountinfo` (proc(5)): where, what type, its super options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub point: PathBuf,
+    pub fs_type: String,
+    pub super_options: String,
+}
+
+/// This process's mount table, in the order the mounts were made.
+pub fn mount_table() -> Vec<Mount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        // Field 5 is the mount point (proc(5)), with space, tab, newline and backslash octal-escaped.
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_octal(field)))
+    text.lines().filter_map(parse_line).collect()
+}
+
+/// Field 5 is the mount point (octal-escaped); after the ` - ` separator come the type, the
+/// source and the super options.
+fn parse_line(line: &str) -> Option<Mount> {
+    let (before, after) = line.split_once(" - ")?;
+    let point = PathBuf::from(unescape_octal(before.split(' ').nth(4)?));
+    let mut after = after.split(' ');
+    let fs_type = after.next()?.to_owned();
+    let super_options = after.nth(1).unwrap_or("").to_owned();
+    Some(Mount {
+        point,
+        fs_type,
+        super_options,
+    })
+}
+
+/// The mount points at or under `dir`, in the order they were mounted.
+pub fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
+    mount_table()
+        .into_iter()
+        .map(|m| m.point)
         .filter(|p| p.starts_with(dir))
         .collect()
 }
@@ -44,7 +70,7 @@ fn unescape_octal(field: &str) -> std::ffi::OsString {
 /// this runs on the way out, also while a test panics.
 pub fn unmount_all_under(dir: &Path) {
     for point in mount_points_under(dir).into_iter().rev() {
-        let _ = Command::new("umount").arg("-l").arg(&point).status();
+        let _ = Command::new("umount").arg("-l").arg(&point).output();
     }
 }
 
@@ -68,6 +94,21 @@ mod tests {
         assert_eq!(unescape_octal(r"/plain"), "/plain");
         // Not an escape: fewer than three octal digits.
         assert_eq!(unescape_octal(r"/x\04"), r"/x\04");
+    }
+
+    #[test]
+    fn a_line_as_the_kernel_prints_it() {
+        let line =
+            "36 35 98:0 /mnt1 /mnt\\040x rw,noatime master:1 - ext3 /dev/root rw,errors=continue";
+        assert_eq!(
+            parse_line(line),
+            Some(Mount {
+                point: PathBuf::from("/mnt x"),
+                fs_type: "ext3".into(),
+                super_options: "rw,errors=continue".into(),
+            })
+        );
+        assert_eq!(parse_line("garbage"), None);
     }
 
     #[test]
