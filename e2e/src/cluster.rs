@@ -64,6 +64,9 @@ pub struct ClusterOptions {
     /// Leave out the rendered manifests' Namespace, ServiceAccounts and RBAC, and with them the
     /// components' kubeconfigs: for a test that applies and judges those objects itself.
     pub without_identities: bool,
+    /// `--feature-gates` of kube-apiserver, kube-scheduler and kube-controller-manager (for
+    /// example `GenericEphemeralVolume=true`, alpha and off by default in 1.20).
+    pub feature_gates: Vec<String>,
 }
 
 impl ClusterOptions {
@@ -93,6 +96,18 @@ impl ClusterOptions {
         self.without_identities = true;
         self
     }
+
+    /// Turns on feature gate `gate` (`Name=true`) in every control plane component.
+    pub fn with_feature_gate(mut self, gate: impl Into<String>) -> Self {
+        self.feature_gates.push(gate.into());
+        self
+    }
+
+    /// The `--feature-gates` flag of the components, if any gate is set.
+    fn feature_gates_arg(&self) -> Option<String> {
+        (!self.feature_gates.is_empty())
+            .then(|| format!("--feature-gates={}", self.feature_gates.join(",")))
+    }
 }
 
 /// A running (or external) cluster.
@@ -104,6 +119,8 @@ pub struct Cluster {
     component_kubeconfigs: BTreeMap<String, PathBuf>,
     client: Client,
     external: bool,
+    /// The CA that signs the API server's and every client's certificate (none when external).
+    pki: Option<Pki>,
     dir: TempDir,
 }
 
@@ -237,12 +254,15 @@ impl Cluster {
             .arg("--service-account-issuer=https://kubernetes.default.svc")
             .arg("--service-cluster-ip-range=10.0.0.0/24")
             .arg("--authorization-mode=Node,RBAC")
+            // What a kubelet (`Cluster::kubelet_kubeconfig`) may write is limited as in production.
+            .arg("--enable-admission-plugins=NodeRestriction")
             // No kubelet makes nodes ready, and no controller makes service accounts by default.
             .arg("--disable-admission-plugins=TaintNodesByCondition,ServiceAccount")
             // The loopback advertise address makes the endpoint reconciler complain every 10 s.
             .arg("--endpoint-reconciler-type=none")
             .arg("--allow-privileged=true")
             .arg("--profiling=false")
+            .args(options.feature_gates_arg())
             .arg("--v=1");
         processes.push(ManagedProcess::spawn(
             "kube-apiserver",
@@ -267,6 +287,7 @@ impl Cluster {
             component_kubeconfigs: BTreeMap::new(),
             client,
             external: false,
+            pki: None,
             dir,
         };
         cluster.wait_ready().await;
@@ -314,6 +335,7 @@ impl Cluster {
                     "--cert-dir={}",
                     root.join("scheduler-certs").display()
                 ))
+                .args(options.feature_gates_arg())
                 .arg("--v=2");
             cluster.processes.push(ManagedProcess::spawn(
                 "kube-scheduler",
@@ -348,6 +370,7 @@ impl Cluster {
                 .arg(format!("--root-ca-file={}", pki.ca_file().display()))
                 // These need kubelets, a cloud or a signing CA, none of which the test bed has.
                 .arg("--controllers=*,-nodelifecycle,-nodeipam,-route,-service,-csrsigning,-cloud-node-lifecycle")
+                .args(options.feature_gates_arg())
                 .arg("--v=1");
             cluster.processes.push(ManagedProcess::spawn(
                 "kube-controller-manager",
@@ -355,6 +378,7 @@ impl Cluster {
                 &root.join("kube-controller-manager.log"),
             ));
         }
+        cluster.pki = Some(pki);
         cluster
     }
 
@@ -381,6 +405,7 @@ impl Cluster {
             component_kubeconfigs,
             client,
             external: true,
+            pki: None,
             dir,
         };
         cluster.install_identities().await;
@@ -415,6 +440,27 @@ impl Cluster {
     /// Whether this is a cluster someone else runs.
     pub fn is_external(&self) -> bool {
         self.external
+    }
+
+    /// A kubeconfig for the kubelet of Node `node`: a client certificate of user
+    /// `system:node:<node>` in group `system:nodes`, the identity the Node authorizer and the
+    /// NodeRestriction admission plugin know (kubernetes/kubernetes
+    /// plugin/pkg/auth/authorizer/node/node_authorizer.go). Panics for an external cluster.
+    pub fn kubelet_kubeconfig(&self, node: &str) -> PathBuf {
+        let pki = self
+            .pki
+            .as_ref()
+            .expect("kubelet identities exist only for a cluster the test bed runs");
+        let user = format!("system:node:{node}");
+        let cert = pki.client(&format!("kubelet-{node}"), &user, &["system:nodes"]);
+        let path = self.dir.path().join(format!("kubelet-{node}.kubeconfig"));
+        pki::write_kubeconfig(&path, &self.server, pki.ca_file(), &cert, &user);
+        path
+    }
+
+    /// The CA certificate that signs every certificate of the cluster (none when external).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.pki.as_ref().map(Pki::ca_file)
     }
 
     /// The admin client.

@@ -11,6 +11,8 @@
 //!   volumes (targets, capability, volume context), for tests of the node service; and the
 //!   controller sidecars' side (`Sidecars`: provisioner, resizer, snapshotter), for tests of
 //!   topolvm-controller.
+//! - [`kubelet`] and [`containerd`]: a real kubelet on a container runtime of its own, for the
+//!   VM tier's guest, where pods really run and mount their claims.
 //! - [`monitoring`]: what `deploy/monitoring/`'s dashboard and alerts ask of the exporters,
 //!   checked without running anything.
 //! - [`stack`]: the whole local stack (control plane with our extender, lvmd, topolvm-node per
@@ -19,9 +21,9 @@
 //!   `scripts/demo.sh` runs and the whole-stack tests use.
 //! - [`storm`]: the crash storm through the whole stack (on loop devices here, on real
 //!   device-mapper in topolvm-node's VM tier).
-//! - [`lvm`], [`metrics`], [`pki`], [`process`], [`raw_grpc`]: the helpers with no product
-//!   dependency (real LVM and lvmd, `/metrics` sums, the CA, child processes, a frame-by-frame
-//!   gRPC client), from `topolvm-test-kit` and re-exported here under their old paths.
+//! - [`lvm`], [`metrics`], [`mounts`], [`pki`], [`process`], [`raw_grpc`]: the helpers with no
+//!   product dependency (real LVM and lvmd, `/metrics` sums, mounts left behind, the CA, child
+//!   processes, a frame-by-frame gRPC client), from `topolvm-test-kit` and re-exported here under their old paths.
 //!
 //! The tests in `tests/` need the `e2e` feature (see README.md); this library itself is plain
 //! code that builds everywhere.
@@ -29,10 +31,11 @@
 pub mod cluster;
 pub mod containerd;
 pub mod csi;
+pub mod kubelet;
 pub mod monitoring;
 pub mod sidecar_loop;
 pub mod stack;
 pub mod storm;
 
 pub use cluster::{Cluster, ClusterOptions};
-pub use topolvm_test_kit::{lvm, metrics, pki, process, raw_grpc};
+pub use topolvm_test_kit::{lvm, metrics, mounts, pki, process, raw_grpc};

@@ -6,8 +6,12 @@
 //! sidecars' stand-in ([`crate::sidecar_loop`]). What `scripts/demo.sh` runs and the whole-stack
 //! tests start. Everything stops, and every loop device goes, when the [`Stack`] is dropped.
 //!
-//! Pods are scheduled but never run: there is no kubelet. Each process runs with its
-//! ServiceAccount's token and the RBAC of the rendered manifests ([`Cluster::kubeconfig`]).
+//! On the host, pods are scheduled but never run: there is no kubelet, and the tests play its part
+//! ([`crate::csi::Kubelet`]). Inside the VM tier's guest, [`StackOptions::kubelet`] gives each
+//! node a real kubelet on a containerd of its own ([`crate::kubelet`]): kubelet registers the
+//! Node, takes topolvm-node's built-in registration, writes the CSINode and runs the pods. Each
+//! process runs with its ServiceAccount's token and the RBAC of the rendered manifests
+//! ([`Cluster::kubeconfig`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +27,8 @@ use serde_json::json;
 use topolvm_core::names;
 
 use crate::cluster::{Cluster, ClusterOptions};
+use crate::containerd::Containerd;
+use crate::kubelet::{self, Kubelet};
 use crate::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup, http_get};
 use crate::pki::Pki;
 use crate::process::{ManagedProcess, eventually, free_port, workspace_binary};
@@ -39,6 +45,9 @@ pub struct StackOptions {
     pub real_activation: bool,
     /// Extra arguments of topolvm-controller.
     pub controller_args: Vec<String>,
+    /// A real kubelet and containerd per node (inside the VM only, with `real_activation`),
+    /// instead of Node objects the test bed writes itself.
+    pub kubelet: bool,
 }
 
 impl StackOptions {
@@ -50,6 +59,7 @@ impl StackOptions {
                 .collect(),
             real_activation: false,
             controller_args: Vec::new(),
+            kubelet: false,
         }
     }
 }
@@ -152,8 +162,18 @@ pub async fn start_controller(
     (controller, sidecars)
 }
 
+/// A node's real kubelet and its container runtime. Drops kubelet first (which unmounts the
+/// pods' volumes), then containerd (which kills the containers still running).
+#[derive(Debug)]
+pub struct NodeRuntime {
+    pub kubelet: Kubelet,
+    pub containerd: Containerd,
+}
+
 /// One node of the stack.
 pub struct StackNode {
+    /// With [`StackOptions::kubelet`]; first so that it goes before the volume group.
+    pub runtime: Option<NodeRuntime>,
     pub name: String,
     pub vg: VolumeGroup,
     /// In its own process group: [`Lvmd::kill9_with_children`] kills it with its `lvm`.
@@ -234,12 +254,14 @@ impl Stack {
     /// webhook answers and the controller's CSI socket exists.
     pub async fn start(options: StackOptions) -> Self {
         let extender_port = free_port();
-        let cluster = Cluster::start(
-            ClusterOptions::api_only()
-                .with_scheduler_extender(format!("http://127.0.0.1:{extender_port}"))
-                .with_controller_manager(),
-        )
-        .await;
+        let mut cluster_options = ClusterOptions::api_only()
+            .with_scheduler_extender(format!("http://127.0.0.1:{extender_port}"))
+            .with_controller_manager();
+        if options.kubelet {
+            // Pods' generic ephemeral volumes (alpha in 1.20); kubelet gets the same gate.
+            cluster_options = cluster_options.with_feature_gate(kubelet::GENERIC_EPHEMERAL_VOLUME);
+        }
+        let cluster = Cluster::start(cluster_options).await;
         cluster.install_crds().await;
         let client = cluster.client();
         crate::sidecar_loop::install_snapshot_crds(&client).await;
@@ -270,8 +292,32 @@ impl Stack {
             Vec::new().into_iter()
         };
         let mut nodes = Vec::new();
+        assert!(
+            !options.kubelet || options.real_activation,
+            "a real kubelet runs only in the VM, with real activation"
+        );
         for (name, vg_bytes) in &options.nodes {
-            cluster.make_node(name, &[], &[]).await;
+            let node_dir = dir.join(name);
+            std::fs::create_dir_all(&node_dir).expect("the node's directory");
+            let runtime = if options.kubelet {
+                let containerd = Containerd::start(&node_dir.join("containerd"));
+                let mut kubelet = Kubelet::start(
+                    &cluster,
+                    name,
+                    &containerd,
+                    &node_dir.join("kubelet"),
+                    &node_dir,
+                )
+                .await;
+                kubelet.wait_registered(&client).await;
+                Some(NodeRuntime {
+                    kubelet,
+                    containerd,
+                })
+            } else {
+                cluster.make_node(name, &[], &[]).await;
+                None
+            };
             let disk = if options.real_activation {
                 Disk::existing(vm_disks.next().expect("a VM disk per node"))
             } else {
@@ -282,17 +328,33 @@ impl Stack {
                 &env,
                 LvmdOptions::workspace_thick(DEVICE_CLASS, vg.name()).own_process_group(),
             );
-            let node_dir = dir.join(name);
-            let at = AgentEndpoints::under(&node_dir);
+            let mut at = AgentEndpoints::under(&node_dir);
+            if let Some(runtime) = &runtime {
+                // Where a deployment serves: under kubelet's root.
+                at.kubelet_dir = runtime.kubelet.root_dir().to_owned();
+                at.csi_socket = runtime.kubelet.csi_socket();
+            }
+            let mut args = node_agent_args(&cluster, name, lvmd.socket_path(), &at);
+            if let Some(runtime) = &runtime {
+                // Registered with kubelet by topolvm-node itself (no node-driver-registrar).
+                args.extend([
+                    "--register-with-kubelet".into(),
+                    "--kubelet-registration-path".into(),
+                    at.csi_socket.clone().into(),
+                    "--plugin-registration-dir".into(),
+                    runtime.kubelet.registration_dir().into(),
+                ]);
+            }
             let agent_recipe = Recipe {
                 name: format!("topolvm-node {name}"),
                 program: workspace_binary("topolvm-node", "topolvm-node"),
-                args: node_agent_args(&cluster, name, lvmd.socket_path(), &at),
+                args,
                 rust_log: "topolvm_node=debug,info".into(),
                 log: node_dir.join("topolvm-node.log"),
             };
             let agent = agent_recipe.spawn();
             nodes.push(StackNode {
+                runtime,
                 name: name.clone(),
                 vg,
                 lvmd,
@@ -382,6 +444,11 @@ impl Stack {
                 },
             )
             .await;
+        }
+        for node in &mut nodes {
+            if let Some(runtime) = &mut node.runtime {
+                runtime.kubelet.wait_driver_registered(&client).await;
+            }
         }
         let sidecars = tokio::spawn(crate::sidecar_loop::run(
             cluster.client(),
