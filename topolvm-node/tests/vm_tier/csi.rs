@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use topolvm_e2e::csi::{InlineVolume, Kubelet, PersistentVolume, Pod};
 use topolvm_e2e::lvm::{Disk, LvmEnv, Lvmd, LvmdOptions, VolumeGroup};
+use topolvm_e2e::mounts::Unmounter;
 use topolvm_e2e::process::workspace_binary;
 use topolvm_node::csi::{CsiOptions, serve};
 use topolvm_node::lvmd_client::{LvmdConnection, report_channel};
@@ -27,27 +28,6 @@ use topolvm_proto::lvmd as pb;
 use topolvm_e2e::lvm::vm_disks;
 
 const MIB: u64 = 1 << 20;
-
-/// Unmounts everything under `dir` (deepest last mounted first) when dropped, so a failing test
-/// leaves no mount behind and the volume group can go.
-struct Unmounter(PathBuf);
-
-fn mount_points_under(dir: &Path) -> Vec<PathBuf> {
-    topolvm_node::csi::mount::mount_table()
-        .expect("mountinfo")
-        .into_iter()
-        .map(|m| m.mount_point)
-        .filter(|p| p.starts_with(dir))
-        .collect()
-}
-
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        for point in mount_points_under(&self.0).into_iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(&point).status();
-        }
-    }
-}
 
 /// A volume group with classes `thin` (default, pool 512 MiB, ratio 4) and `thick`, lvmd, and
 /// the CSI node service on a temp socket. Fields drop in order: mounts first, the VG last.

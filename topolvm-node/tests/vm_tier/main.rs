@@ -8,16 +8,17 @@
 //! - [`reconciler`]: LogicalVolumes made from `spec.source` (thin and thick snapshots, clones)
 //!   through the reconciler, with the control plane started in the VM;
 //! - [`controller`]: the same through topolvm-controller's CSI service, as the sidecars ask;
-//! - [`whole_path`]: the whole local stack in the VM, a claim from its pod to a mounted, written,
-//!   grown filesystem, snapshotted and restored into a second claim;
+//! - [`pods`]: the whole local stack in the VM with a real kubelet and containerd: pods that
+//!   mount, write, grow, snapshot and restore their claims, ephemeral volumes, fsGroup and
+//!   read-only mounts, topolvm-node crashing under a running pod;
 //! - [`storm`]: the crash storm through the whole stack with real thick snapshots.
 #![cfg(feature = "vm-tier")]
 
 mod controller;
 mod csi;
+mod pods;
 mod reconciler;
 mod storm;
-mod whole_path;
 
 use std::process::Command;
 
