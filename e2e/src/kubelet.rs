@@ -221,11 +221,10 @@ impl Kubelet {
             .join("csi-topolvm.sock")
     }
 
-    /// kubelet's `/metrics` (read-only port).
-    pub async fn metrics(&self) -> String {
-        http_get(self.read_only, "/metrics")
-            .await
-            .unwrap_or_else(|e| panic!("kubelet's /metrics: {e}"))
+    /// kubelet's `/metrics` (read-only port). Large and slow to render under the VM's emulation:
+    /// callers poll it and take an error as "not yet".
+    pub async fn metrics(&self) -> std::io::Result<String> {
+        http_get(self.read_only, "/metrics").await
     }
 
     /// Panics with the log tail if kubelet exited.
@@ -252,8 +251,10 @@ impl Kubelet {
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.process.stop();
-        unmount_all_under(&self.root);
+        // Before the unmounts: a loop device's backing file no longer has its path once the
+        // mount it is on is detached.
         detach_loop_devices_under(&self.root);
+        unmount_all_under(&self.root);
     }
 }
 
@@ -337,18 +338,20 @@ fn configuration(
     })
 }
 
+/// A pod's main process that waits for SIGTERM and exits at once, so deletion is quick.
+pub const IDLE: &str = "trap 'exit 0' TERM; while :; do sleep 1; done";
+
 /// A pod `name` in `default` running `script` with `sh -c` in the app image, on the host's
 /// network, never pulling; `volumes` and the container's `volumeMounts`/`volumeDevices` as given.
 pub fn app_pod(
     name: &str,
-    runtime: &Containerd,
     script: &str,
     volumes: serde_json::Value,
     mounts: serde_json::Value,
 ) -> Pod {
     let mut container = json!({
         "name": "app",
-        "image": runtime.app_image(),
+        "image": crate::containerd::APP_IMAGE,
         "imagePullPolicy": "Never",
         "command": ["/bin/sh", "-c", script],
     });
