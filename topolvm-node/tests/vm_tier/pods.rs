@@ -6,8 +6,8 @@
 //! data runs inside a container (`ctr tasks exec`: kubelet 1.20 refuses `--node-ip=127.0.0.1`,
 //! so the Node has no address and the API server cannot reach it for `kubectl exec`).
 //!
-//! One stack (about 90 s to start under the VM's emulation) runs the scenarios; pods start in
-//! waves, side by side, because each takes kubelet 20-80 s here and each deletion 20-30 s:
+//! One stack (65-105 s to start under the VM's emulation) runs the scenarios; pods start in
+//! waves, side by side, because each takes kubelet 15-80 s here and each deletion 20-100 s:
 //!
 //! 1. data written by a pod to ext4, xfs and btrfs claims and to a raw block claim is there
 //!    for a second pod after the first was deleted (same node), on the claim's filesystem;
@@ -245,7 +245,7 @@ async fn pods_with_a_real_kubelet() {
     }
     step("the stack is up");
 
-    // Pods start in waves, side by side (each pod takes kubelet 20-80 s here, a deletion 20-30 s):
+    // Pods start in waves, side by side (each pod takes kubelet 15-80 s here, a deletion 20-100 s):
     // the writers; then every pod the later scenarios look into.
     write_then_delete_the_writers(&bed).await;
     step("writers wrote and went");
