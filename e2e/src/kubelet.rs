@@ -55,7 +55,6 @@ pub struct Kubelet {
     node: String,
     root: PathBuf,
     read_only: SocketAddr,
-    healthz: SocketAddr,
 }
 
 impl std::fmt::Debug for Kubelet {
@@ -121,7 +120,6 @@ impl Kubelet {
             node: node.to_owned(),
             root: root.to_owned(),
             read_only,
-            healthz,
         };
         let deadline = std::time::Instant::now() + REGISTER_TIMEOUT;
         loop {
@@ -227,11 +225,6 @@ impl Kubelet {
         http_get(self.read_only, "/metrics").await
     }
 
-    /// Panics with the log tail if kubelet exited.
-    pub fn assert_running(&mut self) {
-        self.process.assert_running();
-    }
-
     /// kubelet's whole log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.process.log_path()).unwrap_or_default()
@@ -240,11 +233,6 @@ impl Kubelet {
     /// The log's last `lines` lines.
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)
-    }
-
-    /// The address of `/healthz`.
-    pub fn healthz(&self) -> SocketAddr {
-        self.healthz
     }
 }
 
