@@ -169,12 +169,22 @@ impl LogicalVolumeSpec {
     /// Whether an existing LogicalVolume satisfies a request described by `other`: same
     /// volume name, same source and the same size (compared as numbers, so `1Gi` equals
     /// `1073741824`). CreateVolume is idempotent only for compatible requests.
+    ///
+    /// Two snapshots (read-only, of a source) need no equal size: a snapshot has the size its
+    /// source had when it was cut, and CreateSnapshot retried after the source grew must still
+    /// answer that snapshot, as the CSI spec's CreateSnapshot errors allow ALREADY_EXISTS only
+    /// for another source. TopoLVM compares the size of snapshots too
+    /// (api/v1/logicalvolume_types.go, `IsCompatibleWith`, at c0f03a8ff192): there such a
+    /// retry never succeeds, and the object the first attempt made is never deleted.
     pub fn is_compatible_with(&self, other: &LogicalVolumeSpec) -> bool {
+        let snapshots = [self, other]
+            .iter()
+            .all(|spec| spec.access_type == Some(AccessType::ReadOnly) && !spec.source.is_empty());
         let same_size = match (self.size_bytes(), other.size_bytes()) {
             (Ok(a), Ok(b)) => a == b,
             _ => self.size == other.size,
         };
-        self.name == other.name && self.source == other.source && same_size
+        self.name == other.name && self.source == other.source && (snapshots || same_size)
     }
 }
 
@@ -557,6 +567,26 @@ mod tests {
         let mut other = spec("1Gi", "");
         other.name = "pvc-2".to_owned();
         assert!(!spec("1Gi", "").is_compatible_with(&other));
+    }
+
+    #[test]
+    fn a_snapshot_is_compatible_whatever_its_source_grew_to() {
+        let spec = |size: &str, source: &str, access_type| LogicalVolumeSpec {
+            name: "snapshot-1".to_owned(),
+            node_name: "worker-1".to_owned(),
+            size: Quantity(size.to_owned()),
+            source: source.to_owned(),
+            access_type,
+            ..LogicalVolumeSpec::default()
+        };
+        let ro = Some(AccessType::ReadOnly);
+        let rw = Some(AccessType::ReadWrite);
+        assert!(spec("32Mi", "pvc-a", ro).is_compatible_with(&spec("40Mi", "pvc-a", ro)));
+        assert!(!spec("32Mi", "pvc-a", ro).is_compatible_with(&spec("32Mi", "pvc-b", ro)));
+        // A restore or clone (read-write) keeps the size it was asked for.
+        assert!(!spec("32Mi", "pvc-a", rw).is_compatible_with(&spec("40Mi", "pvc-a", rw)));
+        assert!(!spec("32Mi", "pvc-a", ro).is_compatible_with(&spec("40Mi", "pvc-a", rw)));
+        assert!(!spec("32Mi", "", ro).is_compatible_with(&spec("40Mi", "", ro)));
     }
 
     #[test]

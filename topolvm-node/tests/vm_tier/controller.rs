@@ -97,6 +97,40 @@ fn request(
     }
 }
 
+/// Grows the source `source_id` of `snapshot` (of VolumeSnapshot uid `uid`) to 40 MiB, then
+/// sends its CreateSnapshot again: it must answer the same snapshot and make no second LV.
+async fn grow_then_repeat(
+    sidecars: &mut Sidecars,
+    (env, vg): (&LvmEnv, &VolumeGroup),
+    uid: &str,
+    source_id: &str,
+    snapshot: &csi::Snapshot,
+) {
+    let grown = sidecars
+        .expand(csi::ControllerExpandVolumeRequest {
+            volume_id: source_id.to_owned(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 40 * MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("growing the source: {e}"));
+    assert_eq!(grown.capacity_bytes, 40 * MIB);
+    let lvs_before = origins(env, vg).len();
+    let again = sidecars
+        .create_snapshot(Sidecars::create_snapshot_request(
+            uid,
+            source_id,
+            &BTreeMap::new(),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("the snapshot repeated after its source grew: {e}"));
+    assert_eq!(again.snapshot_id, snapshot.snapshot_id);
+    assert_eq!(origins(env, vg).len(), lvs_before, "no second LV");
+}
+
 #[tokio::test]
 async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
     let stack = NodeStack::start(NODE).await;
@@ -234,6 +268,14 @@ async fn controller_snapshots_restores_and_clones_on_thin_and_thick_classes() {
             small.map(|_| ()).map_err(|e| e.code()),
             Err(tonic::Code::OutOfRange)
         );
+
+        // The source grows, then external-snapshotter repeats a CreateSnapshot whose answer it
+        // lost: the same snapshot, not ALREADY_EXISTS for a size that changed since its cut. (LVM
+        // grows the origin of a thick snapshot only while it is inactive: thin only.)
+        if class == "thin" {
+            let uid = format!("{class}-0001");
+            grow_then_repeat(&mut sidecars, (env, vg), &uid, &source.volume_id, &snapshot).await;
+        }
 
         for id in [&restored.volume_id, &clone.volume_id] {
             sidecars.delete_volume(id).await.expect("DeleteVolume");
