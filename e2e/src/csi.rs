@@ -215,12 +215,7 @@ impl Kubelet {
 
     /// Where a filesystem volume `pv_name` of `pod` is published.
     pub fn filesystem_target(&self, pod: &Pod, pv_name: &str) -> PathBuf {
-        self.kubelet_dir
-            .join("pods")
-            .join(&pod.uid)
-            .join("volumes/kubernetes.io~csi")
-            .join(pv_name)
-            .join("mount")
+        filesystem_target(&self.kubelet_dir, &pod.uid, pv_name)
     }
 
     /// Where a block volume `pv_name` of `pod` is published.
@@ -900,4 +895,15 @@ mod sidecar_tests {
         assert_eq!(capacity.parameters.len(), 2);
         assert!(capacity.volume_capabilities.is_empty());
     }
+}
+
+/// Where kubelet with root `kubelet_dir` publishes filesystem volume `pv_name` of the pod with
+/// uid `pod_uid` (see the module documentation).
+pub fn filesystem_target(kubelet_dir: &Path, pod_uid: &str, pv_name: &str) -> PathBuf {
+    kubelet_dir
+        .join("pods")
+        .join(pod_uid)
+        .join("volumes/kubernetes.io~csi")
+        .join(pv_name)
+        .join("mount")
 }

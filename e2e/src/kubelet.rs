@@ -360,6 +360,16 @@ pub fn app_pod(
     .expect("a pod")
 }
 
+/// A pod `name` that idles with claim `claim` mounted at `/data`.
+pub fn claim_pod(name: &str, claim: &str) -> Pod {
+    app_pod(
+        name,
+        IDLE,
+        json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]),
+        json!({"volumeMounts": [{"name": "data", "mountPath": "/data"}]}),
+    )
+}
+
 /// Runs `script` with `sh -c` inside container `container` of the running pod `pod` (in
 /// `default`) through containerd, and returns its stdout; panics with stderr if it fails.
 pub async fn exec(

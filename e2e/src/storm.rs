@@ -3,14 +3,20 @@
 //! DeleteSnapshot a few operations later) and delete (pod and claim) — issued without waiting
 //! for each other, while lvmd (with its `lvm` children, as a container runtime kills them),
 //! topolvm-node and topolvm-controller are killed with SIGKILL at random moments and started
-//! again. Then everything must settle: every live claim Bound with its PV, LogicalVolume and LV;
-//! every deleted claim gone with all of them; no PV Released or Failed; every Node's capacity
-//! annotation equal to `vgs` free. [`run`] panics with what is left when something does not
-//! settle, and reports the LVs without their LogicalVolume (orphans) and those missing.
+//! again; a claim being snapshotted keeps snapshot-controller's finalizer until its
+//! CreateSnapshot has a final answer, as in a cluster. Then everything must settle: every live
+//! claim Bound with its PV, LogicalVolume and LV; every deleted claim gone with all of them; no
+//! PV Released or Failed; every Node's capacity annotation equal to `vgs` free. [`run`] panics
+//! with what is left when something does not settle, and reports the LVs without their
+//! LogicalVolume (orphans) and those missing.
 //!
 //! On the host (metadata-only LVM) lvmd refuses thick snapshots, which must then leave nothing
 //! behind; in the VM (real device-mapper) they are made, and their origins are expanded and
-//! deleted while they exist. Run by `tests/crash_storm.rs` and topolvm-node's VM tier.
+//! deleted while they exist. With [`StormOptions::kubelet`] (VM only) the stack is one node with
+//! a real kubelet, the pods really run, and the node side is judged by what kubelet reports too:
+//! every live claim's pod running with its volume, its capacity and kubelet's volume stats at
+//! the asked size, no volume mounted for a pod that is gone. Run by `tests/crash_storm.rs` and
+//! topolvm-node's VM tier.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -39,6 +45,9 @@ pub struct StormOptions {
     pub operations: u32,
     /// Real device-mapper (the VM) instead of metadata-only LVM on loop devices.
     pub real_activation: bool,
+    /// One node with a real kubelet and containerd (the VM only), whose pods really run,
+    /// instead of two nodes whose pods are only scheduled; see [`run`].
+    pub kubelet: bool,
     /// The longest pause between two operations (a random share of it each time).
     pub pause: Duration,
     /// A crash before an operation with a chance of one in this many.
@@ -86,6 +95,7 @@ impl StormOptions {
             seed,
             operations,
             real_activation: false,
+            kubelet: false,
             pause: Duration::from_millis(300),
             kill_one_in: 8,
             mix: Mix::default(),
@@ -172,18 +182,24 @@ impl Rng {
 
 /// Creates the claim and tries its pod once; false when the pod was refused (the webhook is
 /// down with its controller) and must be tried again.
-async fn create(client: &Client, name: &str, bytes: u64) -> bool {
+async fn create(client: &Client, name: &str, bytes: u64, runs: bool) -> bool {
     Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
         .create(&PostParams::default(), &stack::claim(name, CLASS, bytes))
         .await
         .expect("creating a claim");
-    create_pod(client, name).await
+    create_pod(client, name, runs).await
 }
 
-/// The pod using claim `name`; false when the API server refused it.
-async fn create_pod(client: &Client, name: &str) -> bool {
+/// The pod using claim `name` (one kubelet can run when `runs`); false when the API server
+/// refused it.
+async fn create_pod(client: &Client, name: &str, runs: bool) -> bool {
+    let pod = if runs {
+        crate::kubelet::claim_pod(name, name)
+    } else {
+        stack::pod(name, name)
+    };
     Api::<Pod>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &stack::pod(name, name))
+        .create(&PostParams::default(), &pod)
         .await
         .is_ok()
 }
@@ -193,8 +209,46 @@ async fn create_pod(client: &Client, name: &str) -> bool {
 /// operation `at`) DeleteSnapshot repeated until it succeeds.
 #[derive(Debug)]
 enum SnapshotJob {
-    Create { uid: String, handle: String },
-    Delete { snapshot_id: String, at: u32 },
+    Create {
+        uid: String,
+        handle: String,
+        claim: String,
+    },
+    Delete {
+        snapshot_id: String,
+        at: u32,
+    },
+}
+
+/// snapshot-controller's finalizer on a snapshot's source claim while the snapshot is not ready
+/// (external-snapshotter, pkg/common-controller/snapshot_controller.go, `isPVCBeingUsed` and
+/// `removePVCFinalizer`, at 6464d8261aaa): a claim deleted then stays until its CreateSnapshot
+/// has a final answer, so the source is never gone under a CreateSnapshot repeated.
+const SOURCE_PROTECTION: &str = "snapshot.storage.kubernetes.io/pvc-as-source-protection";
+
+/// Adds (`on`) or removes [`SOURCE_PROTECTION`] on claim `name` as snapshot-controller does: a
+/// read and an update, again on a conflict; nothing to do for a claim that is gone.
+async fn protect_source(client: &Client, name: &str, on: bool) {
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default");
+    loop {
+        let Ok(mut claim) = claims.get(name).await else {
+            return;
+        };
+        let finalizers = claim.metadata.finalizers.get_or_insert_default();
+        if finalizers.iter().any(|f| f == SOURCE_PROTECTION) == on {
+            return;
+        }
+        if on {
+            finalizers.push(SOURCE_PROTECTION.to_owned());
+        } else {
+            finalizers.retain(|f| f != SOURCE_PROTECTION);
+        }
+        match claims.replace(name, &PostParams::default(), &claim).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => panic!("updating claim {name}'s finalizers: {e}"),
+        }
+    }
 }
 
 /// Whether the sidecars try a call again after this code (the connection lost, the deadline
@@ -210,6 +264,7 @@ fn retried(code: tonic::Code) -> bool {
 /// One attempt at each job due at operation `op`; returns those still open.
 async fn advance(
     jobs: Vec<SnapshotJob>,
+    client: &Client,
     socket: &std::path::Path,
     counts: &mut StormReport,
     op: u32,
@@ -220,20 +275,25 @@ async fn advance(
     let mut open = Vec::new();
     for job in jobs {
         match job {
-            SnapshotJob::Create { uid, handle } => {
+            SnapshotJob::Create { uid, handle, claim } => {
                 let request = Sidecars::create_snapshot_request(&uid, &handle, &BTreeMap::new());
                 match sidecars.create_snapshot(request).await {
                     Ok(made) => {
                         counts.snapshots_made += 1;
+                        protect_source(client, &claim, false).await;
                         open.push(SnapshotJob::Delete {
                             snapshot_id: made.snapshot_id,
                             at: op.saturating_add(SNAPSHOT_LIFE),
                         });
                     }
                     Err(status) if retried(status.code()) => {
-                        open.push(SnapshotJob::Create { uid, handle });
+                        open.push(SnapshotJob::Create { uid, handle, claim });
                     }
-                    Err(_) => counts.snapshot_refusals += 1,
+                    Err(status) => {
+                        println!("storm: CreateSnapshot {uid} refused: {status:?}");
+                        counts.snapshot_refusals += 1;
+                        protect_source(client, &claim, false).await;
+                    }
                 }
             }
             SnapshotJob::Delete { snapshot_id, at } => {
@@ -261,9 +321,17 @@ async fn bound(
         .collect()
 }
 
-async fn delete(client: &Client, name: &str) {
+/// Deletes pod and claim `name`. Without a kubelet the pod goes at once (nothing would ever
+/// finish its termination); a running pod gets its grace period, and its claim goes once kubelet
+/// tore the pod's volume down.
+async fn delete(client: &Client, name: &str, runs: bool) {
+    let params = if runs {
+        DeleteParams::default()
+    } else {
+        DeleteParams::default().grace_period(0)
+    };
     let _ = Api::<Pod>::namespaced(client.clone(), "default")
-        .delete(name, &DeleteParams::default().grace_period(0))
+        .delete(name, &params)
         .await;
     let _ = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default")
         .delete(name, &DeleteParams::default())
@@ -276,16 +344,19 @@ pub async fn run(options: StormOptions) -> StormReport {
         seed,
         operations: ops,
         real_activation,
+        kubelet,
         pause,
         kill_one_in,
         mix,
     } = options;
     // Spread the seed (xorshift must not start at 0; seeds 2 and 3 must differ).
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-    let mut options = StackOptions::nodes(2, 2048 * MIB);
+    // Two kubelets in one guest would collide (kubelet writes outside its root directory).
+    let mut options = StackOptions::nodes(if kubelet { 1 } else { 2 }, 2048 * MIB);
     options.real_activation = real_activation;
-    // Claims are 2 to 5 units and grow by one; the VM's scratch disks (1 GiB each, one per node)
-    // are half the loop devices' size, and thick snapshots take as much again.
+    options.kubelet = kubelet;
+    // Claims are 2 to 5 units and grow by one; the VM's scratch disks (one per node) are the
+    // loop devices' size, and thick snapshots take as much again.
     let unit = if real_activation { 8 * MIB } else { 16 * MIB };
     // A claim deleted while its CreateVolume was cut short by a crash leaves a LogicalVolume no
     // claim or PV refers to (TopoLVM issue 1104): the stray scan removes it, here quickly.
@@ -323,6 +394,7 @@ pub async fn run(options: StormOptions) -> StormReport {
         }
         snapshot_jobs = advance(
             std::mem::take(&mut snapshot_jobs),
+            &client,
             &stack.controller_socket,
             &mut counts,
             op,
@@ -330,7 +402,7 @@ pub async fn run(options: StormOptions) -> StormReport {
         .await;
         let mut still_refused = BTreeSet::new();
         for name in std::mem::take(&mut refused_pods) {
-            if live.contains_key(&name) && !create_pod(&client, &name).await {
+            if live.contains_key(&name) && !create_pod(&client, &name, kubelet).await {
                 still_refused.insert(name);
             }
         }
@@ -380,7 +452,7 @@ pub async fn run(options: StormOptions) -> StormReport {
             let name = format!("storm-{next_name}");
             next_name += 1;
             let bytes = (2 + rng.below(4)) * unit;
-            if !create(&client, &name, bytes).await {
+            if !create(&client, &name, bytes, kubelet).await {
                 refused_pods.insert(name.clone());
             }
             live.insert(name, bytes);
@@ -413,16 +485,18 @@ pub async fn run(options: StormOptions) -> StormReport {
             .await;
             if let Some(handle) = handle {
                 counts.snapshots += 1;
+                protect_source(&client, &name, true).await;
                 snapshot_jobs.push(SnapshotJob::Create {
                     uid: format!("storm-{op}"),
                     handle,
+                    claim: name,
                 });
             }
         } else {
             let Some(name) = pick(&mut rng, &live) else {
                 continue;
             };
-            delete(&client, &name).await;
+            delete(&client, &name, kubelet).await;
             live.remove(&name);
             deleted.insert(name);
             counts.deletes += 1;
@@ -443,6 +517,7 @@ pub async fn run(options: StormOptions) -> StormReport {
         );
         snapshot_jobs = advance(
             std::mem::take(&mut snapshot_jobs),
+            &client,
             &stack.controller_socket,
             &mut counts,
             u32::MAX,
@@ -454,7 +529,7 @@ pub async fn run(options: StormOptions) -> StormReport {
         eventually("a refused pod admitted", Duration::from_secs(60), || {
             let client = client.clone();
             let name = name.clone();
-            async move { create_pod(&client, &name).await.then_some(()) }
+            async move { create_pod(&client, &name, kubelet).await.then_some(()) }
         })
         .await;
     }
@@ -597,6 +672,9 @@ pub async fn run(options: StormOptions) -> StormReport {
         )
         .await;
     }
+    if kubelet {
+        kubelet_agrees(&stack, &live, settle).await;
+    }
     stack.controller.assert_running();
     for node in &mut stack.nodes {
         node.agent.assert_running();
@@ -605,4 +683,111 @@ pub async fn run(options: StormOptions) -> StormReport {
     counts.orphans = orphans;
     counts.missing = missing;
     counts
+}
+
+/// The node side as kubelet reports it, once the API objects settled: every live claim's pod
+/// runs with its volume mounted where kubelet asked topolvm-node to publish it, and its claim's
+/// capacity is at least what was asked (kubelet's NodeExpandVolume after each expansion);
+/// kubelet's `kubelet_volume_stats_*` has each live claim at a filesystem of about that size;
+/// every deleted claim's pod is gone, and nothing is mounted under kubelet's root for a pod that
+/// does not exist.
+async fn kubelet_agrees(stack: &Stack, live: &BTreeMap<String, u64>, settle: Duration) {
+    let client = stack.cluster.client();
+    let pods = Api::<Pod>::namespaced(client.clone(), "default");
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), "default");
+    let runtime = stack.nodes[0]
+        .runtime
+        .as_ref()
+        .expect("a storm with kubelet runs one");
+    let pods_dir = runtime.kubelet.root_dir().join("pods");
+    for (name, bytes) in live {
+        eventually(
+            &format!("pod {name} running with its volume"),
+            settle,
+            || {
+                let pods = pods.clone();
+                async move {
+                    let pod = pods.get(name).await.ok()?;
+                    let statuses = pod.status?.container_statuses?;
+                    statuses
+                        .iter()
+                        .all(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        eventually(
+            &format!("{name}'s capacity at {bytes} bytes or more"),
+            settle,
+            || {
+                let claims = claims.clone();
+                async move {
+                    let c = claims.get(name).await.ok()?;
+                    let capacity = c.status?.capacity?;
+                    let size =
+                        topolvm_core::quantity::quantity_bytes(capacity.get("storage")?).ok()?;
+                    (size >= *bytes).then_some(())
+                }
+            },
+        )
+        .await;
+        let uid = pods.get(name).await.expect("the pod").uid().expect("a uid");
+        let pv = claims
+            .get(name)
+            .await
+            .expect("the claim")
+            .spec
+            .and_then(|s| s.volume_name)
+            .expect("a bound claim");
+        let target = crate::csi::filesystem_target(runtime.kubelet.root_dir(), &uid, &pv);
+        assert!(
+            crate::mounts::mount_points_under(&target).contains(&target),
+            "{name}'s volume not mounted at {target:?}"
+        );
+    }
+    // kubelet gathers volume stats every volumeStatsAggPeriod (10 s in the test bed).
+    eventually(
+        "kubelet_volume_stats_* of every live claim",
+        settle,
+        || async {
+            let metrics = runtime.kubelet.metrics().await.ok()?;
+            live.iter()
+                .all(|(name, bytes)| {
+                    let label = format!("persistentvolumeclaim=\"{name}\"");
+                    metrics
+                        .lines()
+                        .filter(|l| l.starts_with("kubelet_volume_stats_capacity_bytes{"))
+                        .filter(|l| l.contains(&label))
+                        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                        // ext4's own metadata takes up to a fifth of these small filesystems.
+                        .any(|capacity| capacity >= *bytes as f64 * 0.75)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let all = pods.list(&ListParams::default()).await.expect("pods").items;
+    let left: Vec<String> = all
+        .iter()
+        .map(|p| p.name_any())
+        .filter(|n| !live.contains_key(n))
+        .collect();
+    assert!(left.is_empty(), "pods of deleted claims left: {left:?}");
+    let uids: BTreeSet<String> = all.iter().filter_map(|p| p.uid()).collect();
+    let stale: Vec<std::path::PathBuf> = crate::mounts::mount_points_under(&pods_dir)
+        .into_iter()
+        .filter(|point| {
+            let uid = point
+                .strip_prefix(&pods_dir)
+                .ok()
+                .and_then(|rest| rest.components().next())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned());
+            uid.is_none_or(|uid| !uids.contains(&uid))
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "volumes mounted for pods that are gone: {stale:?}"
+    );
 }

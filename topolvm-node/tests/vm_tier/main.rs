@@ -11,7 +11,8 @@
 //! - [`pods`]: the whole local stack in the VM with a real kubelet and containerd: pods that
 //!   mount, write, grow, snapshot and restore their claims, ephemeral volumes, fsGroup and
 //!   read-only mounts, topolvm-node crashing under a running pod;
-//! - [`storm`]: the crash storm through the whole stack with real thick snapshots.
+//! - [`storm`]: the crash storm through the whole stack with real thick snapshots and a real
+//!   kubelet, judged by what kubelet reports as well as by `lvs`.
 #![cfg(feature = "vm-tier")]
 
 mod controller;
